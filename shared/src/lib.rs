@@ -1,0 +1,17 @@
+//! firm-shared: everything the trainer and the device must agree on, in one copy.
+//!
+//! - [`preprocess`]: decode, resize, crop, normalise (the one implementation).
+//! - [`model`]: ResNet-18 encoder (CIFAR and ImageNet stems) and FIRM projection head, with
+//!   torchvision parameter names; seeded initialisation; safetensors I/O.
+//! - [`score`]: kNN cosine scores, KDE, center, the rotation/crop ensemble, AUROC and AULC.
+//!
+//! The design these follow is FIRM (Focused In-distribution Representation Modeling); see the
+//! project README for the commands that exercise them.
+
+pub mod error;
+pub mod fsutil;
+pub mod model;
+pub mod preprocess;
+pub mod score;
+
+pub use error::{Error, ErrorKind, Result};

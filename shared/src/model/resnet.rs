@@ -1,0 +1,192 @@
+//! ResNet-18 encoder (He et al. 2016, "Deep Residual Learning for Image Recognition"), trainable,
+//! with torchvision's parameter names so state dicts move both ways as safetensors.
+//!
+//! Both stems of the FIRM work: the reference's CIFAR stem (3x3 stride 1, no max-pool) and the
+//! ImageNet stem (7x7 stride 2, 3x3 stride-2 max-pool). candle's `max_pool2d` has no backward pass
+//! for kernel != stride, so training uses [`max_pool_3x3_s2`], which builds the same pooling out of
+//! strided slices and `maximum` (both differentiable); evaluation uses candle's kernel. The two are
+//! equal (tested), because the pool follows a ReLU: inputs are >= 0, so zero padding cannot win a
+//! window that also holds a real pixel.
+//!
+//! Output: the 512-d (x width) feature after global average pooling; no `fc` layer.
+//!
+//! Try it: `cargo run -p host-trainer --release -- smoke`.
+
+use candle_core::{D, Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+
+use super::config::{EncoderConfig, Stem};
+
+pub(crate) fn bn(channels: usize, cfg: &EncoderConfig, vb: VarBuilder) -> Result<BatchNorm> {
+    let bn_cfg = BatchNormConfig {
+        eps: cfg.bn_eps,
+        remove_mean: true,
+        affine: true,
+        momentum: cfg.bn_momentum,
+    };
+    candle_nn::batch_norm(channels, bn_cfg, vb)
+}
+
+fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: k / 2,
+        stride,
+        dilation: 1,
+        groups: 1,
+        cudnn_fwd_algo: None,
+    };
+    candle_nn::conv2d_no_bias(c_in, c_out, k, cfg, vb)
+}
+
+/// Two 3x3 convolutions with a residual connection (torchvision `BasicBlock`).
+#[derive(Debug, Clone)]
+pub struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    downsample: Option<(Conv2d, BatchNorm)>,
+}
+
+impl BasicBlock {
+    fn new(
+        c_in: usize,
+        c_out: usize,
+        stride: usize,
+        cfg: &EncoderConfig,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        let downsample = if stride != 1 || c_in != c_out {
+            Some((
+                conv(c_in, c_out, 1, stride, vb.pp("downsample.0"))?,
+                bn(c_out, cfg, vb.pp("downsample.1"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: conv(c_in, c_out, 3, stride, vb.pp("conv1"))?,
+            bn1: bn(c_out, cfg, vb.pp("bn1"))?,
+            conv2: conv(c_out, c_out, 3, 1, vb.pp("conv2"))?,
+            bn2: bn(c_out, cfg, vb.pp("bn2"))?,
+            downsample,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = self.conv1.forward(x)?;
+        let y = self.bn1.forward_t(&y, train)?.relu()?;
+        let y = self.conv2.forward(&y)?;
+        let y = self.bn2.forward_t(&y, train)?;
+        let shortcut = match &self.downsample {
+            Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
+            None => x.clone(),
+        };
+        (y + shortcut)?.relu()
+    }
+}
+
+/// ResNet-18 without its classifier: image batch `[B, 3, H, W]` -> features `[B, C]`.
+#[derive(Debug, Clone)]
+pub struct ResNet18 {
+    stem: Stem,
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    layers: Vec<Vec<BasicBlock>>,
+    feature_dim: usize,
+}
+
+impl ResNet18 {
+    /// Build (or load, depending on the VarBuilder's backend) the encoder. Parameter names are
+    /// torchvision's: `conv1.weight`, `bn1.*`, `layer{1..4}.{0,1}.{conv1,bn1,conv2,bn2}.*`,
+    /// `layer{2..4}.0.downsample.{0,1}.*`.
+    pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        cfg.validate()
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        let ch = cfg.stage_channels();
+        let conv1 = match cfg.stem {
+            Stem::Cifar => conv(3, ch[0], 3, 1, vb.pp("conv1"))?,
+            Stem::Imagenet => conv(3, ch[0], 7, 2, vb.pp("conv1"))?,
+        };
+        let bn1 = bn(ch[0], cfg, vb.pp("bn1"))?;
+        let mut layers = Vec::with_capacity(4);
+        let mut c_in = ch[0];
+        for (i, &c_out) in ch.iter().enumerate() {
+            let stride = if i == 0 { 1 } else { 2 };
+            let vb_l = vb.pp(format!("layer{}", i + 1));
+            layers.push(vec![
+                BasicBlock::new(c_in, c_out, stride, cfg, vb_l.pp("0"))?,
+                BasicBlock::new(c_out, c_out, 1, cfg, vb_l.pp("1"))?,
+            ]);
+            c_in = c_out;
+        }
+        Ok(Self {
+            stem: cfg.stem,
+            conv1,
+            bn1,
+            layers,
+            feature_dim: ch[3],
+        })
+    }
+
+    pub fn feature_dim(&self) -> usize {
+        self.feature_dim
+    }
+
+    /// `train = true`: BatchNorm uses batch statistics and updates its running statistics, and
+    /// the max-pool is the differentiable one. `train = false`: running statistics, fast pool.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.conv1.forward(x)?;
+        let mut x = self.bn1.forward_t(&x, train)?.relu()?;
+        if self.stem == Stem::Imagenet {
+            x = if train {
+                max_pool_3x3_s2(&x)?
+            } else {
+                x.pad_with_zeros(D::Minus1, 1, 1)?
+                    .pad_with_zeros(D::Minus2, 1, 1)?
+                    .max_pool2d_with_stride(3, 2)?
+            };
+        }
+        for layer in &self.layers {
+            for block in layer {
+                x = block.forward_t(&x, train)?;
+            }
+        }
+        x.mean(D::Minus1)?.mean(D::Minus1)
+    }
+}
+
+/// 3x3 max-pool, stride 2, padding 1, over non-negative input, from differentiable ops only.
+///
+/// Rows first, then columns (max is separable). Output side `o = floor((n - 1) / 2) + 1`; window `o`
+/// covers padded positions `2o, 2o+1, 2o+2`, read as three stride-2 slices of the padded tensor.
+pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
+    let pooled_rows = pool_axis(x, 2)?;
+    pool_axis(&pooled_rows, 3)
+}
+
+fn pool_axis(x: &Tensor, axis: usize) -> Result<Tensor> {
+    let n = x.dim(axis)?;
+    let out = (n - 1) / 2 + 1;
+    // Left pad 1 (the pooling padding); right pad so the padded length is 2 * out + 2.
+    let right = 2 * out + 1 - n;
+    let padded = x.pad_with_zeros(axis, 1, right)?;
+    let mut acc: Option<Tensor> = None;
+    for offset in 0..3 {
+        let window = padded.narrow(axis, offset, 2 * out)?;
+        // Split the axis into (out, 2) and keep phase 0: positions offset + 2 * o.
+        let mut dims = window.dims().to_vec();
+        dims[axis] = out;
+        dims.insert(axis + 1, 2);
+        let strided = window
+            .contiguous()?
+            .reshape(dims)?
+            .narrow(axis + 1, 0, 1)?
+            .squeeze(axis + 1)?;
+        acc = Some(match acc {
+            None => strided,
+            Some(a) => a.maximum(&strided)?,
+        });
+    }
+    acc.expect("three windows").contiguous()
+}

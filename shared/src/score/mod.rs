@@ -1,0 +1,78 @@
+//! Scoring: kNN cosine scores against an ID bank, the rotation/crop ensemble combiner, and the
+//! detection metrics (AUROC, AULC). Shared so the trainer's evaluation and the device's verdicts
+//! are the same arithmetic.
+
+pub mod knn;
+pub mod metrics;
+
+pub use knn::{Bank, Real, ScoreFn, kde, l2_norm, l2_normalize, mean_top_k};
+pub use metrics::{aulc, auroc, linspace, simpson};
+
+use crate::error::{Error, Result};
+
+/// Ensemble score of the FIRM reference: for every rotation angle, the mean over crops of that
+/// angle's scores (each angle scored only against the bank built at the same angle); then the mean
+/// over angles. `per_angle[a][c][i]` is the score of test image `i`, crop `c`, angle `a`.
+pub fn ensemble<T: Real>(per_angle: &[Vec<Vec<T>>]) -> Result<Vec<T>> {
+    let n = per_angle
+        .first()
+        .and_then(|crops| crops.first())
+        .map(Vec::len)
+        .ok_or_else(|| Error::invalid("ensemble", "needs at least one angle and one crop"))?;
+    let mut out = vec![T::zero(); n];
+    for crops in per_angle {
+        if crops.is_empty() || crops.iter().any(|c| c.len() != n) {
+            return Err(Error::invalid(
+                "ensemble",
+                format!("every angle needs >= 1 crop of {n} scores"),
+            ));
+        }
+        let nc = T::from(crops.len()).expect("count");
+        for (i, o) in out.iter_mut().enumerate() {
+            let mean_over_crops = crops.iter().map(|c| c[i]).sum::<T>() / nc;
+            *o = *o + mean_over_crops;
+        }
+    }
+    let na = T::from(per_angle.len()).expect("count");
+    out.iter_mut().for_each(|o| *o = *o / na);
+    Ok(out)
+}
+
+/// Scores of many test images under the ensemble: `banks[a]` is the bank at angle `a`,
+/// `features[a][c]` the raw test features (row-major `[n, dim]`) at angle `a`, crop `c`.
+pub fn ensemble_scores<T: Real>(
+    f: ScoreFn,
+    banks: &[Bank<T>],
+    features: &[Vec<Vec<T>>],
+) -> Result<Vec<T>> {
+    if banks.len() != features.len() {
+        return Err(Error::invalid(
+            "ensemble",
+            format!("{} banks for {} angles", banks.len(), features.len()),
+        ));
+    }
+    let per_angle: Vec<Vec<Vec<T>>> = banks
+        .iter()
+        .zip(features)
+        .map(|(bank, crops)| crops.iter().map(|raw| bank.score_all(f, raw)).collect())
+        .collect::<Result<_>>()?;
+    ensemble(&per_angle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ensemble_means_crops_then_angles() {
+        // Angle 0: crops [1,2] and [3,4] -> [2,3]; angle 1: one crop [10, 20]. Mean -> [6, 11.5].
+        let s = ensemble(&[
+            vec![vec![1.0f64, 2.0], vec![3.0, 4.0]],
+            vec![vec![10.0, 20.0]],
+        ])
+        .unwrap();
+        assert_eq!(s, vec![6.0, 11.5]);
+        assert!(ensemble::<f64>(&[]).is_err());
+        assert!(ensemble(&[vec![vec![1.0f64]], vec![vec![1.0, 2.0]]]).is_err());
+    }
+}
