@@ -1,0 +1,4 @@
+//! host-trainer: trains FIRM encoders on images of good parts, evaluates them and (later issues)
+//! exports signed bundles for the device.
+
+pub mod loss;
