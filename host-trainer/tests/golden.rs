@@ -62,7 +62,10 @@ impl Tally {
 
     fn close(&mut self, at: &str, ours: &[f64], theirs: &[f64], tol: Tol) {
         if ours.len() != theirs.len() {
-            self.fail(at, format!("{} values, reference has {}", ours.len(), theirs.len()));
+            self.fail(
+                at,
+                format!("{} values, reference has {}", ours.len(), theirs.len()),
+            );
             return;
         }
         for (i, (&a, &b)) in ours.iter().zip(theirs).enumerate() {
@@ -130,8 +133,11 @@ impl Obj {
         let at = at.into();
         match v {
             Value::Object(mut map) => {
-                let info: Vec<String> =
-                    map.keys().filter(|k| is_informational(k)).cloned().collect();
+                let info: Vec<String> = map
+                    .keys()
+                    .filter(|k| is_informational(k))
+                    .cloned()
+                    .collect();
                 for k in info {
                     let v = map.remove(&k).expect("present");
                     tally.ignore(&v);
@@ -169,9 +175,10 @@ impl Obj {
     fn finish(self, tally: &mut Tally) {
         tally.errors.extend(self.missing);
         for k in self.map.keys() {
-            tally
-                .errors
-                .push(format!("{}.{k}: unknown key (neither compared nor recognised)", self.at));
+            tally.errors.push(format!(
+                "{}.{k}: unknown key (neither compared nor recognised)",
+                self.at
+            ));
         }
     }
 }
@@ -207,7 +214,14 @@ fn num(v: &Value) -> Option<f64> {
 // ---------------------------------------------------------------------------------------------
 // Loss cases
 
-fn loss_values(kind: LossKind, z: &[f64], d: usize, labels: &[SampleLabel], tau: f64, dt: DType) -> (f64, Vec<f64>) {
+fn loss_values(
+    kind: LossKind,
+    z: &[f64],
+    d: usize,
+    labels: &[SampleLabel],
+    tau: f64,
+    dt: DType,
+) -> (f64, Vec<f64>) {
     let rows = z.len() / d;
     let t = Tensor::from_vec(z.to_vec(), (rows, d), &Device::Cpu)
         .unwrap()
@@ -220,7 +234,13 @@ fn loss_values(kind: LossKind, z: &[f64], d: usize, labels: &[SampleLabel], tau:
         .unwrap()
         .to_vec1::<f64>()
         .unwrap();
-    let loss = kind.loss(&t, labels, tau).unwrap().to_dtype(DType::F64).unwrap().to_scalar().unwrap();
+    let loss = kind
+        .loss(&t, labels, tau)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     (loss, per)
 }
 
@@ -241,7 +261,10 @@ fn check_loss_case(file: &str, v: Value, tally: &mut Tally) {
     o.finish(tally);
     let (Some(n), Some(d), Some(tau), Some((z, zshape)), Some(losses)) = (n, d, tau, emb, losses)
     else {
-        tally.fail(&at, "N, d, temperature, embeddings and losses must be present and numeric");
+        tally.fail(
+            &at,
+            "N, d, temperature, embeddings and losses must be present and numeric",
+        );
         return;
     };
     let (n, d) = (n as usize, d as usize);
@@ -250,18 +273,29 @@ fn check_loss_case(file: &str, v: Value, tally: &mut Tally) {
     for (r, row) in z.chunks(d).enumerate() {
         let norm = row.iter().map(|x| x * x).sum::<f64>().sqrt();
         if (norm - 1.0).abs() > 1e-9 {
-            tally.fail(&format!("{at}.embeddings[{r}]"), format!("row norm {norm}, expected 1"));
+            tally.fail(
+                &format!("{at}.embeddings[{r}]"),
+                format!("row norm {norm}, expected 1"),
+            );
         }
     }
     let ints = |v: &Option<Value>| -> Option<Vec<i64>> {
-        v.as_ref().and_then(|v| nd(v)).map(|(x, _)| x.iter().map(|&f| f as i64).collect())
+        v.as_ref()
+            .and_then(nd)
+            .map(|(x, _)| x.iter().map(|&f| f as i64).collect())
     };
     // Our labels come from the multiclass encoding when present, else the package one; every
     // other encoding is then compared with ours.
     let labels: Vec<SampleLabel> = if let Some(s) = ints(&shift) {
-        s.iter().map(|&k| SampleLabel::from_shift(k as u16)).collect()
+        s.iter()
+            .map(|&k| SampleLabel::from_shift(k as u16))
+            .collect()
     } else if let Some(p) = ints(&pkg) {
-        match p.iter().map(|&k| SampleLabel::from_package(k)).collect::<Option<Vec<_>>>() {
+        match p
+            .iter()
+            .map(|&k| SampleLabel::from_package(k))
+            .collect::<Option<Vec<_>>>()
+        {
             Some(l) => l,
             None => {
                 tally.fail(&format!("{at}.package_labels"), "labels must be -1 or >= 0");
@@ -278,7 +312,11 @@ fn check_loss_case(file: &str, v: Value, tally: &mut Tally) {
     }
     let enc = |f: fn(SampleLabel) -> i64| labels.iter().map(|&l| f(l)).collect::<Vec<i64>>();
     if let Some(b) = ints(&bin) {
-        tally.exact(&format!("{at}.bin_labels"), &enc(|l| l.bin_label() as i64), &b);
+        tally.exact(
+            &format!("{at}.bin_labels"),
+            &enc(|l| l.bin_label() as i64),
+            &b,
+        );
     }
     if let Some(b) = ints(&supb) {
         tally.exact(
@@ -290,9 +328,15 @@ fn check_loss_case(file: &str, v: Value, tally: &mut Tally) {
     let package_labels: Vec<SampleLabel> = match ints(&pkg) {
         Some(p) => {
             if shift.is_some() {
-                tally.exact(&format!("{at}.package_labels"), &enc(|l| l.package_label()), &p);
+                tally.exact(
+                    &format!("{at}.package_labels"),
+                    &enc(|l| l.package_label()),
+                    &p,
+                );
             }
-            p.iter().filter_map(|&k| SampleLabel::from_package(k)).collect()
+            p.iter()
+                .filter_map(|&k| SampleLabel::from_package(k))
+                .collect()
         }
         None => labels.clone(),
     };
@@ -318,7 +362,10 @@ fn check_loss_case(file: &str, v: Value, tally: &mut Tally) {
             "firm_package_pairwise" => (LossKind::Firm, &package_labels),
             "firm_package_concat" => (LossKind::FirmConcat, &package_labels),
             other => {
-                tally.fail(&format!("{at}.losses.{other}"), "unknown loss (no implementation mapped)");
+                tally.fail(
+                    &format!("{at}.losses.{other}"),
+                    "unknown loss (no implementation mapped)",
+                );
                 continue;
             }
         };
@@ -340,7 +387,12 @@ fn check_loss_case(file: &str, v: Value, tally: &mut Tally) {
             continue;
         };
         tally.close(&format!("{here}.loss"), &[loss64], &[reference], F64);
-        tally.close(&format!("{here}.loss (f32 path)"), &[loss32], &[reference], F32);
+        tally.close(
+            &format!("{here}.loss (f32 path)"),
+            &[loss32],
+            &[reference],
+            F32,
+        );
         match per_ref {
             Some((p, _)) => {
                 tally.close(&format!("{here}.per_anchor"), &per64, &p, F64);
@@ -349,7 +401,11 @@ fn check_loss_case(file: &str, v: Value, tally: &mut Tally) {
             None => tally.fail(&format!("{here}.per_anchor"), "missing or not numeric"),
         }
         if let Some((m, _)) = mask_ref {
-            let ours: Vec<i64> = kind.positive_mask(labels_for).iter().map(|&b| b as i64).collect();
+            let ours: Vec<i64> = kind
+                .positive_mask(labels_for)
+                .iter()
+                .map(|&b| b as i64)
+                .collect();
             let theirs: Vec<i64> = m.iter().map(|&x| x as i64).collect();
             tally.exact(&format!("{here}.positive_mask"), &ours, &theirs);
         }
@@ -370,7 +426,12 @@ fn check_loss_case(file: &str, v: Value, tally: &mut Tally) {
         if let Some(v) = current_pkg {
             let (pkg_loss, _) = loss_values(kind, &z, d, &package_labels, tau, DType::F64);
             match num(&v) {
-                Some(x) => tally.close(&format!("{here}.loss_current_package"), &[pkg_loss], &[x], F64),
+                Some(x) => tally.close(
+                    &format!("{here}.loss_current_package"),
+                    &[pkg_loss],
+                    &[x],
+                    F64,
+                ),
                 None => tally.fail(&format!("{here}.loss_current_package"), "not a number"),
             }
         }
@@ -378,7 +439,10 @@ fn check_loss_case(file: &str, v: Value, tally: &mut Tally) {
             // The reference's early 2N variant is NaN on purpose; recognised, not compared. What we
             // assert instead: every loss of ours is finite on this very batch, in f64 and f32.
             if v.as_str() != Some("NaN") {
-                tally.fail(&format!("{here}.loss_old_FIRMLossv2"), "expected the string \"NaN\"");
+                tally.fail(
+                    &format!("{here}.loss_old_FIRMLossv2"),
+                    "expected the string \"NaN\"",
+                );
             }
             tally.ignored += 1;
             for k in LossKind::ALL {
@@ -433,7 +497,13 @@ fn knn_scores(feat: &Features, f: ScoreFn, angles: usize, all_crops: bool) -> (V
         let val: Vec<Vec<Vec<T>>> = val
             .into_iter()
             .take(angles)
-            .map(|crops| if all_crops { crops } else { crops.into_iter().take(1).collect() })
+            .map(|crops| {
+                if all_crops {
+                    crops
+                } else {
+                    crops.into_iter().take(1).collect()
+                }
+            })
             .collect();
         to_f64(score::ensemble_scores(f, &banks[..angles], &val).unwrap())
     }
@@ -460,13 +530,28 @@ fn check_knn_case(file: &str, v: Value, tally: &mut Tally) {
     o.finish(tally);
     let (Some((angles, _)), Some((tr, ts)), Some((va, vs)), Some((y, _))) = (angles, train, val, y)
     else {
-        tally.fail(&at, "angles_deg, train_feat, val_feat, y_test must be numeric arrays");
+        tally.fail(
+            &at,
+            "angles_deg, train_feat, val_feat, y_test must be numeric arrays",
+        );
         return;
     };
-    if ts.len() != 4 || vs.len() != 4 || ts[0] != angles.len() || vs[0] != angles.len() || ts[1] != 1
-        || ts[3] != vs[3] || vs[2] != y.len()
+    if ts.len() != 4
+        || vs.len() != 4
+        || ts[0] != angles.len()
+        || vs[0] != angles.len()
+        || ts[1] != 1
+        || ts[3] != vs[3]
+        || vs[2] != y.len()
     {
-        tally.fail(&at, format!("inconsistent shapes: train {ts:?}, val {vs:?}, {} angles, {} labels", angles.len(), y.len()));
+        tally.fail(
+            &at,
+            format!(
+                "inconsistent shapes: train {ts:?}, val {vs:?}, {} angles, {} labels",
+                angles.len(),
+                y.len()
+            ),
+        );
         return;
     }
     let (na, nc, nv, dim, m) = (vs[0], vs[1], vs[2], vs[3], ts[2]);
@@ -479,7 +564,11 @@ fn check_knn_case(file: &str, v: Value, tally: &mut Tally) {
         dim,
     };
     // Our normalisation against the reference's.
-    let norm_all = |x: &[f64]| x.chunks(dim).flat_map(score::l2_normalize).collect::<Vec<f64>>();
+    let norm_all = |x: &[f64]| {
+        x.chunks(dim)
+            .flat_map(score::l2_normalize)
+            .collect::<Vec<f64>>()
+    };
     match (train_norm, val_norm) {
         (Some((tn, _)), Some((vn, _))) => {
             tally.close(&format!("{at}.train_norm"), &norm_all(&tr), &tn, F64);
@@ -490,7 +579,10 @@ fn check_knn_case(file: &str, v: Value, tally: &mut Tally) {
     let is_normal: Vec<bool> = y.iter().map(|&v| v == 1.0).collect();
     let auroc = |s: &[f64]| score::auroc(s, &is_normal).unwrap();
 
-    for (section, value, ensemble) in [("single_angle0_crop0", single, false), ("ensemble", ens, true)] {
+    for (section, value, ensemble) in [
+        ("single_angle0_crop0", single, false),
+        ("ensemble", ens, true),
+    ] {
         let Some(value) = value else { continue };
         let Some(mut sec) = Obj::new(format!("{at}.{section}"), value, tally) else {
             continue;
@@ -531,12 +623,18 @@ fn check_knn_case(file: &str, v: Value, tally: &mut Tally) {
             }
             if let Some(nw) = e.take_opt("norm_weighted") {
                 let ours = matches!(f, ScoreFn::CosKNorm { .. });
-                tally.exact(&format!("{here}.norm_weighted"), &[Some(ours)], &[nw.as_bool()]);
+                tally.exact(
+                    &format!("{here}.norm_weighted"),
+                    &[Some(ours)],
+                    &[nw.as_bool()],
+                );
             }
             if let Some(g) = e.take_opt("gamma") {
                 let (banks, _) = feat.to::<f64>();
                 match num(&g) {
-                    Some(g) => tally.close(&format!("{here}.gamma"), &[banks[0].kde_gamma()], &[g], F64),
+                    Some(g) => {
+                        tally.close(&format!("{here}.gamma"), &[banks[0].kde_gamma()], &[g], F64)
+                    }
                     None => tally.fail(&format!("{here}.gamma"), "not a number"),
                 }
             }
@@ -552,15 +650,28 @@ fn check_knn_case(file: &str, v: Value, tally: &mut Tally) {
                 any_score = true;
                 tally.close(&format!("{here}.score_faiss_float32"), &s64, &s.0, FAISS);
             }
-            if let Some(s) = e.take_opt("angle0_only_all_crops_score_faiss_float32").as_ref().and_then(nd) {
+            if let Some(s) = e
+                .take_opt("angle0_only_all_crops_score_faiss_float32")
+                .as_ref()
+                .and_then(nd)
+            {
                 let (a0, _) = knn_scores(&feat, f, 1, true);
-                tally.close(&format!("{here}.angle0_only_all_crops_score_faiss_float32"), &a0, &s.0, FAISS);
+                tally.close(
+                    &format!("{here}.angle0_only_all_crops_score_faiss_float32"),
+                    &a0,
+                    &s.0,
+                    FAISS,
+                );
             }
             if !any_score {
                 tally.fail(&here, "no score array");
             }
             let ours_auc = auroc(&s64);
-            for (key, tol) in [("auroc_float64", F64), ("auroc", F64), ("auroc_faiss_float32", FAISS)] {
+            for (key, tol) in [
+                ("auroc_float64", F64),
+                ("auroc", F64),
+                ("auroc_faiss_float32", FAISS),
+            ] {
                 if let Some(a) = e.take_opt(key) {
                     match num(&a) {
                         Some(a) => tally.close(&format!("{here}.{key}"), &[ours_auc], &[a], tol),
@@ -580,9 +691,12 @@ fn check_knn_case(file: &str, v: Value, tally: &mut Tally) {
         let value = e.take("aulc").as_ref().and_then(num);
         e.finish(tally);
         match (curve, value) {
-            (Some((c, _)), Some(v)) => {
-                tally.close(&format!("{at}.aulc.aulc"), &[score::aulc(&c).unwrap()], &[v], F64)
-            }
+            (Some((c, _)), Some(v)) => tally.close(
+                &format!("{at}.aulc.aulc"),
+                &[score::aulc(&c).unwrap()],
+                &[v],
+                F64,
+            ),
             _ => tally.fail(&format!("{at}.aulc"), "auc_curve and aulc must be numeric"),
         }
     }
@@ -598,7 +712,10 @@ fn check_value(file: &str, v: Value, tally: &mut Tally) {
     } else if is_obj("train_feat") {
         check_knn_case(file, v, tally);
     } else {
-        tally.fail(file, "neither a loss case (`losses`) nor a kNN case (`train_feat`)");
+        tally.fail(
+            file,
+            "neither a loss case (`losses`) nor a kNN case (`train_feat`)",
+        );
     }
 }
 
@@ -663,7 +780,13 @@ fn golden_fails_on_unknown_keys() {
     let mut v = load("loss_01_small_mixed_t0.1.json");
     v["losses"]["firm_pairwise"]["surprise"] = Value::from(1.0);
     let t = check_one(v);
-    assert!(t.errors.iter().any(|e| e.contains("firm_pairwise.surprise: unknown key")), "{:?}", t.errors);
+    assert!(
+        t.errors
+            .iter()
+            .any(|e| e.contains("firm_pairwise.surprise: unknown key")),
+        "{:?}",
+        t.errors
+    );
     let mut v = load("knn_01_single_view.json");
     v["ensemble"]["cos_7_squared"] = serde_json::json!({"score": [1.0]});
     assert!(!check_one(v).errors.is_empty());
@@ -677,14 +800,27 @@ fn golden_detects_small_deviations() {
     let mut v = load("loss_04_N8_rotations_t0.2.json");
     let x = v["losses"]["firm_pairwise"]["loss"].as_f64().unwrap();
     v["losses"]["firm_pairwise"]["loss"] = Value::from(x * (1.0 + 1e-8));
-    assert!(!check_one(v).errors.is_empty(), "a 1e-8 relative change must fail at rtol 1e-9");
+    assert!(
+        !check_one(v).errors.is_empty(),
+        "a 1e-8 relative change must fail at rtol 1e-9"
+    );
     let mut v = load("loss_01_small_mixed_t0.1.json");
     v["losses"]["supcon_binary"]["positive_mask"][0][2] = Value::from(1);
-    assert!(check_one(v).errors.iter().any(|e| e.contains("positive_mask")));
+    assert!(
+        check_one(v)
+            .errors
+            .iter()
+            .any(|e| e.contains("positive_mask"))
+    );
     let mut v = load("knn_02_rot_ensemble.json");
     let s = v["ensemble"]["kde"]["score"][3].as_f64().unwrap();
     v["ensemble"]["kde"]["score"][3] = Value::from(s + 1e-6);
-    assert!(check_one(v).errors.iter().any(|e| e.contains("ensemble.kde.score")));
+    assert!(
+        check_one(v)
+            .errors
+            .iter()
+            .any(|e| e.contains("ensemble.kde.score"))
+    );
     let mut v = load("knn_03_rot_crop_ensemble.json");
     v["aulc"]["aulc"] = Value::from(0.77);
     assert!(check_one(v).errors.iter().any(|e| e.contains("aulc")));

@@ -1,12 +1,12 @@
 //! Loss properties beyond the golden values: gradients against finite differences, the identities
 //! between losses, and finiteness on every degenerate batch a trainer can produce.
 
+use SampleLabel::{Id, Outlier};
 use candle_core::{DType, Device, Tensor, Var};
 use firm_shared::model::l2_normalize_rows;
 use host_trainer::loss::{LossKind, SampleLabel};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use SampleLabel::{Id, Outlier};
 
 fn random_rows(rows: usize, d: usize, seed: u64) -> Vec<f64> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -35,8 +35,9 @@ fn gradients_match_finite_differences() {
     for kind in LossKind::ALL {
         for tau in [0.1, 0.5] {
             let raw = random_rows(2 * n, d, 7 + (tau * 10.0) as u64);
-            let x = Var::from_tensor(&Tensor::from_vec(raw.clone(), (2 * n, d), &Device::Cpu).unwrap())
-                .unwrap();
+            let x =
+                Var::from_tensor(&Tensor::from_vec(raw.clone(), (2 * n, d), &Device::Cpu).unwrap())
+                    .unwrap();
             let loss = kind
                 .loss(&l2_normalize_rows(x.as_tensor()).unwrap(), &labels, tau)
                 .unwrap();
@@ -59,8 +60,14 @@ fn gradients_match_finite_differences() {
                 let fd = (f(&p) - f(&m)) / (2.0 * h);
                 worst = worst.max((fd - g[i]).abs() / (1e-6 + fd.abs().max(g[i].abs())));
             }
-            assert!(worst < 1e-6, "{kind:?} tau {tau}: relative gradient error {worst:.2e}");
-            assert!(g.iter().any(|v| v.abs() > 1e-3), "{kind:?}: gradient must not vanish");
+            assert!(
+                worst < 1e-6,
+                "{kind:?} tau {tau}: relative gradient error {worst:.2e}"
+            );
+            assert!(
+                g.iter().any(|v| v.abs() > 1e-3),
+                "{kind:?}: gradient must not vanish"
+            );
         }
     }
 }
@@ -89,7 +96,10 @@ fn firm_concat_on_all_id_equals_supcon_and_supcon_star() {
         let firm = value(LossKind::FirmConcat, &z, &labels, tau);
         for other in [LossKind::SupCon, LossKind::SupConStar] {
             let v = value(other, &z, &labels, tau);
-            assert!((firm - v).abs() <= 1e-12 * v.abs(), "{other:?}: {firm} vs {v}");
+            assert!(
+                (firm - v).abs() <= 1e-12 * v.abs(),
+                "{other:?}: {firm} vs {v}"
+            );
         }
     }
 }
@@ -99,11 +109,23 @@ fn firm_differs_from_ntxent_and_supcon_on_mixed_batches() {
     // The identities above must not hold by accident: on a mixed batch the losses disagree.
     let (n, d) = (8, 16);
     let z = unit(&random_rows(2 * n, d, 5), d, DType::F64);
-    let labels = [Id(0), Id(0), Id(0), Outlier(1), Outlier(1), Outlier(2), Outlier(2), Outlier(3)];
+    let labels = [
+        Id(0),
+        Id(0),
+        Id(0),
+        Outlier(1),
+        Outlier(1),
+        Outlier(2),
+        Outlier(2),
+        Outlier(3),
+    ];
     let firm = value(LossKind::FirmConcat, &z, &labels, 0.2);
     for other in [LossKind::NtXent2n, LossKind::SupCon, LossKind::SupConStar] {
         let v = value(other, &z, &labels, 0.2);
-        assert!((firm - v).abs() > 1e-3, "{other:?} equals FIRM on a mixed batch");
+        assert!(
+            (firm - v).abs() > 1e-3,
+            "{other:?} equals FIRM on a mixed batch"
+        );
     }
 }
 
@@ -124,7 +146,9 @@ fn finite_on_every_degenerate_batch() {
         (
             "opposite views",
             vec![Id(0), Outlier(1)],
-            [same_row.clone(), same_row.iter().map(|v| -v).collect()].concat().repeat(2),
+            [same_row.clone(), same_row.iter().map(|v| -v).collect()]
+                .concat()
+                .repeat(2),
         ),
     ];
     for (what, labels, raw) in cases {
@@ -134,8 +158,15 @@ fn finite_on_every_degenerate_batch() {
                 for tau in [0.05, 0.1, 0.5, 2.0] {
                     let zv = Var::from_tensor(&z).unwrap();
                     let loss = kind.loss(zv.as_tensor(), &labels, tau).unwrap();
-                    let v = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
-                    assert!(v.is_finite() && v >= -1e-6, "{what} {kind:?} {dt:?} tau {tau}: {v}");
+                    let v = loss
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap();
+                    assert!(
+                        v.is_finite() && v >= -1e-6,
+                        "{what} {kind:?} {dt:?} tau {tau}: {v}"
+                    );
                     let g = loss.backward().unwrap();
                     let gv: Vec<f64> = g
                         .get(zv.as_tensor())
@@ -146,7 +177,10 @@ fn finite_on_every_degenerate_batch() {
                         .unwrap()
                         .to_vec1()
                         .unwrap();
-                    assert!(gv.iter().all(|x| x.is_finite()), "{what} {kind:?}: NaN gradient");
+                    assert!(
+                        gv.iter().all(|x| x.is_finite()),
+                        "{what} {kind:?}: NaN gradient"
+                    );
                 }
             }
         }
@@ -166,7 +200,11 @@ fn single_sample_and_perfect_alignment_have_known_values() {
     let z = unit(&[1.0, 0.0, 0.0].repeat(2 * n), 3, DType::F64);
     let ids = vec![Id(0); n];
     for kind in LossKind::ALL {
-        let keys = if kind.layout() == host_trainer::loss::Layout::Pairwise { n } else { 2 * n - 1 };
+        let keys = if kind.layout() == host_trainer::loss::Layout::Pairwise {
+            n
+        } else {
+            2 * n - 1
+        };
         let v = value(kind, &z, &ids, 0.1);
         assert!((v - (keys as f64).ln()).abs() < 1e-12, "{kind:?}: {v}");
     }
@@ -177,6 +215,10 @@ fn rejects_malformed_batches() {
     let z = unit(&random_rows(6, 4, 1), 4, DType::F64);
     let e = LossKind::Firm.loss(&z, &[Id(0), Id(0)], 0.2).unwrap_err();
     assert!(e.to_string().contains("expected 2 x 2"), "{e}");
-    assert!(LossKind::Firm.loss(&z, &[Id(0), Id(0), Id(0)], 0.0).is_err());
+    assert!(
+        LossKind::Firm
+            .loss(&z, &[Id(0), Id(0), Id(0)], 0.0)
+            .is_err()
+    );
     assert!(LossKind::SupCon.loss(&z, &[], 0.2).is_err());
 }

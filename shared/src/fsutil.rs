@@ -17,9 +17,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         _ => Path::new("."),
     };
     let file_name = path.file_name().ok_or_else(|| {
-        Error::invalid("output path", format!("{} has no file name", path.display()))
+        Error::invalid(
+            "output path",
+            format!("{} has no file name", path.display()),
+        )
     })?;
-    let tmp = dir.join(format!(".{}.tmp-{}", file_name.to_string_lossy(), std::process::id()));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

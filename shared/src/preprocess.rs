@@ -110,7 +110,10 @@ impl PreprocessSpec {
     /// The reference test transform: short side to `floor(size * ratio)`, centre crop `size`.
     pub fn test_transform(&self, img: &RgbImage) -> Result<RgbImage> {
         if self.size == 0 {
-            return Err(Error::invalid("preprocess size", "must be at least 1 pixel"));
+            return Err(Error::invalid(
+                "preprocess size",
+                "must be at least 1 pixel",
+            ));
         }
         let resized = resize_short_side(img, self.resize_side(), self.filter)?;
         Ok(center_crop(&resized, self.size, self.size))
@@ -314,8 +317,11 @@ mod tests {
     #[test]
     fn grey8_is_replicated() {
         let g = ImageBuffer::from_fn(4, 3, |x, y| Luma([(10 * x + 50 * y) as u8]));
-        let d = decode_bytes(&encode(DynamicImage::ImageLuma8(g), image::ImageFormat::Png), p())
-            .unwrap();
+        let d = decode_bytes(
+            &encode(DynamicImage::ImageLuma8(g), image::ImageFormat::Png),
+            p(),
+        )
+        .unwrap();
         assert_eq!(d.source.to_string(), "grey 8-bit");
         assert!(d.source.was_converted());
         assert_eq!(d.rgb.get_pixel(2, 1).0, [70, 70, 70]);
@@ -326,27 +332,39 @@ mod tests {
         // 65535 -> 255, 257*k -> k exactly, 128 -> 0 (128/257 < 0.5), 129 -> 1.
         let vals = [65535u16, 257 * 100, 128, 129];
         let g = ImageBuffer::from_fn(4, 1, |x, _| Luma([vals[x as usize]]));
-        let d = decode_bytes(&encode(DynamicImage::ImageLuma16(g), image::ImageFormat::Png), p())
-            .unwrap();
+        let d = decode_bytes(
+            &encode(DynamicImage::ImageLuma16(g), image::ImageFormat::Png),
+            p(),
+        )
+        .unwrap();
         assert_eq!(d.source.bits, 16);
         let got: Vec<u8> = d.rgb.pixels().map(|p| p.0[0]).collect();
         assert_eq!(got, vec![255, 100, 0, 1]);
         let rgb16 = ImageBuffer::from_fn(2, 2, |_, _| Rgb([65535u16, 0, 257 * 7]));
-        let d = decode_bytes(&encode(DynamicImage::ImageRgb16(rgb16), image::ImageFormat::Png), p())
-            .unwrap();
+        let d = decode_bytes(
+            &encode(DynamicImage::ImageRgb16(rgb16), image::ImageFormat::Png),
+            p(),
+        )
+        .unwrap();
         assert_eq!(d.rgb.get_pixel(1, 1).0, [255, 0, 7]);
     }
 
     #[test]
     fn alpha_is_dropped_not_composited() {
         let rgba = ImageBuffer::from_fn(2, 2, |_, _| Rgba([200u8, 100, 50, 0]));
-        let d = decode_bytes(&encode(DynamicImage::ImageRgba8(rgba), image::ImageFormat::Png), p())
-            .unwrap();
+        let d = decode_bytes(
+            &encode(DynamicImage::ImageRgba8(rgba), image::ImageFormat::Png),
+            p(),
+        )
+        .unwrap();
         assert!(d.source.has_alpha);
         assert_eq!(d.rgb.get_pixel(0, 0).0, [200, 100, 50]);
         let la = ImageBuffer::from_fn(2, 2, |_, _| LumaA([90u8, 255]));
-        let d = decode_bytes(&encode(DynamicImage::ImageLumaA8(la), image::ImageFormat::Png), p())
-            .unwrap();
+        let d = decode_bytes(
+            &encode(DynamicImage::ImageLumaA8(la), image::ImageFormat::Png),
+            p(),
+        )
+        .unwrap();
         assert_eq!(d.source.to_string(), "grey+alpha 8-bit");
         assert_eq!(d.rgb.get_pixel(1, 0).0, [90, 90, 90]);
     }
@@ -354,8 +372,11 @@ mod tests {
     #[test]
     fn jpeg_decodes_close_to_source() {
         let rgb = ImageBuffer::from_fn(16, 16, |_, _| Rgb([120u8, 60, 200]));
-        let d = decode_bytes(&encode(DynamicImage::ImageRgb8(rgb), image::ImageFormat::Jpeg), p())
-            .unwrap();
+        let d = decode_bytes(
+            &encode(DynamicImage::ImageRgb8(rgb), image::ImageFormat::Jpeg),
+            p(),
+        )
+        .unwrap();
         let px = d.rgb.get_pixel(8, 8).0;
         for (a, b) in px.iter().zip([120u8, 60, 200]) {
             assert!((*a as i32 - b as i32).abs() <= 4, "{px:?}");
@@ -401,8 +422,14 @@ mod tests {
             let spec = PreprocessSpec::new(size);
             assert_eq!(spec.resize_side(), side);
             let img = ImageBuffer::from_fn(300, 200, |x, y| Rgb([x as u8, y as u8, 0]));
-            assert_eq!(spec.test_transform(&img).unwrap().dimensions(), (size, size));
-            assert_eq!(spec.model_input(&img).unwrap().len(), (3 * size * size) as usize);
+            assert_eq!(
+                spec.test_transform(&img).unwrap().dimensions(),
+                (size, size)
+            );
+            assert_eq!(
+                spec.model_input(&img).unwrap().len(),
+                (3 * size * size) as usize
+            );
         }
     }
 

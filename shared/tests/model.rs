@@ -81,7 +81,10 @@ fn output_shapes_for_both_stems() {
 #[test]
 fn parameter_names_are_torchvision_and_head_sequential() {
     let (vm, m) = build(&ModelConfig::default(), 0);
-    let names: Vec<String> = params::sorted_vars(&vm).into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = params::sorted_vars(&vm)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     for want in [
         "conv1.weight",
         "bn1.running_var",
@@ -97,7 +100,10 @@ fn parameter_names_are_torchvision_and_head_sequential() {
         assert!(names.iter().any(|n| n == want), "missing {want}");
     }
     assert!(!names.iter().any(|n| n == "layer1.0.downsample.0.weight"));
-    assert!(!names.iter().any(|n| n == "head.22.weight"), "last BN is not affine");
+    assert!(
+        !names.iter().any(|n| n == "head.22.weight"),
+        "last BN is not affine"
+    );
     // Convolutions and linears are bias-free: every bias belongs to a BatchNorm.
     for n in names.iter().filter(|n| n.ends_with(".bias")) {
         let rm = n.replace(".bias", ".running_mean");
@@ -153,7 +159,13 @@ fn imagenet_stem_trains_and_eval_matches_train_graph_shapes() {
     let cfg = EncoderConfig::new(Stem::Imagenet, 0.125);
     let (vm, enc) = build_encoder(&cfg, 7);
     let x = input(4, 32, 8);
-    let loss = enc.forward_t(&x, true).unwrap().sqr().unwrap().mean_all().unwrap();
+    let loss = enc
+        .forward_t(&x, true)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .mean_all()
+        .unwrap();
     let grads = loss.backward().unwrap();
     for (name, var) in params::trainable_vars(&vm) {
         let g = grads.get(var.as_tensor());
@@ -166,7 +178,10 @@ fn imagenet_stem_trains_and_eval_matches_train_graph_shapes() {
         .1;
     let g = grads.get(conv1.as_tensor()).unwrap();
     let gsum: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
-    assert!(gsum > 0.0, "gradient must reach the stem through the max-pool");
+    assert!(
+        gsum > 0.0,
+        "gradient must reach the stem through the max-pool"
+    );
 }
 
 #[test]
@@ -264,7 +279,10 @@ fn weights_round_trip_and_errors_name_the_tensor() {
     let got = m3.forward_t(&x, false).unwrap();
     assert_eq!(max_rel_diff(&got.features, &want.features), 0.0);
     let e = params::load(&vm3, &enc_only, Part::All).unwrap_err();
-    assert!(e.to_string().contains("missing tensor `head.0.weight`"), "{e}");
+    assert!(
+        e.to_string().contains("missing tensor `head.0.weight`"),
+        "{e}"
+    );
 
     let wider = ModelConfig {
         encoder: EncoderConfig::new(Stem::Imagenet, 0.125),
@@ -272,7 +290,10 @@ fn weights_round_trip_and_errors_name_the_tensor() {
     };
     let (vm4, _) = build(&wider, 0);
     let e = params::load(&vm4, &enc_only, Part::Encoder).unwrap_err();
-    assert!(e.to_string().contains("bn1.bias") && e.to_string().contains("shape"), "{e}");
+    assert!(
+        e.to_string().contains("bn1.bias") && e.to_string().contains("shape"),
+        "{e}"
+    );
 
     std::fs::write(dir.path().join("junk.safetensors"), b"not safetensors").unwrap();
     let e = params::load(&vm4, &dir.path().join("junk.safetensors"), Part::All).unwrap_err();

@@ -1,1 +1,37 @@
-//! tmp
+//! firm-e2e: end-to-end tests across the two programs (host-trainer -> bundle -> device-runtime).
+//! The helpers here locate the workspace's binaries, building them when a test runs before they
+//! exist (for example `cargo test -p firm-e2e` alone).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Workspace root (the folder holding the virtual Cargo.toml).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace")
+        .to_path_buf()
+}
+
+/// Path of a workspace binary in the same profile as this test, built if missing.
+pub fn binary(package: &str, name: &str) -> PathBuf {
+    // The test executable lives in target/<profile>/deps/.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps layout");
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "-p", package, "--bin", name]);
+        if profile_dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build");
+        assert!(status.success(), "cargo build -p {package} failed");
+    }
+    path
+}

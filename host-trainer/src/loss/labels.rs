@@ -169,7 +169,11 @@ mod tests {
             assert_eq!(m.len(), 36);
             for a in 0..6 {
                 assert_eq!(m[a * 6 + a], 0, "{kind:?}");
-                assert_eq!(m[a * 6 + (a + 3) % 6], 1, "{kind:?}: other view is positive");
+                assert_eq!(
+                    m[a * 6 + (a + 3) % 6],
+                    1,
+                    "{kind:?}: other view is positive"
+                );
             }
         }
         // SupCon (binary) pairs the two outliers; FIRM concat does not.
@@ -181,7 +185,12 @@ mod tests {
     fn encodings() {
         for (l, shift, bin, sc, pkg) in [(Id(0), 0, 1, 1, 0), (Outlier(3), 3, -1, 0, -1)] {
             assert_eq!(
-                (l.shift_label(), l.bin_label(), l.supcon_binary_label(), l.package_label()),
+                (
+                    l.shift_label(),
+                    l.bin_label(),
+                    l.supcon_binary_label(),
+                    l.package_label()
+                ),
                 (shift, bin, sc, pkg)
             );
         }

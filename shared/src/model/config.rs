@@ -194,6 +194,11 @@ mod tests {
         assert_eq!(c.encoder.feature_dim(), 256);
         assert!(serde_json::from_str::<ModelConfig>(r#"{"encoder":{"widht":0.5}}"#).is_err());
         let bad = EncoderConfig::new(Stem::Cifar, 0.0);
-        assert!(bad.validate().unwrap_err().to_string().contains("encoder.width"));
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("encoder.width")
+        );
     }
 }

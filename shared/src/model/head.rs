@@ -66,6 +66,10 @@ impl ProjectionHead {
 
 /// `x / max(||x||, 1e-12)` per row, as PyTorch's `F.normalize(x, dim=-1)`.
 pub fn l2_normalize_rows(x: &Tensor) -> Result<Tensor> {
-    let norm = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norm = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norm)
 }

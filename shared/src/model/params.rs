@@ -103,9 +103,8 @@ pub fn to_safetensors(varmap: &VarMap, part: Part) -> Result<Vec<u8>> {
         .filter(|(n, _)| part.covers(n))
         .map(|(n, v)| (n, v.as_tensor().clone()))
         .collect();
-    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None).map_err(|e| {
-        Error::invalid("safetensors", format!("cannot serialise weights: {e}"))
-    })
+    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), None)
+        .map_err(|e| Error::invalid("safetensors", format!("cannot serialise weights: {e}")))
 }
 
 /// Write the covered variables to `path` atomically (temporary file, fsync, rename), so a crash
@@ -118,12 +117,11 @@ pub fn save(varmap: &VarMap, path: &Path, part: Part) -> Result<()> {
 /// Set the covered variables from safetensors bytes; every covered variable must be present with
 /// its exact shape. Extra tensors (an `fc` layer, `num_batches_tracked`) are ignored.
 pub fn load_bytes(varmap: &VarMap, bytes: &[u8], origin: &Path, part: Part) -> Result<()> {
-    let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| {
-        Error::Weights {
+    let tensors =
+        candle_core::safetensors::load_buffer(bytes, &Device::Cpu).map_err(|e| Error::Weights {
             path: origin.to_path_buf(),
             reason: format!("not a safetensors file: {e}"),
-        }
-    })?;
+        })?;
     set_from(varmap, &tensors, origin, part)
 }
 
@@ -150,9 +148,9 @@ fn set_from(
         if !part.covers(&name) {
             continue;
         }
-        let t = tensors
-            .get(&name)
-            .ok_or_else(|| weights_err(format!("missing tensor `{name}` of shape {:?}", var.dims())))?;
+        let t = tensors.get(&name).ok_or_else(|| {
+            weights_err(format!("missing tensor `{name}` of shape {:?}", var.dims()))
+        })?;
         if t.dims() != var.dims() {
             return Err(weights_err(format!(
                 "tensor `{name}` has shape {:?}; the model expects {:?}",
@@ -160,7 +158,10 @@ fn set_from(
                 var.dims()
             )));
         }
-        if !matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F32 | DType::F64) {
+        if !matches!(
+            t.dtype(),
+            DType::F16 | DType::BF16 | DType::F32 | DType::F64
+        ) {
             return Err(weights_err(format!(
                 "tensor `{name}` is {:?}; expected a float type",
                 t.dtype()

@@ -102,22 +102,17 @@ pub struct Bank<T> {
 impl<T: Real> Bank<T> {
     /// Build from raw encoder features (`raw.len() = n * dim`); rows are normalised here.
     pub fn from_raw(raw: &[T], dim: usize) -> Result<Self> {
-        if dim == 0 || raw.is_empty() || raw.len() % dim != 0 {
-            return Err(Error::invalid(
-                "bank",
-                format!(
-                    "{} values do not form a non-empty [n, {dim}] matrix",
-                    raw.len()
-                ),
-            ));
+        if dim == 0 {
+            return Err(Error::invalid("bank", "feature dimension must be positive"));
         }
+        // Normalising keeps the length, so from_normalized still sees (and rejects) a ragged tail.
         let rows: Vec<T> = raw.chunks(dim).flat_map(l2_normalize).collect();
         Self::from_normalized(rows, dim)
     }
 
     /// Build from rows that are already L2-normalised.
     pub fn from_normalized(rows: Vec<T>, dim: usize) -> Result<Self> {
-        if dim == 0 || rows.is_empty() || rows.len() % dim != 0 {
+        if dim == 0 || rows.is_empty() || !rows.len().is_multiple_of(dim) {
             return Err(Error::invalid(
                 "bank",
                 format!(
@@ -190,7 +185,11 @@ impl<T: Real> Bank<T> {
         if raw.len() != self.dim {
             return Err(Error::invalid(
                 "test feature",
-                format!("has {} values; the bank has dimension {}", raw.len(), self.dim),
+                format!(
+                    "has {} values; the bank has dimension {}",
+                    raw.len(),
+                    self.dim
+                ),
             ));
         }
         let q = l2_normalize(raw);
@@ -214,7 +213,10 @@ pub fn mean_top_k<T: Real>(values: &[T], k: usize) -> Result<T> {
     if k == 0 || values.is_empty() {
         return Err(Error::invalid(
             "k",
-            format!("need k >= 1 and a non-empty bank (k = {k}, bank {})", values.len()),
+            format!(
+                "need k >= 1 and a non-empty bank (k = {k}, bank {})",
+                values.len()
+            ),
         ));
     }
     let k = k.min(values.len());

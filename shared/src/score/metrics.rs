@@ -101,7 +101,11 @@ fn basic_simpson(y: &[f64], h: &[f64], stop: usize) -> f64 {
         let hprod = h0 * h1;
         let h0divh1 = if h1 != 0.0 { h0 / h1 } else { 0.0 };
         let inv = if h0divh1 != 0.0 { 1.0 / h0divh1 } else { 0.0 };
-        let mid = if hprod != 0.0 { hsum * hsum / hprod } else { 0.0 };
+        let mid = if hprod != 0.0 {
+            hsum * hsum / hprod
+        } else {
+            0.0
+        };
         total += hsum / 6.0 * (y[i] * (2.0 - inv) + y[i + 1] * mid + y[i + 2] * (2.0 - h0divh1));
         i += 2;
     }

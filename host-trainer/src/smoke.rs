@@ -1,0 +1,222 @@
+//! Smoke run: the whole numeric path on generated images in seconds, on any machine.
+//!
+//! Generates good and defective parts ([`crate::data::synth`]), builds a tiny FIRM model, scores the
+//! test images against a bank of good training images (cos_1, cos_5, KDE, center; AUROC of each),
+//! trains a few FIRM steps with CutPaste outliers (batch [ID | CutPaste] per view, both views in one
+//! pass, PyTorch SGD), and scores again. It proves the pieces fit together; it is not a training
+//! recipe (that is `fit`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use firm_shared::model::{FirmModel, ModelConfig, Stem, params};
+use firm_shared::preprocess::{self, PreprocessSpec};
+use firm_shared::score::{self, Bank, ScoreFn};
+use image::RgbImage;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::data::synth::{self, Defect};
+use crate::loss::{LossKind, SampleLabel};
+use crate::optim::Sgd;
+use crate::outliers::cutpaste;
+
+/// Settings of a smoke run (`host-trainer smoke --help`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SmokeArgs {
+    /// Model input side in pixels.
+    #[arg(long, default_value_t = 32)]
+    pub size: u32,
+    /// FIRM training steps between the two evaluations (0: score the random model only).
+    #[arg(long, default_value_t = 40)]
+    pub steps: usize,
+    /// Good images per step (the batch holds as many CutPaste outliers, two views each).
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Encoder width multiplier (1.0 = full ResNet-18).
+    #[arg(long, default_value_t = 0.125)]
+    pub width: f32,
+    #[arg(long, default_value_t = 0.03)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.2)]
+    pub tau: f64,
+    /// Seed of the data, the initial weights and the augmentations.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Also write the generated test images to this folder (good_*.png, <defect>_*.png).
+    #[arg(long)]
+    pub dump: Option<PathBuf>,
+}
+
+/// AUROC of each score function, before and after training.
+#[derive(Debug, Clone)]
+pub struct SmokeReport {
+    pub scores: Vec<ScoreFn>,
+    pub auroc_init: Vec<f64>,
+    pub auroc_trained: Vec<f64>,
+    pub losses: Vec<f64>,
+}
+
+const N_TRAIN: usize = 48;
+const N_TEST_GOOD: usize = 16;
+const N_TEST_BAD: usize = 18;
+const SCORES: [ScoreFn; 4] = [
+    ScoreFn::CosK { k: 1 },
+    ScoreFn::CosK { k: 5 },
+    ScoreFn::Kde,
+    ScoreFn::Center,
+];
+
+pub fn run(args: &SmokeArgs) -> Result<SmokeReport> {
+    let dev = Device::Cpu;
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let spec = PreprocessSpec::new(args.size);
+    // Render at the test transform's resize side, so the crop jitter has room.
+    let side = spec.resize_side();
+    let train: Vec<RgbImage> = (0..N_TRAIN)
+        .map(|_| synth::render(side, None, &mut rng).0)
+        .collect();
+    let mut test = Vec::new();
+    for i in 0..N_TEST_GOOD + N_TEST_BAD {
+        let defect = (i >= N_TEST_GOOD).then(|| Defect::ALL[i % Defect::ALL.len()]);
+        test.push((synth::render(side, defect, &mut rng).0, defect));
+    }
+    if let Some(dir) = &args.dump {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (i, (img, d)) in test.iter().enumerate() {
+            let name = format!("{}_{i:02}.png", d.map_or("good", Defect::name));
+            img.save(dir.join(&name))
+                .with_context(|| format!("writing {}", dir.join(&name).display()))?;
+        }
+    }
+    let is_normal: Vec<bool> = test.iter().map(|(_, d)| d.is_none()).collect();
+
+    let mut cfg = ModelConfig::tiny(Stem::Cifar);
+    cfg.encoder.width = args.width;
+    cfg.validate()?;
+    let varmap = VarMap::new();
+    let model = FirmModel::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+    params::init_params(&varmap, args.seed)?;
+
+    let eval_inputs = |imgs: &[&RgbImage]| -> Result<Tensor> {
+        let v = imgs
+            .iter()
+            .map(|i| spec.model_input(i))
+            .collect::<firm_shared::Result<Vec<_>>>()?;
+        Ok(preprocess::batch_tensor(&v, args.size, &dev)?)
+    };
+    let train_x = eval_inputs(&train.iter().collect::<Vec<_>>())?;
+    let test_x = eval_inputs(&test.iter().map(|(i, _)| i).collect::<Vec<_>>())?;
+    let evaluate = |model: &FirmModel| -> Result<(Vec<f64>, Vec<f64>)> {
+        let bank_f: Vec<f32> = model
+            .encoder
+            .forward_t(&train_x, false)?
+            .flatten_all()?
+            .to_vec1()?;
+        let test_f: Vec<f32> = model
+            .encoder
+            .forward_t(&test_x, false)?
+            .flatten_all()?
+            .to_vec1()?;
+        let bank = Bank::from_raw(&bank_f, model.encoder.feature_dim())?;
+        let mut aurocs = Vec::new();
+        let mut cos1 = Vec::new();
+        for f in SCORES {
+            let s: Vec<f64> = bank
+                .score_all(f, &test_f)?
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            if f == SCORES[0] {
+                cos1 = s.clone();
+            }
+            aurocs.push(score::auroc(&s, &is_normal)?);
+        }
+        Ok((aurocs, cos1))
+    };
+    let (auroc_init, _) = evaluate(&model)?;
+
+    let mut opt = Sgd::new(params::trainable_vars(&varmap), args.lr, 0.9, 3e-4);
+    let mut losses = Vec::with_capacity(args.steps);
+    let b = args.batch.clamp(1, N_TRAIN);
+    for _ in 0..args.steps {
+        // One batch: B good images and B CutPaste outliers made from them; two jittered views of
+        // each, laid out [view 1: ID | CutPaste ; view 2: ID | CutPaste].
+        let mut samples: Vec<RgbImage> = Vec::with_capacity(2 * b);
+        let picks: Vec<usize> = (0..b).map(|_| rng.random_range(0..N_TRAIN)).collect();
+        samples.extend(picks.iter().map(|&i| train[i].clone()));
+        samples.extend(
+            picks
+                .iter()
+                .map(|&i| cutpaste::cutpaste(&train[i], &mut rng)),
+        );
+        let mut views = Vec::with_capacity(4 * b);
+        for _view in 0..2 {
+            for s in &samples {
+                views.push(spec.normalize(&jitter(s, args.size, &mut rng)));
+            }
+        }
+        let x = preprocess::batch_tensor(&views, args.size, &dev)?;
+        let labels: Vec<SampleLabel> = (0..2 * b)
+            .map(|i| {
+                if i < b {
+                    SampleLabel::Id(0)
+                } else {
+                    SampleLabel::Outlier(1)
+                }
+            })
+            .collect();
+        let out = model.forward_t(&x, true)?;
+        let loss = LossKind::Firm.loss(&out.z, &labels, args.tau)?;
+        losses.push(loss.to_scalar::<f32>()? as f64);
+        opt.step(&loss.backward()?)?;
+    }
+    let (auroc_trained, cos1) = evaluate(&model)?;
+
+    println!(
+        "smoke run: {N_TRAIN} good training images, {N_TEST_GOOD} good + {N_TEST_BAD} defective test images, {} px, width {}",
+        args.size, args.width
+    );
+    println!("cos_1 score per test image after training (higher = more normal):");
+    for ((_, d), s) in test.iter().zip(&cos1) {
+        println!("  {:<14} {s:.4}", d.map_or("good", Defect::name));
+    }
+    if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
+        println!(
+            "FIRM loss: step 1 {first:.4} -> step {} {last:.4}",
+            losses.len()
+        );
+    }
+    println!(
+        "{:<8} {:>12} {:>14}",
+        "score", "AUROC init", "AUROC trained"
+    );
+    for (i, f) in SCORES.iter().enumerate() {
+        println!(
+            "{:<8} {:>12.4} {:>14.4}",
+            f.to_string(),
+            auroc_init[i],
+            auroc_trained[i]
+        );
+    }
+    Ok(SmokeReport {
+        scores: SCORES.to_vec(),
+        auroc_init,
+        auroc_trained,
+        losses,
+    })
+}
+
+/// Cheap view augmentation for the smoke run: a random `size` crop and a brightness factor.
+fn jitter(img: &RgbImage, size: u32, rng: &mut impl Rng) -> RgbImage {
+    let (w, h) = img.dimensions();
+    let x = rng.random_range(0..=w.saturating_sub(size));
+    let y = rng.random_range(0..=h.saturating_sub(size));
+    let mut out = image::imageops::crop_imm(img, x, y, size.min(w), size.min(h)).to_image();
+    let gain: f32 = rng.random_range(0.8..1.2);
+    out.pixels_mut()
+        .for_each(|p| p.0 = p.0.map(|c| (c as f32 * gain).min(255.0) as u8));
+    out
+}
