@@ -722,7 +722,13 @@ fn check_value(file: &str, v: Value, tally: &mut Tally) {
 fn check_dir(dir: &Path) -> Tally {
     let mut tally = Tally::default();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("cannot read golden folder {}: {e}", dir.display()))
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot read golden folder {} (a relative FIRM_GOLDEN_DIR is taken from \
+                 host-trainer/, the working directory cargo gives this test): {e}",
+                dir.display()
+            )
+        })
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
