@@ -171,11 +171,7 @@ fn imagenet_stem_trains_and_eval_matches_train_graph_shapes() {
         let g = grads.get(var.as_tensor());
         assert!(g.is_some(), "no gradient for {name}");
     }
-    let conv1 = params::sorted_vars(&vm)
-        .into_iter()
-        .find(|(n, _)| n == "conv1.weight")
-        .unwrap()
-        .1;
+    let conv1 = params::find(&vm, "conv1.weight").unwrap();
     let g = grads.get(conv1.as_tensor()).unwrap();
     let gsum: f32 = g.abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
     assert!(
@@ -189,11 +185,8 @@ fn train_mode_updates_running_stats_with_pytorch_momentum() {
     let cfg = EncoderConfig::new(Stem::Cifar, 0.0625);
     let (vm, enc) = build_encoder(&cfg, 1);
     let get = |name: &str| {
-        params::sorted_vars(&vm)
-            .into_iter()
-            .find(|(n, _)| n == name)
+        params::find(&vm, name)
             .unwrap()
-            .1
             .as_tensor()
             .flatten_all()
             .unwrap()
@@ -203,11 +196,7 @@ fn train_mode_updates_running_stats_with_pytorch_momentum() {
     assert!(get("bn1.running_mean").iter().all(|&v| v == 0.0));
     let x = input(4, 8, 2);
     // Batch mean of conv1's output per channel, computed independently.
-    let conv_w = params::sorted_vars(&vm)
-        .into_iter()
-        .find(|(n, _)| n == "conv1.weight")
-        .unwrap()
-        .1;
+    let conv_w = params::find(&vm, "conv1.weight").unwrap();
     let y = x.conv2d(conv_w.as_tensor(), 1, 1, 1, 1).unwrap();
     let batch_mean: Vec<f32> = y
         .transpose(0, 1)
@@ -237,11 +226,8 @@ fn seeded_init_is_deterministic_and_kaiming_fan_out() {
     let (b, _) = build_encoder(&cfg, 42);
     let (c, _) = build_encoder(&cfg, 43);
     let w = |vm: &VarMap| {
-        params::sorted_vars(vm)
-            .into_iter()
-            .find(|(n, _)| n == "layer3.0.conv1.weight")
+        params::find(vm, "layer3.0.conv1.weight")
             .unwrap()
-            .1
             .as_tensor()
             .flatten_all()
             .unwrap()

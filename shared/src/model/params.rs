@@ -54,6 +54,16 @@ pub fn sorted_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     v
 }
 
+/// The variable called `name`, if the model has one.
+pub fn find(varmap: &VarMap, name: &str) -> Option<Var> {
+    varmap
+        .data()
+        .lock()
+        .expect("VarMap lock poisoned")
+        .get(name)
+        .cloned()
+}
+
 /// Parameters the optimiser updates (everything but BatchNorm buffers), sorted by name.
 pub fn trainable_vars(varmap: &VarMap) -> Vec<(String, Var)> {
     sorted_vars(varmap)
