@@ -83,20 +83,6 @@ fn median_ms(mut f: impl FnMut(), warmup: usize, iters: usize) -> (f64, f64) {
     (t[t.len() / 2], t[0])
 }
 
-fn randomise_bn(vm: &VarMap) {
-    for (name, var) in params::sorted_vars(vm) {
-        let n = var.elem_count();
-        let t = if name.ends_with("running_mean") {
-            Tensor::rand(-0.1f32, 0.1, n, &Device::Cpu)
-        } else if name.ends_with("running_var") {
-            Tensor::rand(0.5f32, 1.5, n, &Device::Cpu)
-        } else {
-            continue;
-        };
-        var.set(&t.unwrap()).unwrap();
-    }
-}
-
 fn main() {
     let o = parse();
     let dev = Device::Cpu;
@@ -119,7 +105,7 @@ fn main() {
     )
     .unwrap();
     params::init_params(&vm, 0).unwrap();
-    randomise_bn(&vm);
+    params::randomize_batchnorm(&vm, 1).unwrap();
     for &r in &o.res {
         for &b in &o.batch {
             let x = Tensor::randn(0f32, 1.0, (b, 3, r, r), &dev).unwrap();

@@ -32,26 +32,6 @@ fn input(b: usize, size: usize, seed: u64) -> Tensor {
     Tensor::from_vec(v, (b, 3, size, size), &Device::Cpu).unwrap()
 }
 
-/// Give BatchNorm non-trivial running statistics and affine parameters, so no layer is a no-op
-/// in eval mode (as the peer benchmark does).
-fn randomise_bn(vm: &VarMap, seed: u64) {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    for (name, var) in params::sorted_vars(vm) {
-        let n = var.dims().iter().product::<usize>();
-        let (lo, hi) = if name.ends_with("running_mean") || name.ends_with("bias") {
-            (-0.1, 0.1)
-        } else if name.ends_with("running_var") || (var.rank() == 1 && name.ends_with("weight")) {
-            (0.5, 1.5)
-        } else {
-            continue;
-        };
-        let v: Vec<f32> = (0..n).map(|_| rng.random_range(lo..hi)).collect();
-        var.set(&Tensor::from_vec(v, n, &Device::Cpu).unwrap())
-            .unwrap();
-    }
-}
-
 fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
     let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
@@ -247,7 +227,7 @@ fn weights_round_trip_and_errors_name_the_tensor() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ModelConfig::tiny(Stem::Imagenet);
     let (vm, m) = build(&cfg, 11);
-    randomise_bn(&vm, 12);
+    params::randomize_batchnorm(&vm, 12).unwrap();
     let full = dir.path().join("model.safetensors");
     let enc_only = dir.path().join("encoder.safetensors");
     params::save(&vm, &full, Part::All).unwrap();
@@ -292,7 +272,7 @@ fn weights_round_trip_and_errors_name_the_tensor() {
 fn parity_with_candle_transformers_resnet18() {
     let cfg = EncoderConfig::new(Stem::Imagenet, 1.0);
     let (vm, ours) = build_encoder(&cfg, 2024);
-    randomise_bn(&vm, 2025);
+    params::randomize_batchnorm(&vm, 2025).unwrap();
     let bytes = params::to_safetensors(&vm, Part::Encoder).unwrap();
     let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, &Device::Cpu).unwrap();
     let theirs = candle_transformers::models::resnet::resnet18_no_final_layer(vb).unwrap();

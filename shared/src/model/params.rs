@@ -105,6 +105,29 @@ pub fn init_params(varmap: &VarMap, seed: u64) -> Result<()> {
     Ok(())
 }
 
+/// Give every BatchNorm non-trivial statistics and affine parameters (running mean and bias in
+/// U(-0.1, 0.1), running variance and weight in U(0.5, 1.5)), seeded. For parity checks,
+/// benchmarks and BatchNorm folding tests, where the identity BatchNorm of a fresh model would let
+/// a wrong implementation pass.
+pub fn randomize_batchnorm(varmap: &VarMap, seed: u64) -> Result<()> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    for (name, var) in sorted_vars(varmap) {
+        let (lo, hi) = if name.ends_with(".running_mean") || name.ends_with(".bias") {
+            (-0.1, 0.1)
+        } else if name.ends_with(".running_var") || (var.rank() == 1 && name.ends_with(".weight")) {
+            (0.5, 1.5)
+        } else {
+            continue;
+        };
+        let uniform = Uniform::new(lo, hi).expect("lo < hi");
+        let v: Vec<f64> = (0..var.elem_count())
+            .map(|_| uniform.sample(&mut rng))
+            .collect();
+        var.set(&Tensor::from_vec(v, var.dims(), var.device())?.to_dtype(var.dtype())?)?;
+    }
+    Ok(())
+}
+
 /// Serialise the covered variables as safetensors bytes (names unchanged).
 pub fn to_safetensors(varmap: &VarMap, part: Part) -> Result<Vec<u8>> {
     let vars = sorted_vars(varmap);
