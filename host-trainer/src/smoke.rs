@@ -8,7 +8,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use firm_shared::model::{FirmModel, ModelConfig, Stem, params};
@@ -18,7 +17,8 @@ use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::synth::{self, Defect};
+use crate::data::synth::{self, SynthClass};
+use crate::error::{Error, Result};
 use crate::loss::{LossKind, SampleLabel};
 use crate::optim::Sgd;
 use crate::outliers::cutpaste;
@@ -75,20 +75,27 @@ pub fn run(args: &SmokeArgs) -> Result<SmokeReport> {
     let spec = PreprocessSpec::new(args.size);
     // Render at the test transform's resize side, so the crop jitter has room.
     let side = spec.resize_side();
+    let class = SynthClass::Bottle;
+    let render = |defect: Option<&str>, rng: &mut ChaCha8Rng| {
+        synth::render(class, side, defect, rng)
+            .map(|(img, _mask)| img)
+            .map_err(|e| Error::invalid("synthetic defect", e))
+    };
     let train: Vec<RgbImage> = (0..N_TRAIN)
-        .map(|_| synth::render(side, None, &mut rng).0)
-        .collect();
-    let mut test = Vec::new();
+        .map(|_| render(None, &mut rng))
+        .collect::<Result<_>>()?;
+    let defects = class.defects();
+    let mut test: Vec<(RgbImage, Option<&str>)> = Vec::new();
     for i in 0..N_TEST_GOOD + N_TEST_BAD {
-        let defect = (i >= N_TEST_GOOD).then(|| Defect::ALL[i % Defect::ALL.len()]);
-        test.push((synth::render(side, defect, &mut rng).0, defect));
+        let defect = (i >= N_TEST_GOOD).then(|| defects[i % defects.len()]);
+        test.push((render(defect, &mut rng)?, defect));
     }
     if let Some(dir) = &args.dump {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(Error::io("create", dir))?;
         for (i, (img, d)) in test.iter().enumerate() {
-            let name = format!("{}_{i:02}.png", d.map_or("good", Defect::name));
-            img.save(dir.join(&name))
-                .with_context(|| format!("writing {}", dir.join(&name).display()))?;
+            let path = dir.join(format!("{}_{i:02}.png", d.unwrap_or("good")));
+            img.save(&path)
+                .map_err(|e| Error::io("write", &path)(std::io::Error::other(e)))?;
         }
     }
     let is_normal: Vec<bool> = test.iter().map(|(_, d)| d.is_none()).collect();
@@ -181,7 +188,7 @@ pub fn run(args: &SmokeArgs) -> Result<SmokeReport> {
     );
     println!("cos_1 score per test image after training (higher = more normal):");
     for ((_, d), s) in test.iter().zip(&cos1) {
-        println!("  {:<14} {s:.4}", d.map_or("good", Defect::name));
+        println!("  {:<14} {s:.4}", d.unwrap_or("good"));
     }
     if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
         println!(

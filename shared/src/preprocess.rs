@@ -266,13 +266,26 @@ pub fn resize_center_square(img: &RgbImage, size: u32, filter: ResizeFilter) -> 
 /// 8-bit RGB (HWC) to normalised CHW f32.
 pub fn normalize_chw(img: &RgbImage, norm: &Normalization) -> Vec<f32> {
     let (w, h) = img.dimensions();
-    let plane = (w * h) as usize;
+    planes(
+        img.pixels().map(|p| p.0.map(|c| c as f32 / 255.0)),
+        (w * h) as usize,
+        norm,
+    )
+}
+
+/// Float RGB in [0, 1] (HWC, the augmentations' output) to normalised CHW f32, with the same
+/// arithmetic as [`normalize_chw`].
+pub fn normalize_chw_f32(img: &image::Rgb32FImage, norm: &Normalization) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    planes(img.pixels().map(|p| p.0), (w * h) as usize, norm)
+}
+
+fn planes(pixels: impl Iterator<Item = [f32; 3]>, plane: usize, norm: &Normalization) -> Vec<f32> {
     let mut out = vec![0f32; 3 * plane];
-    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * norm.std[c]));
-    let shift: [f32; 3] = std::array::from_fn(|c| norm.mean[c] / norm.std[c]);
-    for (i, px) in img.pixels().enumerate() {
+    let inv_std: [f32; 3] = std::array::from_fn(|c| 1.0 / norm.std[c]);
+    for (i, px) in pixels.enumerate() {
         for c in 0..3 {
-            out[c * plane + i] = px.0[c] as f32 * scale[c] - shift[c];
+            out[c * plane + i] = (px[c] - norm.mean[c]) * inv_std[c];
         }
     }
     out
@@ -457,6 +470,15 @@ mod tests {
         for (a, b) in v.iter().zip(want) {
             assert!((a - b).abs() < 1e-6, "{a} vs {b}");
         }
+        let as_f32 = image::Rgb32FImage::from_fn(2, 1, |x, y| {
+            let p = img.get_pixel(x, y).0;
+            image::Rgb(p.map(|c| c as f32 / 255.0))
+        });
+        assert_eq!(
+            normalize_chw_f32(&as_f32, &n),
+            v,
+            "u8 and f32 paths agree exactly"
+        );
         let t = batch_tensor(&[v.clone(), v], 1, &Device::Cpu);
         assert!(t.is_err(), "2x1 images are not 1x1 squares");
     }
