@@ -91,6 +91,7 @@ fn main() {
                     seed: 0,
                     normalization: Normalization::default(),
                     keep_images: false,
+                    augment: true,
                 },
             )
             .expect("sampler"),

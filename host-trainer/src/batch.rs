@@ -44,6 +44,9 @@ pub struct BatchConfig {
     pub normalization: Normalization,
     /// Also return the augmented views as 8-bit images (for previews).
     pub keep_images: bool,
+    /// Apply the SimCLR augmentations (training). Off: both views are the plain test transform,
+    /// so a preview shows the outliers themselves.
+    pub augment: bool,
 }
 
 /// One training step's input.
@@ -287,8 +290,18 @@ impl Sampler {
             Op::Generate(g) => Arc::new(g.make(src, rng)),
             Op::Oe => self.oe.as_ref().expect("checked in new").draw(rng),
         };
-        let v1 = self.augment.apply(&made, rng);
-        let v2 = self.augment.apply(&made, rng);
+        let (v1, v2) = if self.cfg.augment {
+            (
+                self.augment.apply(&made, rng),
+                self.augment.apply(&made, rng),
+            )
+        } else {
+            let plain = firm_shared::preprocess::PreprocessSpec::new(self.cfg.size)
+                .test_transform(&made)
+                .map(|img| augment::to_f32(&img))
+                .expect("cached images are non-empty and size >= 1");
+            (plain.clone(), plain)
+        };
         let norm = &self.cfg.normalization;
         SampleViews {
             first: preprocess::normalize_chw_f32(&v1, norm),

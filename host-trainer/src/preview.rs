@@ -37,6 +37,9 @@ pub struct PreviewArgs {
     pub rows: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Show the outliers without the view augmentations (both views = the test transform).
+    #[arg(long)]
+    pub plain: bool,
     /// Output PNG.
     #[arg(long, default_value = "preview.png")]
     pub out: PathBuf,
@@ -85,6 +88,7 @@ pub fn run(args: &PreviewArgs, cwd: &Path) -> Result<PathBuf> {
             seed: args.seed,
             normalization: Normalization::default(),
             keep_images: true,
+            augment: !args.plain,
         },
     )?;
     let b = sampler.batch(0, 0)?;
@@ -111,8 +115,12 @@ pub fn run(args: &PreviewArgs, cwd: &Path) -> Result<PathBuf> {
     let height = TITLE_H + rows as u32 * (tile + LABEL_H + GAP) + GAP;
     let mut canvas = RgbImage::from_pixel(width.max(420), height, Rgb([32, 32, 36]));
     let title = format!(
-        "{} | outliers {} | {} px | seed {}",
-        ds.name, spec, args.size, args.seed
+        "{} | outliers {} | {} px | seed {}{}",
+        ds.name,
+        spec,
+        args.size,
+        args.seed,
+        if args.plain { " | no augmentation" } else { "" }
     );
     let legend = format!(
         "labels: 0 = ID, {}",

@@ -37,6 +37,7 @@ fn cfg(batch: usize, seed: u64) -> BatchConfig {
         seed,
         normalization: Normalization::default(),
         keep_images: false,
+        augment: true,
     }
 }
 
