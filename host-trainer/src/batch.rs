@@ -287,7 +287,7 @@ impl Sampler {
         let made: Arc<RgbImage> = match r.op {
             Op::Id => src.clone(),
             Op::Rotate(t) => Arc::new(rotate::rotate(src, t)),
-            Op::Generate(g) => Arc::new(g.make(src, rng)),
+            Op::Generate(g) => Arc::new(g.make(src, self.cfg.size, rng)),
             Op::Oe => self.oe.as_ref().expect("checked in new").draw(rng),
         };
         let (v1, v2) = if self.cfg.augment {

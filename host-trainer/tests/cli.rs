@@ -51,3 +51,94 @@ fn smoke_writes_test_images_and_learns() {
     assert_eq!(pngs, 34, "16 good + 18 defective test images");
     assert!(s.contains("FIRM loss: step 1"), "{s}");
 }
+
+#[test]
+fn synth_writes_an_mvtec_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["synth", "--classes", "grid", "--size", "64", "--train", "3"])
+        .args(["--test-good", "1", "--test-per-defect", "1", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let train = std::fs::read_dir(dir.path().join("grid/train/good"))
+        .unwrap()
+        .count();
+    assert_eq!(train, 3);
+    assert!(
+        dir.path()
+            .join("grid/ground_truth/bent/000_mask.png")
+            .is_file()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("grid: 3 training images"));
+    let out = bin()
+        .args(["synth", "--classes", "carpet", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown class `carpet`"));
+}
+
+#[test]
+fn preview_on_demo_data_and_its_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("p.png");
+    let out = bin()
+        .current_dir(dir.path())
+        .args([
+            "preview", "--demo", "--class", "weave", "--size", "32", "--rows", "2", "--out",
+        ])
+        .arg(&png)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img = image::open(&png).unwrap();
+    // 2 rows x (ID + CutPaste + Scar) x 2 views, 32 px tiles shown at 128 px.
+    assert_eq!(img.width(), 6 * (128 + 4) + 4);
+    assert!(dir.path().join("data/demo/weave/train/good").is_dir());
+
+    let out = bin()
+        .current_dir(dir.path())
+        .args([
+            "preview",
+            "--data",
+            "/nonexistent/mvtec",
+            "--class",
+            "bottle",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "unusable data");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/mvtec"));
+
+    let empty = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(empty.path())
+        .arg("preview")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("data/mvtec") && err.contains("--demo"),
+        "{err}"
+    );
+
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["preview", "--demo", "--outliers", "cutpaste,blur"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown outlier `blur`"));
+}

@@ -44,11 +44,15 @@ impl Generator {
         }
     }
 
-    /// Make one outlier (for [`Generator::Rotation`] use [`rotate::rotate`] with the pool's turn).
-    pub fn make(self, img: &RgbImage, rng: &mut impl Rng) -> RgbImage {
+    /// Make one outlier from `img`, an image that the trainer will show at `model_side` pixels
+    /// (for [`Generator::Rotation`] the batch layout picks the turn; this draws one).
+    pub fn make(self, img: &RgbImage, model_side: u32, rng: &mut impl Rng) -> RgbImage {
         match self {
             Generator::CutPaste => cutpaste::cutpaste(img, rng),
-            Generator::Scar => scar::scar(img, &scar::ScarConfig::default(), rng).image,
+            Generator::Scar => {
+                let factor = img.width().min(img.height()) as f32 / model_side.max(1) as f32;
+                scar::scar(img, &scar::ScarConfig::scaled(factor), rng).image
+            }
             Generator::Nsa => nsa::nsa(img, &nsa::NsaConfig::default(), rng).image,
             Generator::Rotation => rotate::rotate(img, rng.random_range(1..=3)),
         }

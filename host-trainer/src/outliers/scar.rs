@@ -44,6 +44,21 @@ impl Default for ScarConfig {
     }
 }
 
+impl ScarConfig {
+    /// The reference sizes are pixels of an image at the model's input resolution; for a source
+    /// image `factor` times larger (the trainer caches images at up to twice the input side), scale
+    /// them so the scar keeps its size relative to the part.
+    pub fn scaled(factor: f32) -> Self {
+        let d = Self::default();
+        let s = |v: u32| ((v as f32 * factor).round() as u32).max(1);
+        Self {
+            width: (s(d.width.0), s(d.width.1)),
+            height: (s(d.height.0), s(d.height.1)),
+            ..d
+        }
+    }
+}
+
 /// One scar outlier and where it came from.
 #[derive(Debug, Clone)]
 pub struct ScarOutlier {
@@ -409,5 +424,26 @@ mod tests {
         // Support 9.9 wide: 2 + 2 * 4 = 10 (first centre outside at 1.5 + 4 = 5.5 >= 4.95).
         assert_eq!(box_side(2, 9.9), 10);
         assert_eq!(box_side(4, 11.0), 10);
+    }
+
+    #[test]
+    fn sizes_scale_with_the_source_resolution() {
+        let one = ScarConfig::scaled(1.0);
+        let d = ScarConfig::default();
+        assert_eq!((one.width, one.height), (d.width, d.height));
+        let two = ScarConfig::scaled(2.0);
+        assert_eq!((two.width, two.height), ((4, 32), (20, 50)));
+        let img = RgbImage::from_fn(128, 128, |x, y| {
+            image::Rgb([(x * 2) as u8, (y * 2) as u8, 90])
+        });
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..50 {
+            let o = scar(&img, &two, &mut rng);
+            assert!(
+                (4..=32).contains(&o.patch.2) && (20..=50).contains(&o.patch.3),
+                "{:?}",
+                o.patch
+            );
+        }
     }
 }
