@@ -2,8 +2,8 @@
 //!
 //! Generates good and defective parts ([`crate::data::synth`]), builds a tiny FIRM model, scores the
 //! test images against a bank of good training images (cos_1, cos_5, KDE, center; AUROC of each),
-//! trains a few FIRM steps with CutPaste outliers (batch [ID | CutPaste] per view, both views in one
-//! pass, PyTorch SGD), and scores again. It proves the pieces fit together; it is not a training
+//! trains a few FIRM steps on the trainer's own batches (groups [ID | CutPaste | Scar] per view,
+//! SimCLR augmentations, both views in one pass, PyTorch SGD), and scores again. It proves the pieces fit together; it is not a training
 //! recipe (that is `fit`).
 
 use std::path::PathBuf;
@@ -14,14 +14,17 @@ use firm_shared::model::{FirmModel, ModelConfig, Stem, params};
 use firm_shared::preprocess::{self, PreprocessSpec};
 use firm_shared::score::{self, Bank, ScoreFn};
 use image::RgbImage;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use crate::batch::{BatchConfig, Sampler};
+use crate::data::images::ImageCache;
 use crate::data::synth::{self, SynthClass};
 use crate::error::{Error, Result};
-use crate::loss::{LossKind, SampleLabel};
+use crate::loss::LossKind;
 use crate::optim::Sgd;
-use crate::outliers::cutpaste;
+use crate::outliers::OutlierSpec;
+use std::sync::Arc;
 
 /// Settings of a smoke run (`host-trainer smoke --help`).
 #[derive(Debug, Clone, clap::Args)]
@@ -32,8 +35,8 @@ pub struct SmokeArgs {
     /// FIRM training steps between the two evaluations (0: score the random model only).
     #[arg(long, default_value_t = 40)]
     pub steps: usize,
-    /// Good images per step (the batch holds as many CutPaste outliers, two views each).
-    #[arg(long, default_value_t = 16)]
+    /// Good images per step (each with a CutPaste and a scar outlier, two views of each).
+    #[arg(long, default_value_t = 8)]
     pub batch: usize,
     /// Encoder width multiplier (1.0 = full ResNet-18).
     #[arg(long, default_value_t = 0.125)]
@@ -147,36 +150,29 @@ pub fn run(args: &SmokeArgs) -> Result<SmokeReport> {
 
     let mut opt = Sgd::new(params::trainable_vars(&varmap), args.lr, 0.9, 3e-4);
     let mut losses = Vec::with_capacity(args.steps);
-    let b = args.batch.clamp(1, N_TRAIN);
-    for _ in 0..args.steps {
-        // One batch: B good images and B CutPaste outliers made from them; two jittered views of
-        // each, laid out [view 1: ID | CutPaste ; view 2: ID | CutPaste].
-        let mut samples: Vec<RgbImage> = Vec::with_capacity(2 * b);
-        let picks: Vec<usize> = (0..b).map(|_| rng.random_range(0..N_TRAIN)).collect();
-        samples.extend(picks.iter().map(|&i| train[i].clone()));
-        samples.extend(
-            picks
-                .iter()
-                .map(|&i| cutpaste::cutpaste(&train[i], &mut rng)),
-        );
-        let mut views = Vec::with_capacity(4 * b);
-        for _view in 0..2 {
-            for s in &samples {
-                views.push(spec.normalize(&jitter(s, args.size, &mut rng)));
-            }
-        }
-        let x = preprocess::batch_tensor(&views, args.size, &dev)?;
-        let labels: Vec<SampleLabel> = (0..2 * b)
-            .map(|i| {
-                if i < b {
-                    SampleLabel::Id(0)
-                } else {
-                    SampleLabel::Outlier(1)
-                }
-            })
-            .collect();
-        let out = model.forward_t(&x, true)?;
-        let loss = LossKind::Firm.loss(&out.z, &labels, args.tau)?;
+    // The trainer's own batches: groups [ID | CutPaste | Scar] per view, SimCLR augmentations.
+    let cache = ImageCache {
+        paths: vec![Default::default(); train.len()],
+        images: train.iter().cloned().map(Arc::new).collect(),
+    };
+    let sampler = Sampler::new(
+        Arc::new(cache),
+        OutlierSpec::mvtec_default(),
+        None,
+        BatchConfig {
+            size: args.size,
+            batch: args.batch.clamp(1, N_TRAIN),
+            seed: args.seed,
+            normalization: spec.normalization,
+            keep_images: false,
+            augment: true,
+        },
+    )?;
+    let per_epoch = sampler.batches_per_epoch();
+    for step in 0..args.steps {
+        let batch = sampler.batch(step / per_epoch, step % per_epoch)?;
+        let out = model.forward_t(&batch.tensor(&dev)?, true)?;
+        let loss = LossKind::Firm.loss(&out.z, &batch.labels, args.tau)?;
         losses.push(loss.to_scalar::<f32>()? as f64);
         opt.step(&loss.backward()?)?;
     }
@@ -214,16 +210,4 @@ pub fn run(args: &SmokeArgs) -> Result<SmokeReport> {
         auroc_trained,
         losses,
     })
-}
-
-/// Cheap view augmentation for the smoke run: a random `size` crop and a brightness factor.
-fn jitter(img: &RgbImage, size: u32, rng: &mut impl Rng) -> RgbImage {
-    let (w, h) = img.dimensions();
-    let x = rng.random_range(0..=w.saturating_sub(size));
-    let y = rng.random_range(0..=h.saturating_sub(size));
-    let mut out = image::imageops::crop_imm(img, x, y, size.min(w), size.min(h)).to_image();
-    let gain: f32 = rng.random_range(0.8..1.2);
-    out.pixels_mut()
-        .for_each(|p| p.0 = p.0.map(|c| (c as f32 * gain).min(255.0) as u8));
-    out
 }
