@@ -322,7 +322,7 @@ struct SampleViews {
 
 /// A well-mixed 64-bit seed for one RNG stream (SplitMix64 finaliser over the coordinates), so
 /// neighbouring samples, batches and epochs get unrelated streams.
-fn stream(seed: u64, epoch: u64, batch: u64, sample: u64) -> u64 {
+pub(crate) fn stream(seed: u64, epoch: u64, batch: u64, sample: u64) -> u64 {
     let mut z = seed;
     for v in [epoch, batch, sample] {
         z = z

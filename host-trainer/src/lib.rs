@@ -5,18 +5,27 @@
 //! - [`outliers`]: synthetic outliers (rotation, CutPaste, scar, NSA, outlier exposure).
 //! - [`augment`]: the SimCLR view augmentations of the FIRM reference.
 //! - [`batch`]: the reference's batch layouts and the parallel loader.
-//! - [`loss`], [`optim`]: the contrastive losses and PyTorch-style SGD.
-//! - [`preview`], [`smoke`], [`synth_cmd`]: commands.
+//! - [`loss`], [`optim`], [`schedule`]: the contrastive losses, PyTorch-style SGD, one-cycle.
+//! - [`config`], [`run`], [`train`]: profiles, the run folder, the training loop (`fit`).
+//! - [`eval`], [`report`], [`plots`]: evaluation, reports and plots (`eval`).
+//! - [`preview`], [`smoke`], [`synth_cmd`]: other commands.
 
 pub mod augment;
 pub mod batch;
+pub mod config;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod loss;
 pub mod optim;
 pub mod outliers;
+pub mod plots;
 pub mod preview;
+pub mod report;
+pub mod run;
+pub mod schedule;
 pub mod smoke;
 pub mod synth_cmd;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -3,15 +3,19 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use host_trainer::config::FitArgs;
 use host_trainer::preview::{self, PreviewArgs};
+use host_trainer::report::{self, EvalArgs};
 use host_trainer::smoke::{self, SmokeArgs};
 use host_trainer::synth_cmd::{self, SynthArgs};
+use host_trainer::train::{self, Outcome};
 use tracing_subscriber::EnvFilter;
 
 /// Train an anomaly detector on images of good parts with FIRM (contrastive learning with
 /// synthetic outliers), evaluate it and export it for the inspection device.
 ///
-/// Exit codes: 0 success, 1 failure, 2 invalid arguments, 3 unusable input data.
+/// Exit codes: 0 success, 1 failure, 2 invalid arguments, 3 unusable input data, 130 stopped by
+/// Ctrl-C (after writing a checkpoint).
 /// Logs go to stderr; set RUST_LOG=debug for more.
 #[derive(Debug, Parser)]
 #[command(name = "host-trainer", version, about, long_about)]
@@ -22,6 +26,18 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a FIRM encoder on good images, evaluate it at checkpoints and at the end.
+    ///
+    /// Settings come from a profile (configs/mvtec/<class>.toml for MVTec classes,
+    /// configs/folder/default.toml for plain folders, configs/demo.toml for --demo; `cpu` budgets
+    /// wall time, `paper` is the reference), overridden by flags. Writes a run folder with
+    /// config.json, checkpoints, metrics.jsonl and eval/ (report, plots). Ctrl-C writes a
+    /// checkpoint; `--resume RUN` continues.
+    ///
+    /// Quick start: host-trainer fit --demo
+    Fit(Box<FitArgs>),
+    /// Evaluate a run's checkpoint: image AUROC per score and defect type, AULC, plots, report.
+    Eval(EvalArgs),
     /// Generate parts, build a tiny model, score it, train a few FIRM steps, score again.
     ///
     /// Takes seconds on a laptop CPU and needs no data: the quickest check that the numeric core
@@ -46,6 +62,31 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let result: Result<(), host_trainer::Error> = match cli.command {
+        Command::Fit(args) => match train::fit(&args, &cwd) {
+            Ok(Outcome::Finished { run }) => {
+                let eval = EvalArgs {
+                    run,
+                    json: false,
+                    checkpoint: None,
+                };
+                report::evaluate_run(&eval, &cwd).map(|r| report::print_summary(&r))
+            }
+            Ok(Outcome::Interrupted { run, checkpoint }) => {
+                eprintln!(
+                    "interrupted: checkpoint {checkpoint} written; continue with\n  host-trainer fit --resume {}",
+                    run.display()
+                );
+                return ExitCode::from(130);
+            }
+            Err(e) => Err(e),
+        },
+        Command::Eval(args) => report::evaluate_run(&args, &cwd).map(|r| {
+            if args.json {
+                println!("{}", serde_json::to_string(&r).expect("report serialises"));
+            } else {
+                report::print_summary(&r);
+            }
+        }),
         Command::Smoke(args) => smoke::run(&args).map(|_| ()),
         Command::Synth(args) => synth_cmd::run(&args),
         Command::Preview(args) => preview::run(&args, &cwd).map(|_| ()),

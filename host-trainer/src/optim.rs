@@ -41,11 +41,14 @@ impl Sgd {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let p = var.as_tensor();
+            // Detached: arithmetic on a Var records an autograd graph, and a momentum buffer
+            // built from recorded tensors would keep every earlier step's graph alive.
+            let g = g.detach();
+            let p = &var.as_tensor().detach();
             let d = if self.weight_decay != 0.0 {
                 (g + (p * self.weight_decay)?)?
             } else {
-                g.clone()
+                g
             };
             let d = if self.momentum != 0.0 {
                 let buf = match self.buffers.get(name) {

@@ -12,7 +12,8 @@ use super::dataset::{Dataset, TestImage, file_name, list_images};
 use crate::error::{Error, Result};
 
 /// Plain-folder dataset settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct FolderSpec {
     pub good: PathBuf,
     pub test_good: Option<PathBuf>,

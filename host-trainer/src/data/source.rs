@@ -47,8 +47,9 @@ pub struct DataArgs {
     pub strict: bool,
 }
 
-/// A validated dataset choice.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated dataset choice (saved in run configs).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum DataSource {
     Mvtec {
         root: PathBuf,

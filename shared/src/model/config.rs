@@ -17,6 +17,29 @@ pub enum Stem {
     Imagenet,
 }
 
+impl std::str::FromStr for Stem {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cifar" => Ok(Stem::Cifar),
+            "imagenet" => Ok(Stem::Imagenet),
+            other => Err(Error::invalid(
+                "stem",
+                format!("`{other}`; expected cifar or imagenet"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Stem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stem::Cifar => "cifar",
+            Stem::Imagenet => "imagenet",
+        })
+    }
+}
+
 /// ResNet-18 encoder settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]

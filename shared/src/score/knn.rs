@@ -21,7 +21,7 @@ impl Real for f32 {}
 impl Real for f64 {}
 
 /// Which score a detector uses (written into bundles and profiles).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum ScoreFn {
     CosK { k: usize },

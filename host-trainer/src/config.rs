@@ -1,0 +1,465 @@
+//! Training settings: command-line flags, profiles from TOML files, and the resolved
+//! [`FitConfig`] saved in every run folder.
+//!
+//! Precedence: command-line flag > environment variable (where a flag names one) > profile in the
+//! config file > built-in default. Profile files (configs/mvtec/<class>.toml,
+//! configs/folder/default.toml, configs/demo.toml) are compiled into the binary, so `fit` works
+//! from any directory; `--config FILE` reads another file instead.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use firm_shared::model::{ModelConfig, Stem};
+use firm_shared::score::ScoreSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataArgs, DataSource};
+use crate::error::{Error, Result};
+use crate::loss::LossKind;
+use crate::outliers::OutlierSpec;
+use crate::schedule::OneCycle;
+
+/// Version of config.json and of the profile files.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The 15 MVTec-AD classes; each has a profile file.
+pub const MVTEC_CLASSES: [&str; 15] = [
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "toothbrush",
+    "transistor",
+    "wood",
+    "zipper",
+];
+
+macro_rules! embedded_profiles {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../../configs/", $name, ".toml")))),*]
+    };
+}
+
+/// Profile files compiled into the binary, by path under configs/ without `.toml`.
+pub const EMBEDDED_PROFILES: &[(&str, &str)] = embedded_profiles!(
+    "demo",
+    "folder/default",
+    "mvtec/bottle",
+    "mvtec/cable",
+    "mvtec/capsule",
+    "mvtec/carpet",
+    "mvtec/grid",
+    "mvtec/hazelnut",
+    "mvtec/leather",
+    "mvtec/metal_nut",
+    "mvtec/pill",
+    "mvtec/screw",
+    "mvtec/tile",
+    "mvtec/toothbrush",
+    "mvtec/transistor",
+    "mvtec/wood",
+    "mvtec/zipper",
+);
+
+/// One profile of a profile file. Every field is optional: what a profile leaves out comes from
+/// the built-in defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Settings {
+    /// Encoder stem: cifar (3x3/1, the reference) or imagenet (7x7/2 + max-pool).
+    pub stem: Option<Stem>,
+    /// Encoder width multiplier (1.0 = ResNet-18).
+    pub width: Option<f32>,
+    /// Model input side in pixels.
+    pub size: Option<u32>,
+    /// Training epochs (fixed length).
+    pub epochs: Option<usize>,
+    /// Wall-time budget instead of epochs: the schedule is laid out over the epochs that fit.
+    pub max_minutes: Option<f64>,
+    /// Good images per step (groups) or pool entries per step (rotation).
+    pub batch: Option<usize>,
+    /// Peak learning rate of the one-cycle schedule.
+    pub lr: Option<f64>,
+    pub tau: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub loss: Option<LossKind>,
+    /// Synthetic outliers (see `host-trainer preview --help`).
+    pub outliers: Option<String>,
+    /// Score used for the verdict and the headline AUROC, e.g. cos_1 or cos_1+rot.
+    pub score: Option<String>,
+    /// Evaluations (and checkpoints) spread evenly over the run, the last at the end.
+    pub checkpoints: Option<usize>,
+    /// Projection head hidden width and number of linear layers.
+    pub head_hidden: Option<usize>,
+    pub head_layers: Option<usize>,
+}
+
+impl Settings {
+    /// `self` with every field of `over` that is set taking precedence.
+    pub fn overlay(&self, over: &Settings) -> Settings {
+        macro_rules! pick {
+            ($($f:ident),*) => { Settings { $($f: over.$f.clone().or_else(|| self.$f.clone())),* } };
+        }
+        pick!(
+            stem,
+            width,
+            size,
+            epochs,
+            max_minutes,
+            batch,
+            lr,
+            tau,
+            weight_decay,
+            loss,
+            outliers,
+            score,
+            checkpoints,
+            head_hidden,
+            head_layers
+        )
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct ProfileFile {
+    schema_version: u32,
+    #[allow(dead_code)]
+    description: Option<String>,
+    profile: BTreeMap<String, Settings>,
+}
+
+/// Parse a profile file; errors name the file and the TOML position.
+pub fn parse_profiles(text: &str, origin: &str) -> Result<BTreeMap<String, Settings>> {
+    let f: ProfileFile = toml::from_str(text).map_err(|e| {
+        Error::invalid(
+            "config file",
+            format!("{origin}: {}", e.to_string().trim_end()),
+        )
+    })?;
+    if f.schema_version != SCHEMA_VERSION {
+        return Err(Error::invalid(
+            "config file",
+            format!(
+                "{origin}: schema-version {} is not supported (expected {SCHEMA_VERSION})",
+                f.schema_version
+            ),
+        ));
+    }
+    Ok(f.profile)
+}
+
+/// The embedded profile file for a data source.
+pub fn default_profile_file(source: &DataSource) -> (&'static str, &'static str) {
+    let key = match source {
+        DataSource::Mvtec { class, .. } if MVTEC_CLASSES.contains(&class.as_str()) => {
+            format!("mvtec/{class}")
+        }
+        DataSource::Demo { .. } => "demo".into(),
+        _ => "folder/default".into(),
+    };
+    *EMBEDDED_PROFILES
+        .iter()
+        .find(|(k, _)| *k == key)
+        .expect("every key above is embedded")
+}
+
+/// `host-trainer fit` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FitArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Profile of the config file: cpu (a wall-time budget on this machine) or paper (the
+    /// reference: CIFAR stem, 256 px, 2000 epochs).
+    #[arg(long, default_value = "cpu", env = "FIRM_PROFILE")]
+    pub profile: String,
+    /// Profile file to read instead of the built-in one for this dataset.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run folder (default runs/<class>-<timestamp>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Continue an interrupted run from its latest checkpoint (other settings come from its
+    /// config.json).
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub resume: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub loss: Option<LossKind>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Wall-time budget in minutes (replaces --epochs).
+    #[arg(long, conflicts_with = "epochs")]
+    pub max_minutes: Option<f64>,
+    #[arg(long)]
+    pub batch: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub tau: Option<f64>,
+    #[arg(long)]
+    pub size: Option<u32>,
+    #[arg(long)]
+    pub stem: Option<Stem>,
+    #[arg(long)]
+    pub width: Option<f32>,
+    #[arg(long)]
+    pub outliers: Option<String>,
+    /// Score for the verdict: cos_K, cos_K_norm, kde or center, optionally +rot and/or +crops.
+    #[arg(long)]
+    pub score: Option<String>,
+    /// Number of evaluations/checkpoints over the run.
+    #[arg(long)]
+    pub checkpoints: Option<usize>,
+}
+
+impl FitArgs {
+    fn settings(&self) -> Settings {
+        Settings {
+            stem: self.stem,
+            width: self.width,
+            size: self.size,
+            epochs: self.epochs,
+            max_minutes: self.max_minutes,
+            batch: self.batch,
+            lr: self.lr,
+            tau: self.tau,
+            loss: self.loss,
+            outliers: self.outliers.clone(),
+            score: self.score.clone(),
+            checkpoints: self.checkpoints,
+            ..Settings::default()
+        }
+    }
+}
+
+/// How long a run trains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Length {
+    /// Epochs actually scheduled (from the profile, or from the time budget).
+    pub epochs: usize,
+    pub steps_per_epoch: usize,
+    /// The time budget the epochs were derived from, if any.
+    pub max_minutes: Option<f64>,
+}
+
+impl Length {
+    pub fn total_steps(&self) -> usize {
+        self.epochs * self.steps_per_epoch
+    }
+}
+
+/// Everything a run was trained with: written to config.json, read back by `eval` and `--resume`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct FitConfig {
+    pub schema_version: u32,
+    pub profile: String,
+    /// Where the profile came from (embedded name or file path).
+    pub profile_origin: String,
+    pub data: DataSource,
+    pub strict: bool,
+    pub model: ModelConfig,
+    pub loss: LossKind,
+    pub outliers: String,
+    pub size: u32,
+    pub batch: usize,
+    pub tau: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub score: ScoreSpec,
+    pub checkpoints: usize,
+    /// Set once the length is known (after the time-budget calibration).
+    pub length: Option<Length>,
+    pub schedule: Option<OneCycle>,
+    pub lr: f64,
+}
+
+/// Built-in defaults: a small CPU configuration.
+fn defaults() -> Settings {
+    Settings {
+        stem: Some(Stem::Imagenet),
+        width: Some(1.0),
+        size: Some(64),
+        epochs: None,
+        max_minutes: Some(25.0),
+        batch: Some(16),
+        lr: Some(0.01),
+        tau: Some(0.2),
+        weight_decay: Some(3e-4),
+        loss: Some(LossKind::Firm),
+        outliers: Some("cutpaste,scar".into()),
+        score: Some("cos_1".into()),
+        checkpoints: Some(5),
+        head_hidden: Some(1024),
+        head_layers: Some(8),
+    }
+}
+
+/// Resolve flags + profile + defaults into a [`FitConfig`] (length still open when budgeted).
+pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
+    let data = args.data.resolve(cwd, args.seed)?;
+    let (origin, text) = match &args.config {
+        Some(p) => (
+            p.display().to_string(),
+            std::fs::read_to_string(p).map_err(Error::io("read", p))?,
+        ),
+        None => {
+            let (name, text) = default_profile_file(&data);
+            (format!("configs/{name}.toml (built in)"), text.to_string())
+        }
+    };
+    let profiles = parse_profiles(&text, &origin)?;
+    let profile = profiles.get(&args.profile).ok_or_else(|| {
+        Error::invalid(
+            "--profile",
+            format!(
+                "`{}` is not in {origin}; it has: {}",
+                args.profile,
+                profiles.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    })?;
+    let cli = args.settings();
+    // An explicit epoch count replaces a profile's time budget, and vice versa.
+    let mut s = defaults().overlay(profile);
+    if cli.epochs.is_some() {
+        s.max_minutes = None;
+    }
+    if cli.max_minutes.is_some() {
+        s.epochs = None;
+    }
+    let s = s.overlay(&cli);
+    if s.epochs.is_none() && s.max_minutes.is_none() {
+        return Err(Error::invalid(
+            "profile",
+            format!(
+                "{origin} [{}] sets neither epochs nor max-minutes",
+                args.profile
+            ),
+        ));
+    }
+    let outliers = s.outliers.clone().expect("default");
+    outliers.parse::<OutlierSpec>()?;
+    let score: ScoreSpec = s.score.as_deref().expect("default").parse()?;
+    let size = s.size.expect("default");
+    if !(16..=1024).contains(&size) {
+        return Err(Error::invalid(
+            "--size",
+            format!("{size} is outside 16..=1024 pixels"),
+        ));
+    }
+    let batch = s.batch.expect("default");
+    if batch == 0 {
+        return Err(Error::invalid("--batch", "must be at least 1"));
+    }
+    let mut model = ModelConfig::default();
+    model.encoder.stem = s.stem.expect("default");
+    model.encoder.width = s.width.expect("default");
+    model.head.hidden = s.head_hidden.expect("default");
+    model.head.layers = s.head_layers.expect("default");
+    model.validate()?;
+    let tau = s.tau.expect("default");
+    let lr = s.lr.expect("default");
+    if !(tau > 0.0 && lr > 0.0) {
+        return Err(Error::invalid("--tau/--lr", "must be positive"));
+    }
+    let cfg = FitConfig {
+        schema_version: SCHEMA_VERSION,
+        profile: args.profile.clone(),
+        profile_origin: origin,
+        data,
+        strict: args.data.strict,
+        model,
+        loss: s.loss.expect("default"),
+        outliers,
+        size,
+        batch,
+        tau,
+        weight_decay: s.weight_decay.expect("default"),
+        seed: args.seed,
+        score,
+        checkpoints: s.checkpoints.expect("default").max(1),
+        length: None,
+        schedule: None,
+        lr,
+    };
+    Ok((cfg, s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_embedded_profile_parses_with_cpu_and_paper() {
+        for (name, text) in EMBEDDED_PROFILES {
+            let p = parse_profiles(text, name).unwrap();
+            assert!(p.contains_key("cpu"), "{name} has no cpu profile");
+            if *name != "demo" {
+                let paper = &p["paper"];
+                assert_eq!(paper.stem, Some(Stem::Cifar), "{name}");
+                assert_eq!(paper.size, Some(256), "{name}");
+                assert_eq!(paper.epochs, Some(2000), "{name}");
+                assert_eq!(
+                    (paper.batch, paper.tau, paper.lr),
+                    (Some(32), Some(0.2), Some(0.01))
+                );
+                assert!(
+                    p["cpu"].max_minutes.is_some(),
+                    "{name}: cpu budgets wall time"
+                );
+            }
+        }
+        for class in MVTEC_CLASSES {
+            assert!(
+                EMBEDDED_PROFILES
+                    .iter()
+                    .any(|(k, _)| *k == format!("mvtec/{class}"))
+            );
+        }
+    }
+
+    #[test]
+    fn profile_errors_name_the_file_and_position() {
+        let e = parse_profiles(
+            "schema-version = 1\n[profile.cpu]\nsize = \"big\"\n",
+            "x.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("x.toml") && e.contains("line 3"), "{e}");
+        let e = parse_profiles("schema-version = 1\n[profile.cpu]\nsizes = 3\n", "y.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `sizes`"), "{e}");
+        let e = parse_profiles("schema-version = 9\n[profile.cpu]\n", "z.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("schema-version 9"), "{e}");
+    }
+
+    #[test]
+    fn overlay_prefers_the_upper_layer() {
+        let low = Settings {
+            size: Some(64),
+            lr: Some(0.1),
+            ..Settings::default()
+        };
+        let high = Settings {
+            size: Some(128),
+            ..Settings::default()
+        };
+        let s = low.overlay(&high);
+        assert_eq!((s.size, s.lr), (Some(128), Some(0.1)));
+    }
+}
