@@ -11,6 +11,10 @@
 //! 96 samples and 192 view images per batch). Compare the rate with what a training step consumes
 //! (`cargo bench --bench resnet18`): the loader keeps ahead when its images/s exceeds the step's.
 
+// The same allocator as the host-trainer binary, so the figures match what `fit` sees.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +26,8 @@ use host_trainer::data::{DataArgs, DataSource};
 use host_trainer::outliers::OutlierSpec;
 
 fn main() {
+    // The same process settings as the binaries (see firm_shared::process).
+    firm_shared::process::tune();
     let args: Vec<String> = std::env::args().collect();
     let get = |flag: &str| {
         args.iter()

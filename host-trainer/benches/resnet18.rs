@@ -12,6 +12,10 @@
 //! mean(features^2) (as the peer script), backward, PyTorch-style SGD (momentum 0.9, weight decay
 //! 3e-4), batch 32. Weights are random; no data is read.
 
+// The same allocator as the host-trainer binary, so the figures match what `fit` sees.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -84,6 +88,8 @@ fn median_ms(mut f: impl FnMut(), warmup: usize, iters: usize) -> (f64, f64) {
 }
 
 fn main() {
+    // The same process settings as the binaries (see firm_shared::process).
+    firm_shared::process::tune();
     let o = parse();
     let dev = Device::Cpu;
     let stem = match o.stem {

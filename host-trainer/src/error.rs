@@ -73,6 +73,11 @@ impl Error {
             | Error::BadImage { .. }
             | Error::TooManyBad { .. }
             | Error::NoDefaultData { .. } => 3,
+            Error::Shared(e) => match e.kind() {
+                firm_shared::ErrorKind::InvalidArgument => 2,
+                firm_shared::ErrorKind::BadInput => 3,
+                _ => 1,
+            },
             _ => 1,
         }
     }

@@ -49,6 +49,8 @@ pub struct EvalReport {
     /// The profile's score (fixed before training; never chosen by test results).
     pub score: String,
     pub per_type: BTreeMap<String, f64>,
+    /// The profile's score with the same encoder at random initialisation (before training).
+    pub init_auroc: Option<f64>,
     pub n_test: usize,
     pub n_good: usize,
     pub n_defective: usize,
@@ -117,12 +119,19 @@ pub fn evaluate_run(args: &EvalArgs, cwd: &Path) -> Result<EvalReport> {
     let specs = eval::report_specs(cfg.score);
     let results = eval::evaluate(&model, Normalization::default(), &imgs, &specs, cfg.seed)?;
     let headline = &results[&cfg.score.to_string()];
-    let curve: Vec<(usize, f64)> = run
-        .metrics()?
-        .iter()
-        .filter(|m| m["kind"] == "eval" && m["score"] == cfg.score.to_string())
+    let metrics = run.metrics()?;
+    let evals = || {
+        metrics
+            .iter()
+            .filter(|m| m["kind"] == "eval" && m["score"] == cfg.score.to_string())
+    };
+    let curve: Vec<(usize, f64)> = evals()
+        .filter(|m| m["checkpoint"] != "init")
         .filter_map(|m| Some((m["epoch"].as_u64()? as usize, m["image_auroc"].as_f64()?)))
         .collect();
+    let init_auroc = evals()
+        .find(|m| m["checkpoint"] == "init")
+        .and_then(|m| m["image_auroc"].as_f64());
     let aulc = if curve.is_empty() {
         None
     } else {
@@ -132,6 +141,7 @@ pub fn evaluate_run(args: &EvalArgs, cwd: &Path) -> Result<EvalReport> {
         image_auroc: headline.auroc,
         score: cfg.score.to_string(),
         per_type: headline.per_type.clone(),
+        init_auroc,
         n_test: imgs.test.len(),
         n_good: imgs.n_good(),
         n_defective: imgs.n_bad(),
@@ -268,7 +278,12 @@ pub fn markdown(r: &EvalReport) -> String {
         r.step,
         r.score
     );
-    let _ = writeln!(s, "**Image AUROC: {}**\n", fmt_auroc(r.image_auroc));
+    let _ = writeln!(
+        s,
+        "**Image AUROC: {}** (the same encoder at random initialisation: {})\n",
+        fmt_auroc(r.image_auroc),
+        fmt_auroc(r.init_auroc)
+    );
     if let Some(a) = r.aulc {
         let _ = writeln!(s, "AULC over {} checkpoints: {a:.4}\n", r.curve.len());
     }
@@ -310,6 +325,7 @@ pub fn print_summary(r: &EvalReport) {
         r.n_defective,
         r.checkpoint
     );
+    println!("  at random initialisation: {}", fmt_auroc(r.init_auroc));
     for (k, v) in &r.scores {
         println!("  {k:<18} {}", fmt_auroc(v.image_auroc));
     }

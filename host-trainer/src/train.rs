@@ -308,6 +308,22 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
             reason: "start".into(),
         },
     };
+    if resume_from.is_none()
+        && let Some(e) = &eval
+    {
+        // The same encoder at random initialisation, on the same data: the floor training must beat.
+        let r = eval::evaluate(&model, norm, e, &eval::quick_specs(cfg.score), cfg.seed)?;
+        let auroc = r[&cfg.score.to_string()].auroc;
+        run.append_metric(&json!({
+            "kind": "eval", "checkpoint": "init", "epoch": 0, "step": 0,
+            "score": cfg.score.to_string(), "image_auroc": auroc,
+        }))?;
+        info!(
+            "random initialisation: {} image AUROC {}",
+            cfg.score,
+            auroc.map_or("n/a".into(), |a| format!("{a:.4}"))
+        );
+    }
     let total = length.total_steps();
     if state.global_step >= total {
         info!("the run is already complete ({} steps)", total);
@@ -325,7 +341,11 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
         2,
     );
     let images_per_step = 2 * sampler.samples_per_batch();
-    let bar = ProgressBar::new(total as u64).with_position(state.global_step as u64);
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::new(total as u64).with_position(state.global_step as u64)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template(
             "{spinner} [{elapsed_precise} < {eta_precise}] {bar:30} {pos}/{len} steps  {msg}",
@@ -334,6 +354,8 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
     );
     let started = Instant::now();
     let elapsed_before = state.elapsed_s;
+    let first_step = state.global_step;
+    let (mut epoch_loss, mut epoch_steps) = (0.0f64, 0usize);
     let mut window = Instant::now();
     for batch in loader {
         let batch = batch?;
@@ -361,7 +383,25 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
             batch.epoch + 1,
             length.epochs
         ));
+        epoch_loss += loss;
+        epoch_steps += 1;
         let epoch_done = state.next_batch == 0;
+        if epoch_done {
+            // One line per epoch in the log as well (the bar is hidden when stderr is no terminal).
+            let done = (state.global_step - first_step) as f64;
+            let eta = started.elapsed().as_secs_f64() / done * (total - state.global_step) as f64;
+            bar.suspend(|| {
+                info!(
+                    "epoch {}/{}: mean loss {:.4}, lr {lr:.2e}, {ips:.1} img/s, ETA {:.0} s",
+                    state.epoch,
+                    length.epochs,
+                    epoch_loss / epoch_steps as f64,
+                    eta
+                )
+            });
+            epoch_loss = 0.0;
+            epoch_steps = 0;
+        }
         if epoch_done && ckpt_epochs.contains(&state.epoch) {
             let last = state.epoch == length.epochs;
             state.reason = if last { "final" } else { "scheduled" }.into();
@@ -374,13 +414,15 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
                     "kind": "eval", "checkpoint": name, "epoch": state.epoch,
                     "step": state.global_step, "score": cfg.score.to_string(), "image_auroc": auroc,
                 }))?;
-                bar.println(format!(
-                    "checkpoint {name}: {} image AUROC {}",
-                    cfg.score,
-                    auroc.map_or("n/a".into(), |a| format!("{a:.4}"))
-                ));
+                bar.suspend(|| {
+                    info!(
+                        "checkpoint {name}: {} image AUROC {}",
+                        cfg.score,
+                        auroc.map_or("n/a".into(), |a| format!("{a:.4}"))
+                    )
+                });
             } else {
-                bar.println(format!("checkpoint {name}"));
+                bar.suspend(|| info!("checkpoint {name}"));
             }
         }
         if STOP.load(Ordering::SeqCst) && state.global_step < total {

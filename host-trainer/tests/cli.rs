@@ -27,7 +27,7 @@ fn smoke_errors_are_reported_not_panicked() {
         .args(["smoke", "--steps", "0", "--width", "0"])
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "an impossible setting");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("encoder.width"), "{err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fsutil;
 pub mod model;
 pub mod preprocess;
+pub mod process;
 pub mod score;
 
 pub use error::{Error, ErrorKind, Result};

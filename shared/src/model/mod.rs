@@ -2,6 +2,7 @@
 //! safetensors I/O with torchvision parameter names.
 
 pub mod config;
+pub mod conv;
 pub mod efficientnet;
 pub mod head;
 pub mod params;

@@ -12,10 +12,11 @@
 //!
 //! Try it: `cargo run -p host-trainer --release -- smoke`.
 
-use candle_core::{D, Module, ModuleT, Result, Tensor};
+use candle_core::{D, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 
 use super::config::{EncoderConfig, Stem};
+use super::conv;
 
 pub(crate) fn bn(channels: usize, cfg: &EncoderConfig, vb: VarBuilder) -> Result<BatchNorm> {
     let bn_cfg = BatchNormConfig {
@@ -74,12 +75,12 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = self.conv1.forward(x)?;
+        let y = conv::forward(&self.conv1, x)?;
         let y = self.bn1.forward_t(&y, train)?.relu()?;
-        let y = self.conv2.forward(&y)?;
+        let y = conv::forward(&self.conv2, &y)?;
         let y = self.bn2.forward_t(&y, train)?;
         let shortcut = match &self.downsample {
-            Some((c, b)) => b.forward_t(&c.forward(x)?, train)?,
+            Some((c, b)) => b.forward_t(&conv::forward(c, x)?, train)?,
             None => x.clone(),
         };
         (y + shortcut)?.relu()
@@ -136,7 +137,7 @@ impl ResNet18 {
     /// `train = true`: BatchNorm uses batch statistics and updates its running statistics, and
     /// the max-pool is the differentiable one. `train = false`: running statistics, fast pool.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.conv1.forward(x)?;
+        let x = conv::forward(&self.conv1, x)?;
         let mut x = self.bn1.forward_t(&x, train)?.relu()?;
         if self.stem == Stem::Imagenet {
             x = if train {
