@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use firm_shared::model::{ModelConfig, Stem};
+use firm_shared::model::{Backbone, ModelConfig, Stem};
 use firm_shared::score::ScoreSpec;
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,8 @@ pub const EMBEDDED_PROFILES: &[(&str, &str)] = embedded_profiles!(
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Settings {
+    /// Encoder: resnet18 (the paper) or efficientnet-lite0 (with --init ImageNet weights).
+    pub backbone: Option<Backbone>,
     /// Encoder stem: cifar (3x3/1, the reference) or imagenet (7x7/2 + max-pool).
     pub stem: Option<Stem>,
     /// Encoder width multiplier (1.0 = ResNet-18).
@@ -108,6 +110,7 @@ impl Settings {
             ($($f:ident),*) => { Settings { $($f: over.$f.clone().or_else(|| self.$f.clone())),* } };
         }
         pick!(
+            backbone,
             stem,
             width,
             size,
@@ -192,6 +195,14 @@ pub struct FitArgs {
     pub resume: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Encoder network: resnet18 (the paper's) or efficientnet-lite0 (needs --init).
+    #[arg(long)]
+    pub backbone: Option<Backbone>,
+    /// Start the encoder from these weights (safetensors with PyTorch names, e.g.
+    /// ../shared/weights/efficientnet-lite0/efficientnet-lite0.safetensors or a torchvision
+    /// ResNet-18). Nothing is downloaded. With --epochs 0: the pretrained-feature kNN baseline.
+    #[arg(long, value_name = "FILE")]
+    pub init: Option<PathBuf>,
     #[arg(long)]
     pub loss: Option<LossKind>,
     #[arg(long)]
@@ -224,6 +235,7 @@ pub struct FitArgs {
 impl FitArgs {
     fn settings(&self) -> Settings {
         Settings {
+            backbone: self.backbone,
             stem: self.stem,
             width: self.width,
             size: self.size,
@@ -269,6 +281,8 @@ pub struct FitConfig {
     pub data: DataSource,
     pub strict: bool,
     pub model: ModelConfig,
+    /// Encoder weights the run started from (None: seeded random initialisation).
+    pub init: Option<PathBuf>,
     pub loss: LossKind,
     pub outliers: String,
     pub size: u32,
@@ -287,6 +301,7 @@ pub struct FitConfig {
 /// Built-in defaults: a small CPU configuration.
 fn defaults() -> Settings {
     Settings {
+        backbone: Some(Backbone::Resnet18),
         stem: Some(Stem::Imagenet),
         width: Some(1.0),
         size: Some(64),
@@ -363,6 +378,22 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
         return Err(Error::invalid("--batch", "must be at least 1"));
     }
     let mut model = ModelConfig::default();
+    model.encoder.backbone = s.backbone.expect("default");
+    if model.encoder.backbone == Backbone::EfficientnetLite0 && args.init.is_none() {
+        return Err(Error::invalid(
+            "--backbone",
+            "efficientnet-lite0 is for fine-tuning ImageNet weights: give them with --init FILE \
+             (e.g. ../shared/weights/efficientnet-lite0/efficientnet-lite0.safetensors)",
+        ));
+    }
+    if let Some(p) = &args.init
+        && !p.is_file()
+    {
+        return Err(Error::NotFound {
+            path: p.clone(),
+            expected: "a safetensors file of encoder weights (--init)".into(),
+        });
+    }
     model.encoder.stem = s.stem.expect("default");
     model.encoder.width = s.width.expect("default");
     model.head.hidden = s.head_hidden.expect("default");
@@ -380,6 +411,10 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
         data,
         strict: args.data.strict,
         model,
+        init: args
+            .init
+            .as_ref()
+            .map(|p| p.canonicalize().unwrap_or_else(|_| p.clone())),
         loss: s.loss.expect("default"),
         outliers,
         size,

@@ -10,7 +10,6 @@ use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
 use firm_shared::fsutil::write_atomic;
 use firm_shared::model::FirmModel;
-use firm_shared::preprocess::Normalization;
 use firm_shared::score;
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +48,8 @@ pub struct EvalReport {
     /// The profile's score (fixed before training; never chosen by test results).
     pub score: String,
     pub per_type: BTreeMap<String, f64>,
-    /// The profile's score with the same encoder at random initialisation (before training).
+    /// The profile's score with the same encoder before training (random initialisation, or the
+    /// `--init` weights: then this is the pretrained-feature baseline).
     pub init_auroc: Option<f64>,
     pub n_test: usize,
     pub n_good: usize,
@@ -117,7 +117,13 @@ pub fn evaluate_run(args: &EvalArgs, cwd: &Path) -> Result<EvalReport> {
         ));
     }
     let specs = eval::report_specs(cfg.score);
-    let results = eval::evaluate(&model, Normalization::default(), &imgs, &specs, cfg.seed)?;
+    let results = eval::evaluate(
+        &model,
+        cfg.model.encoder.normalization(),
+        &imgs,
+        &specs,
+        cfg.seed,
+    )?;
     let headline = &results[&cfg.score.to_string()];
     let metrics = run.metrics()?;
     let evals = || {
@@ -280,7 +286,7 @@ pub fn markdown(r: &EvalReport) -> String {
     );
     let _ = writeln!(
         s,
-        "**Image AUROC: {}** (the same encoder at random initialisation: {})\n",
+        "**Image AUROC: {}** (the same encoder before training: {})\n",
         fmt_auroc(r.image_auroc),
         fmt_auroc(r.init_auroc)
     );
@@ -325,7 +331,7 @@ pub fn print_summary(r: &EvalReport) {
         r.n_defective,
         r.checkpoint
     );
-    println!("  at random initialisation: {}", fmt_auroc(r.init_auroc));
+    println!("  before training     {}", fmt_auroc(r.init_auroc));
     for (k, v) in &r.scores {
         println!("  {k:<18} {}", fmt_auroc(v.image_auroc));
     }

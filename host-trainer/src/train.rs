@@ -78,7 +78,7 @@ fn prepare(cfg: FitConfig, run: RunDir, cwd: &Path) -> Result<Setup> {
         Some(dir) => Some(Arc::new(OeSet::load(dir, max_side, opts)?)),
         None => None,
     };
-    let norm = Normalization::default();
+    let norm = cfg.model.encoder.normalization();
     let sampler = Sampler::new(
         Arc::new(train),
         spec,
@@ -190,7 +190,10 @@ fn calibrate(setup: &Setup, max_minutes: f64) -> Result<usize> {
 /// Epochs after which a checkpoint (and evaluation) is written: `n` evenly spaced, the last at
 /// the end.
 pub fn checkpoint_epochs(epochs: usize, n: usize) -> Vec<usize> {
-    let n = n.clamp(1, epochs.max(1));
+    if epochs == 0 {
+        return Vec::new();
+    }
+    let n = n.clamp(1, epochs);
     let mut v: Vec<usize> = (1..=n)
         .map(|k| ((k as f64 * epochs as f64 / n as f64).round() as usize).max(1))
         .collect();
@@ -244,6 +247,7 @@ pub fn fit(args: &FitArgs, cwd: &Path) -> Result<Outcome> {
             let mut setup = prepare(cfg, run, cwd)?;
             let per_epoch = setup.sampler.batches_per_epoch();
             let epochs = match (settings.epochs, settings.max_minutes) {
+                (Some(0), _) => 0,
                 (Some(e), _) => e,
                 (None, Some(m)) => calibrate(&setup, m)?,
                 (None, None) => unreachable!("resolve requires one"),
@@ -311,7 +315,8 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
     if resume_from.is_none()
         && let Some(e) = &eval
     {
-        // The same encoder at random initialisation, on the same data: the floor training must beat.
+        // The same encoder before training (random initialisation, or the --init weights), on
+        // the same data: the floor training must beat.
         let r = eval::evaluate(&model, norm, e, &eval::quick_specs(cfg.score), cfg.seed)?;
         let auroc = r[&cfg.score.to_string()].auroc;
         run.append_metric(&json!({
@@ -319,12 +324,25 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
             "score": cfg.score.to_string(), "image_auroc": auroc,
         }))?;
         info!(
-            "random initialisation: {} image AUROC {}",
+            "before training ({}): {} image AUROC {}",
+            if cfg.init.is_some() {
+                "--init weights"
+            } else {
+                "random initialisation"
+            },
             cfg.score,
             auroc.map_or("n/a".into(), |a| format!("{a:.4}"))
         );
     }
     let total = length.total_steps();
+    if total == 0 {
+        // --epochs 0: the starting encoder as it is (the pretrained-feature baseline).
+        state.reason = "final".into();
+        run.save_checkpoint("epoch-0000", &varmap, &opt, &state)?;
+        return Ok(Outcome::Finished {
+            run: run.root.clone(),
+        });
+    }
     if state.global_step >= total {
         info!("the run is already complete ({} steps)", total);
         return Ok(Outcome::Finished {

@@ -40,10 +40,47 @@ impl std::fmt::Display for Stem {
     }
 }
 
-/// ResNet-18 encoder settings.
+/// Encoder network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backbone {
+    /// ResNet-18 (the paper's encoder), trained from scratch or from torchvision weights.
+    #[default]
+    Resnet18,
+    /// EfficientNet-Lite0, for fine-tuning ImageNet weights (beyond the paper).
+    EfficientnetLite0,
+}
+
+impl std::str::FromStr for Backbone {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "resnet18" => Ok(Backbone::Resnet18),
+            "efficientnet-lite0" => Ok(Backbone::EfficientnetLite0),
+            other => Err(Error::invalid(
+                "backbone",
+                format!("`{other}`; expected resnet18 or efficientnet-lite0"),
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Backbone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backbone::Resnet18 => "resnet18",
+            Backbone::EfficientnetLite0 => "efficientnet-lite0",
+        })
+    }
+}
+
+/// Encoder settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct EncoderConfig {
+    #[serde(default)]
+    pub backbone: Backbone,
+    /// ResNet stem (ResNet-18 only).
     #[serde(default)]
     pub stem: Stem,
     /// Channel multiplier: 1.0 is ResNet-18 (64-128-256-512 channels, 512-d features); tests use
@@ -56,6 +93,9 @@ pub struct EncoderConfig {
     pub bn_momentum: f64,
     #[serde(default = "bn_eps")]
     pub bn_eps: f64,
+    /// Which pooled output of EfficientNet-Lite0 is the feature (EfficientNet only).
+    #[serde(default)]
+    pub features: super::efficientnet::Features,
 }
 
 /// Projection head settings (trained, never exported).
@@ -103,10 +143,12 @@ fn head_out() -> usize {
 impl Default for EncoderConfig {
     fn default() -> Self {
         Self {
+            backbone: Backbone::default(),
             stem: Stem::default(),
             width: one(),
             bn_momentum: reference_bn_momentum(),
             bn_eps: bn_eps(),
+            features: Default::default(),
         }
     }
 }
@@ -138,7 +180,22 @@ impl EncoderConfig {
 
     /// Dimension of the pooled feature vector the encoder outputs.
     pub fn feature_dim(&self) -> usize {
-        self.stage_channels()[3]
+        match self.backbone {
+            Backbone::Resnet18 => self.stage_channels()[3],
+            Backbone::EfficientnetLite0 => self.features.dim(),
+        }
+    }
+
+    /// Input normalisation the backbone expects: ImageNet statistics for ResNet-18,
+    /// `(x - 127.5) / 128` for EfficientNet-Lite0 (its weights were trained that way).
+    pub fn normalization(&self) -> crate::preprocess::Normalization {
+        match self.backbone {
+            Backbone::Resnet18 => crate::preprocess::Normalization::default(),
+            Backbone::EfficientnetLite0 => crate::preprocess::Normalization {
+                mean: super::efficientnet::MEAN,
+                std: super::efficientnet::STD,
+            },
+        }
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -11,17 +11,54 @@ pub mod resnet;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-pub use config::{EncoderConfig, HeadConfig, ModelConfig, Stem};
+pub use config::{Backbone, EncoderConfig, HeadConfig, ModelConfig, Stem};
+pub use efficientnet::EfficientNetLite0;
 pub use head::{ProjectionHead, l2_normalize_rows};
 pub use resnet::ResNet18;
 
 /// Prefix of the projection head's parameters; everything else is the encoder (torchvision names).
 pub const HEAD_PREFIX: &str = "head";
 
+/// The encoder network, whichever backbone the configuration names.
+#[derive(Debug, Clone)]
+pub enum Encoder {
+    ResNet18(ResNet18),
+    EfficientNetLite0(EfficientNetLite0),
+}
+
+impl Encoder {
+    /// ResNet-18 parameters carry torchvision's names, EfficientNet-Lite0's the PyTorch port's.
+    pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(match cfg.backbone {
+            Backbone::Resnet18 => Encoder::ResNet18(ResNet18::new(cfg, vb)?),
+            Backbone::EfficientnetLite0 => Encoder::EfficientNetLite0(EfficientNetLite0::new(
+                cfg.features,
+                cfg.bn_momentum,
+                vb,
+            )?),
+        })
+    }
+
+    pub fn feature_dim(&self) -> usize {
+        match self {
+            Encoder::ResNet18(m) => m.feature_dim(),
+            Encoder::EfficientNetLite0(m) => m.feature_dim(),
+        }
+    }
+
+    /// Images `[B, 3, H, W]` -> pooled features `[B, feature_dim]`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Encoder::ResNet18(m) => m.forward_t(x, train),
+            Encoder::EfficientNetLite0(m) => m.forward_t(x, train),
+        }
+    }
+}
+
 /// Encoder and projection head as trained by FIRM.
 #[derive(Debug, Clone)]
 pub struct FirmModel {
-    pub encoder: ResNet18,
+    pub encoder: Encoder,
     pub head: ProjectionHead,
 }
 
@@ -37,7 +74,7 @@ pub struct FirmOutput {
 impl FirmModel {
     /// Encoder parameters at the root (torchvision names), head under `head.`.
     pub fn new(cfg: &ModelConfig, vb: VarBuilder) -> Result<Self> {
-        let encoder = ResNet18::new(&cfg.encoder, vb.clone())?;
+        let encoder = Encoder::new(&cfg.encoder, vb.clone())?;
         let head = ProjectionHead::new(
             encoder.feature_dim(),
             &cfg.head,
