@@ -527,6 +527,39 @@ impl GaussianBlur {
     }
 }
 
+/// Which view augmentation training uses (`augment` in a profile, `--augment`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Augmentation {
+    /// The FIRM reference: crop scale 0.25-1, jitter 0.4 (hue 0.4), blur p 0.75.
+    #[default]
+    Simclr,
+    /// Milder views for short CPU runs: crop scale 0.6-1, jitter 0.2 (hue 0.05), blur p 0.5.
+    Light,
+    /// No augmentation: both views are the test transform (previews, ablations).
+    None,
+}
+
+impl std::fmt::Display for Augmentation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Simclr => "simclr",
+            Self::Light => "light",
+            Self::None => "none",
+        })
+    }
+}
+
 /// The full view augmentation: crop + resize -> colour jitter -> random blur.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Augment {
@@ -542,6 +575,30 @@ impl Augment {
             crop: RandomResizedCrop::new(size),
             jitter: ColorJitter::default(),
             blur: GaussianBlur::default(),
+        }
+    }
+
+    /// Milder views ([`Augmentation::Light`]).
+    pub fn light(size: u32) -> Self {
+        Self {
+            crop: RandomResizedCrop {
+                scale: (0.6, 1.0),
+                ..RandomResizedCrop::new(size)
+            },
+            jitter: ColorJitter::new(0.2, 0.2, 0.2, 0.05),
+            blur: GaussianBlur {
+                p: 0.5,
+                ..GaussianBlur::default()
+            },
+        }
+    }
+
+    /// The augmentation of a kind; `None` for [`Augmentation::None`].
+    pub fn of(kind: Augmentation, size: u32) -> Option<Self> {
+        match kind {
+            Augmentation::Simclr => Some(Self::simclr(size)),
+            Augmentation::Light => Some(Self::light(size)),
+            Augmentation::None => None,
         }
     }
 

@@ -26,7 +26,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::augment::{self, Augment};
+use crate::augment::{self, Augment, Augmentation};
 use crate::data::images::ImageCache;
 use crate::error::{Error, Result};
 use crate::loss::SampleLabel;
@@ -44,9 +44,9 @@ pub struct BatchConfig {
     pub normalization: Normalization,
     /// Also return the augmented views as 8-bit images (for previews).
     pub keep_images: bool,
-    /// Apply the SimCLR augmentations (training). Off: both views are the plain test transform,
-    /// so a preview shows the outliers themselves.
-    pub augment: bool,
+    /// View augmentation (training: the SimCLR one). `None`: both views are the plain test
+    /// transform, so a preview shows the outliers themselves.
+    pub augment: Augmentation,
 }
 
 /// One training step's input.
@@ -102,7 +102,7 @@ pub struct Sampler {
     spec: OutlierSpec,
     oe: Option<Arc<OeSet>>,
     cfg: BatchConfig,
-    augment: Augment,
+    augment: Option<Augment>,
 }
 
 impl Sampler {
@@ -124,7 +124,7 @@ impl Sampler {
                 "an oe:DIR outlier needs its loaded image set (and only then)",
             ));
         }
-        let augment = Augment::simclr(cfg.size);
+        let augment = Augment::of(cfg.augment, cfg.size);
         Ok(Self {
             train,
             spec,
@@ -290,11 +290,8 @@ impl Sampler {
             Op::Generate(g) => Arc::new(g.make(src, self.cfg.size, rng)),
             Op::Oe => self.oe.as_ref().expect("checked in new").draw(rng),
         };
-        let (v1, v2) = if self.cfg.augment {
-            (
-                self.augment.apply(&made, rng),
-                self.augment.apply(&made, rng),
-            )
+        let (v1, v2) = if let Some(aug) = &self.augment {
+            (aug.apply(&made, rng), aug.apply(&made, rng))
         } else {
             let plain = firm_shared::preprocess::PreprocessSpec::new(self.cfg.size)
                 .test_transform(&made)

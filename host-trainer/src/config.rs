@@ -13,6 +13,7 @@ use firm_shared::model::{Backbone, ModelConfig, Stem};
 use firm_shared::score::ScoreSpec;
 use serde::{Deserialize, Serialize};
 
+use crate::augment::Augmentation;
 use crate::data::{DataArgs, DataSource};
 use crate::error::{Error, Result};
 use crate::loss::LossKind;
@@ -94,6 +95,8 @@ pub struct Settings {
     pub loss: Option<LossKind>,
     /// Synthetic outliers (see `host-trainer preview --help`).
     pub outliers: Option<String>,
+    /// View augmentation: simclr (the reference), light or none.
+    pub augment: Option<Augmentation>,
     /// Score used for the verdict and the headline AUROC, e.g. cos_1 or cos_1+rot.
     pub score: Option<String>,
     /// Evaluations (and checkpoints) spread evenly over the run, the last at the end.
@@ -122,6 +125,7 @@ impl Settings {
             weight_decay,
             loss,
             outliers,
+            augment,
             score,
             checkpoints,
             head_hidden,
@@ -203,27 +207,40 @@ pub struct FitArgs {
     /// ResNet-18). Nothing is downloaded. With --epochs 0: the pretrained-feature kNN baseline.
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
+    /// Training objective (FIRM by default; the others are the paper's baselines).
     #[arg(long)]
     pub loss: Option<LossKind>,
+    /// Fixed number of epochs (replaces the profile's time budget); 0 evaluates the initial
+    /// encoder only.
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Wall-time budget in minutes (replaces --epochs).
     #[arg(long, conflicts_with = "epochs")]
     pub max_minutes: Option<f64>,
+    /// Good images per step: each brings its outliers and two views of everything.
     #[arg(long)]
     pub batch: Option<usize>,
+    /// Peak learning rate of the one-cycle schedule (SGD, momentum 0.9, weight decay 3e-4).
     #[arg(long)]
     pub lr: Option<f64>,
+    /// Temperature of the contrastive loss.
     #[arg(long)]
     pub tau: Option<f64>,
+    /// Model input side in pixels (images are resized to 1.125x and centre-cropped).
     #[arg(long)]
     pub size: Option<u32>,
+    /// ResNet stem: cifar (3x3/1, the paper's) or imagenet (7x7/2 + max-pool, 16x cheaper).
     #[arg(long)]
     pub stem: Option<Stem>,
+    /// Channel width multiplier of the ResNet (1.0 = ResNet-18; tests use 0.25).
     #[arg(long)]
     pub width: Option<f32>,
+    /// Synthetic outliers: cutpaste, scar, nsa, rotation or oe:DIR, comma-separated.
     #[arg(long)]
     pub outliers: Option<String>,
+    /// View augmentation: simclr (the reference's), light (milder, for short runs) or none.
+    #[arg(long)]
+    pub augment: Option<Augmentation>,
     /// Score for the verdict: cos_K, cos_K_norm, kde or center, optionally +rot and/or +crops.
     #[arg(long)]
     pub score: Option<String>,
@@ -246,6 +263,7 @@ impl FitArgs {
             tau: self.tau,
             loss: self.loss,
             outliers: self.outliers.clone(),
+            augment: self.augment,
             score: self.score.clone(),
             checkpoints: self.checkpoints,
             ..Settings::default()
@@ -285,6 +303,9 @@ pub struct FitConfig {
     pub init: Option<PathBuf>,
     pub loss: LossKind,
     pub outliers: String,
+    /// View augmentation (config.json files written before it existed mean simclr).
+    #[serde(default)]
+    pub augment: Augmentation,
     pub size: u32,
     pub batch: usize,
     pub tau: f64,
@@ -313,6 +334,7 @@ fn defaults() -> Settings {
         weight_decay: Some(3e-4),
         loss: Some(LossKind::Firm),
         outliers: Some("cutpaste,scar".into()),
+        augment: Some(Augmentation::Simclr),
         score: Some("cos_1".into()),
         checkpoints: Some(5),
         head_hidden: Some(1024),
@@ -417,6 +439,7 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
             .map(|p| p.canonicalize().unwrap_or_else(|_| p.clone())),
         loss: s.loss.expect("default"),
         outliers,
+        augment: s.augment.expect("default"),
         size,
         batch,
         tau,
@@ -453,6 +476,9 @@ mod tests {
                     p["cpu"].max_minutes.is_some(),
                     "{name}: cpu budgets wall time"
                 );
+                // The paper profile keeps the reference's SimCLR views (the default).
+                assert_eq!(paper.augment, None, "{name}");
+                assert_eq!(p["cpu"].augment, Some(Augmentation::None), "{name}");
             }
         }
         for class in MVTEC_CLASSES {
@@ -481,6 +507,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("schema-version 9"), "{e}");
+        let e = parse_profiles(
+            "schema-version = 1\n[profile.cpu]\naugment = \"strong\"\n",
+            "w.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("w.toml") && e.contains("simclr") && e.contains("light"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -88,7 +88,11 @@ pub fn run(args: &PreviewArgs, cwd: &Path) -> Result<PathBuf> {
             seed: args.seed,
             normalization: Normalization::default(),
             keep_images: true,
-            augment: !args.plain,
+            augment: if args.plain {
+                crate::augment::Augmentation::None
+            } else {
+                crate::augment::Augmentation::Simclr
+            },
         },
     )?;
     let b = sampler.batch(0, 0)?;

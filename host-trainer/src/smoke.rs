@@ -165,7 +165,7 @@ pub fn run(args: &SmokeArgs) -> Result<SmokeReport> {
             seed: args.seed,
             normalization: spec.normalization,
             keep_images: false,
-            augment: true,
+            augment: crate::augment::Augmentation::Simclr,
         },
     )?;
     let per_epoch = sampler.batches_per_epoch();

@@ -89,7 +89,7 @@ fn prepare(cfg: FitConfig, run: RunDir, cwd: &Path) -> Result<Setup> {
             seed: cfg.seed,
             normalization: norm,
             keep_images: false,
-            augment: true,
+            augment: cfg.augment,
         },
     )?;
     let eval = if ds.test.is_empty() {
@@ -107,7 +107,8 @@ fn prepare(cfg: FitConfig, run: RunDir, cwd: &Path) -> Result<Setup> {
     })
 }
 
-/// A freshly initialised model (deterministic in the seed).
+/// A freshly initialised model (deterministic in the seed); with `--init`, the encoder then takes
+/// the given weights (the head stays at its seeded initialisation).
 fn build_model(cfg: &FitConfig) -> Result<(VarMap, FirmModel)> {
     let varmap = VarMap::new();
     let model = FirmModel::new(
@@ -115,6 +116,9 @@ fn build_model(cfg: &FitConfig) -> Result<(VarMap, FirmModel)> {
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
     )?;
     params::init_params(&varmap, cfg.seed)?;
+    if let Some(init) = &cfg.init {
+        params::load(&varmap, init, params::Part::Encoder)?;
+    }
     Ok((varmap, model))
 }
 

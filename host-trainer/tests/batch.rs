@@ -37,7 +37,7 @@ fn cfg(batch: usize, seed: u64) -> BatchConfig {
         seed,
         normalization: Normalization::default(),
         keep_images: false,
-        augment: true,
+        augment: host_trainer::augment::Augmentation::Simclr,
     }
 }
 
@@ -189,4 +189,43 @@ fn preview_images_match_the_tensor() {
     for (a, b) in v.iter().zip(&b.x[..v.len()]) {
         assert!((a - b).abs() < 0.5 / 255.0 / 0.224 + 1e-5, "{a} vs {b}");
     }
+}
+
+#[test]
+fn augmentation_kinds_differ_in_how_far_the_views_move() {
+    use host_trainer::augment::Augmentation;
+    let with = |kind: Augmentation| {
+        let spec: OutlierSpec = "cutpaste,scar".parse().unwrap();
+        let s = Sampler::new(
+            images(8, 40),
+            spec,
+            None,
+            BatchConfig {
+                augment: kind,
+                ..cfg(4, 7)
+            },
+        )
+        .unwrap();
+        let b = s.batch(0, 0).unwrap();
+        // Mean absolute difference between view 1 and view 2 over all samples.
+        let half = b.x.len() / 2;
+        let d: f64 = b.x[..half]
+            .iter()
+            .zip(&b.x[half..])
+            .map(|(a, c)| (a - c).abs() as f64)
+            .sum::<f64>()
+            / half as f64;
+        d
+    };
+    let none = with(Augmentation::None);
+    let light = with(Augmentation::Light);
+    let simclr = with(Augmentation::Simclr);
+    assert_eq!(
+        none, 0.0,
+        "without augmentation both views are the test transform"
+    );
+    assert!(
+        light > 0.0 && light < simclr,
+        "light {light} vs simclr {simclr}"
+    );
 }

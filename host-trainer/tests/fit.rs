@@ -91,6 +91,63 @@ fn run_folder_holds_config_checkpoints_metrics_and_report() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--resume"));
 }
 
+/// `--init` starts from given encoder weights: a run started (with another seed) from a trained
+/// run's weights, with `--epochs 0`, scores exactly what the trained run scored.
+#[test]
+fn init_weights_are_loaded_and_epochs_zero_scores_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a");
+    ok(bin(tmp.path())
+        .arg("fit")
+        .args(TINY)
+        .args(["--epochs", "2", "--checkpoints", "1", "--out"])
+        .arg(&a)
+        .output()
+        .unwrap());
+    let b = tmp.path().join("b");
+    ok(bin(tmp.path())
+        .arg("fit")
+        .args(TINY)
+        .args(["--epochs", "0", "--seed", "5", "--init"])
+        .arg(a.join("checkpoints/epoch-0002/model.safetensors"))
+        .arg("--out")
+        .arg(&b)
+        .output()
+        .unwrap());
+    let json = |run: &Path| -> serde_json::Value {
+        let out = ok(bin(tmp.path())
+            .args(["eval", "--json", "--run"])
+            .arg(run)
+            .output()
+            .unwrap());
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let (ra, rb) = (json(&a), json(&b));
+    assert_eq!(rb["checkpoint"], "epoch-0000");
+    assert_eq!(ra["image_auroc"], rb["image_auroc"], "{ra}\n{rb}");
+    assert_eq!(rb["init_auroc"], rb["image_auroc"]);
+    assert_ne!(
+        ra["init_auroc"], rb["init_auroc"],
+        "the trained weights differ from a random start"
+    );
+    // A file of the wrong model is refused with the file's name.
+    let c = tmp.path().join("c");
+    let out = bin(tmp.path())
+        .arg("fit")
+        .args([
+            "--demo", "--class", "grid", "--size", "16", "--width", "0.125",
+        ])
+        .args(["--epochs", "0", "--init"])
+        .arg(a.join("checkpoints/epoch-0002/model.safetensors"))
+        .arg("--out")
+        .arg(&c)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model.safetensors"), "{err}");
+}
+
 #[test]
 fn ctrl_c_writes_a_checkpoint_and_resume_finishes() {
     let tmp = tempfile::tempdir().unwrap();

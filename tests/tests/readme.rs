@@ -24,7 +24,7 @@ fn ci_runs_the_readme_test_command() {
 }
 
 #[test]
-fn main_command_runs_and_prints_aurocs() {
+fn main_command_trains_evaluates_and_reports() {
     let readme = readme();
     let main_cmd = readme
         .lines()
@@ -37,10 +37,18 @@ fn main_command_runs_and_prints_aurocs() {
         .unwrap()
         .split_whitespace()
         .collect();
-    // The README's command, shortened to a few steps for the test.
+    assert_eq!(
+        args,
+        ["fit", "--demo"],
+        "the main job is `host-trainer fit --demo`"
+    );
+    // The README's command, shortened to one epoch for the test, in a fresh working directory
+    // (the demo data is generated there).
+    let dir = tempfile::tempdir().unwrap();
     let out = Command::new(binary("host-trainer", "host-trainer"))
         .args(&args)
-        .args(["--steps", "2", "--batch", "4"])
+        .args(["--epochs", "1", "--checkpoints", "1", "--out", "run"])
+        .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(
@@ -49,22 +57,25 @@ fn main_command_runs_and_prints_aurocs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    let rows: Vec<(String, f64, f64)> = stdout
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            match f.as_slice() {
-                [name, a, b] => Some((name.to_string(), a.parse().ok()?, b.parse().ok()?)),
-                _ => None,
-            }
-        })
-        .collect();
-    let names: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
-    assert_eq!(names, ["cos_1", "cos_5", "kde", "center"], "{stdout}");
-    for (name, a, b) in rows {
-        assert!(
-            (0.0..=1.0).contains(&a) && (0.0..=1.0).contains(&b),
-            "{name}: {a} {b}"
-        );
+    let headline = stdout.lines().next().unwrap_or_default();
+    assert!(
+        headline.starts_with("run: cos_1 image AUROC "),
+        "headline: {stdout}"
+    );
+    let auroc: f64 = headline
+        .split_whitespace()
+        .nth(4)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("AUROC in {headline:?}"));
+    assert!((0.0..=1.0).contains(&auroc), "{auroc}");
+    assert!(stdout.contains("before training"), "{stdout}");
+    assert!(dir.path().join("data/demo/bottle/train/good").is_dir());
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "eval/report.md",
+        "eval/roc.png",
+    ] {
+        assert!(dir.path().join("run").join(f).is_file(), "run/{f} missing");
     }
 }

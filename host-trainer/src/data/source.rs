@@ -171,7 +171,7 @@ fn ensure_demo(root: &Path, class: &str, seed: u64) -> Result<()> {
         ..SynthSpec::default()
     };
     let marker = root.join(class).join(".synth-complete");
-    let stamp = format!("{spec:?}");
+    let stamp = format!("generator {} {spec:?}", synth::GENERATOR_VERSION);
     if std::fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
         return Ok(());
     }

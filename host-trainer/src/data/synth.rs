@@ -41,7 +41,7 @@ pub enum SynthClass {
 }
 
 const BOTTLE_DEFECTS: &[&str] = &["broken_large", "broken_small", "contamination"];
-const WEAVE_DEFECTS: &[&str] = &["hole", "thread", "color", "cut"];
+const WEAVE_DEFECTS: &[&str] = &["hole", "thread", "color", "cut", "misweave"];
 const GRID_DEFECTS: &[&str] = &["bent", "broken", "glue", "metal_contamination"];
 
 impl SynthClass {
@@ -85,6 +85,7 @@ enum Defect {
     Thread,
     Color,
     Cut,
+    Misweave,
     Bent,
     Broken,
     Glue,
@@ -101,6 +102,7 @@ fn parse_defect(class: SynthClass, name: &str) -> Result<Defect, String> {
         (Weave, "thread") => Defect::Thread,
         (Weave, "color") => Defect::Color,
         (Weave, "cut") => Defect::Cut,
+        (Weave, "misweave") => Defect::Misweave,
         (Grid, "bent") => Defect::Bent,
         (Grid, "broken") => Defect::Broken,
         (Grid, "glue") => Defect::Glue,
@@ -114,6 +116,9 @@ fn parse_defect(class: SynthClass, name: &str) -> Result<Defect, String> {
         }
     })
 }
+
+/// Bumped whenever the generator draws differently, so cached demo data is regenerated.
+pub const GENERATOR_VERSION: u32 = 2;
 
 /// Smallest image side [`render`] accepts; below it the structures are thinner than a pixel.
 pub const MIN_SIZE: u32 = 16;
@@ -812,7 +817,44 @@ fn weave(layer: &mut Layer, defect: Option<Defect>, rng: &mut impl Rng) {
         Some(Defect::Thread) => loose_thread(layer, rng),
         Some(Defect::Color) => stain(layer, rng),
         Some(Defect::Cut) => cut(layer, &w, rng),
+        Some(Defect::Misweave) => misweave(layer, rng),
         _ => {}
+    }
+}
+
+/// A misweave: a rectangle of fabric woven out of step with its surroundings (the pattern is
+/// that of another place, so the threads jump at the rectangle's edges). Colour and texture are
+/// otherwise normal, which makes it hard for features that only see colour statistics.
+fn misweave(layer: &mut Layer, rng: &mut impl Rng) {
+    let s = layer.size as f32;
+    let area = s * s * rng.random_range(0.03..0.10);
+    let aspect = rng.random_range(0.5f32..2.0);
+    let w = (area * aspect).sqrt().clamp(4.0, s * 0.6) as u32;
+    let h = (area / aspect).sqrt().clamp(4.0, s * 0.6) as u32;
+    let n = layer.size;
+    let (w, h) = (w.min(n - 2), h.min(n - 2));
+    let (cx, cy) = inner_point(s, rng);
+    let dx = (cx as u32).saturating_sub(w / 2).min(n - w);
+    let dy = (cy as u32).saturating_sub(h / 2).min(n - h);
+    // The source must be out of step with the destination by at least a few pixels on each axis.
+    let (mut sx, mut sy) = (dx, dy);
+    for _ in 0..32 {
+        sx = rng.random_range(0..=n - w);
+        sy = rng.random_range(0..=n - h);
+        if sx.abs_diff(dx) >= 3 && sy.abs_diff(dy) >= 3 {
+            break;
+        }
+    }
+    let src: Vec<Px> = (0..h)
+        .flat_map(|y| (0..w).map(move |x| (x, y)))
+        .map(|(x, y)| layer.px[layer.idx(sx + x, sy + y)])
+        .collect();
+    for y in 0..h {
+        for x in 0..w {
+            let i = layer.idx(dx + x, dy + y);
+            layer.px[i] = src[(y * w + x) as usize];
+            layer.mask[i] = 255;
+        }
     }
 }
 

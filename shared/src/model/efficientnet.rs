@@ -16,8 +16,10 @@
 //! `conv2d` with one group per channel runs one tiny convolution per channel and is very slow on
 //! the CPU, and its conv backward uses a direct-loop transposed convolution.
 
-use candle_core::{D, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::{D, Result, Tensor};
+use candle_nn::{BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+
+use super::norm::{self, BatchNorm};
 use serde::{Deserialize, Serialize};
 
 /// Per-channel mean of the preprocessing (on 0..1 pixels): `(x / 255 - 0.5) / (128 / 255)` is
@@ -108,7 +110,7 @@ fn bn(channels: usize, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
         affine: true,
         momentum,
     };
-    candle_nn::batch_norm(channels, cfg, vb)
+    norm::batch_norm(channels, cfg, vb)
 }
 
 fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {

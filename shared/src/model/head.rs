@@ -6,10 +6,11 @@
 //! `3i` is the i-th linear and `3i + 1` its BatchNorm: `head.0.weight`, `head.1.{weight,bias,
 //! running_mean,running_var}`, ..., `head.21.weight`, `head.22.{running_mean,running_var}`.
 
-use candle_core::{D, Module, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder};
+use candle_core::{D, Module, Result, Tensor};
+use candle_nn::{BatchNormConfig, Linear, VarBuilder};
 
 use super::config::{EncoderConfig, HeadConfig};
+use super::norm::{self, BatchNorm};
 use super::resnet::bn;
 
 #[derive(Debug, Clone)]
@@ -40,7 +41,7 @@ impl ProjectionHead {
                     affine: false,
                     momentum: enc.bn_momentum,
                 };
-                candle_nn::batch_norm(d_out, c, vb_bn)?
+                norm::batch_norm(d_out, c, vb_bn)?
             } else {
                 bn(d_out, enc, vb_bn)?
             };
@@ -55,10 +56,12 @@ impl ProjectionHead {
         let mut x = x.clone();
         let n = self.layers.len();
         for (i, (linear, norm)) in self.layers.iter().enumerate() {
-            x = norm.forward_t(&linear.forward(&x)?, train)?;
-            if i + 1 < n {
-                x = x.relu()?;
-            }
+            let h = linear.forward(&x)?;
+            x = if i + 1 < n {
+                norm.forward_relu(&h, train)?
+            } else {
+                norm.forward_t(&h, train)?
+            };
         }
         l2_normalize_rows(&x)
     }

@@ -5,7 +5,9 @@ pub mod config;
 pub mod conv;
 pub mod efficientnet;
 pub mod head;
+pub mod norm;
 pub mod params;
+pub mod pool;
 pub mod resnet;
 
 use candle_core::{Result, Tensor};

@@ -12,11 +12,12 @@
 //!
 //! Try it: `cargo run -p host-trainer --release -- smoke`.
 
-use candle_core::{D, ModuleT, Result, Tensor};
-use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_core::{D, Result, Tensor};
+use candle_nn::{BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 
 use super::config::{EncoderConfig, Stem};
 use super::conv;
+use super::norm::{self, BatchNorm};
 
 pub(crate) fn bn(channels: usize, cfg: &EncoderConfig, vb: VarBuilder) -> Result<BatchNorm> {
     let bn_cfg = BatchNormConfig {
@@ -25,7 +26,7 @@ pub(crate) fn bn(channels: usize, cfg: &EncoderConfig, vb: VarBuilder) -> Result
         affine: true,
         momentum: cfg.bn_momentum,
     };
-    candle_nn::batch_norm(channels, bn_cfg, vb)
+    norm::batch_norm(channels, bn_cfg, vb)
 }
 
 fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
@@ -76,7 +77,7 @@ impl BasicBlock {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = conv::forward(&self.conv1, x)?;
-        let y = self.bn1.forward_t(&y, train)?.relu()?;
+        let y = self.bn1.forward_relu(&y, train)?;
         let y = conv::forward(&self.conv2, &y)?;
         let y = self.bn2.forward_t(&y, train)?;
         let shortcut = match &self.downsample {
@@ -138,10 +139,10 @@ impl ResNet18 {
     /// the max-pool is the differentiable one. `train = false`: running statistics, fast pool.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let x = conv::forward(&self.conv1, x)?;
-        let mut x = self.bn1.forward_t(&x, train)?.relu()?;
+        let mut x = self.bn1.forward_relu(&x, train)?;
         if self.stem == Stem::Imagenet {
             x = if train {
-                max_pool_3x3_s2(&x)?
+                super::pool::max_pool_3x3_s2(&x)?
             } else {
                 x.pad_with_zeros(D::Minus1, 1, 1)?
                     .pad_with_zeros(D::Minus2, 1, 1)?
