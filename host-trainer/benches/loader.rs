@@ -97,7 +97,7 @@ fn main() {
                     seed: 0,
                     normalization: Normalization::default(),
                     keep_images: false,
-                    augment: true,
+                    augment: host_trainer::augment::Augmentation::Simclr,
                 },
             )
             .expect("sampler"),
