@@ -101,6 +101,8 @@ pub struct Settings {
     pub score: Option<String>,
     /// Evaluations (and checkpoints) spread evenly over the run, the last at the end.
     pub checkpoints: Option<usize>,
+    /// Fine-tuning EfficientNet-Lite0: stem and this many stages stay frozen.
+    pub freeze_stages: Option<usize>,
     /// Projection head hidden width and number of linear layers.
     pub head_hidden: Option<usize>,
     pub head_layers: Option<usize>,
@@ -128,6 +130,7 @@ impl Settings {
             augment,
             score,
             checkpoints,
+            freeze_stages,
             head_hidden,
             head_layers
         )
@@ -207,6 +210,10 @@ pub struct FitArgs {
     /// ResNet-18). Nothing is downloaded. With --epochs 0: the pretrained-feature kNN baseline.
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
+    /// Fine-tuning EfficientNet-Lite0: keep the stem and the first N of its 7 stages frozen
+    /// (running statistics, no gradients; at 224 px this is what makes training fit in memory).
+    #[arg(long, value_name = "N")]
+    pub freeze_stages: Option<usize>,
     /// Training objective (FIRM by default; the others are the paper's baselines).
     #[arg(long)]
     pub loss: Option<LossKind>,
@@ -266,6 +273,7 @@ impl FitArgs {
             augment: self.augment,
             score: self.score.clone(),
             checkpoints: self.checkpoints,
+            freeze_stages: self.freeze_stages,
             ..Settings::default()
         }
     }
@@ -337,6 +345,7 @@ fn defaults() -> Settings {
         augment: Some(Augmentation::Simclr),
         score: Some("cos_1".into()),
         checkpoints: Some(5),
+        freeze_stages: Some(0),
         head_hidden: Some(1024),
         head_layers: Some(8),
     }
@@ -418,6 +427,7 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
     }
     model.encoder.stem = s.stem.expect("default");
     model.encoder.width = s.width.expect("default");
+    model.encoder.frozen_stages = s.freeze_stages.expect("default");
     model.head.hidden = s.head_hidden.expect("default");
     model.head.layers = s.head_layers.expect("default");
     model.validate()?;

@@ -96,6 +96,9 @@ pub struct EncoderConfig {
     /// Which pooled output of EfficientNet-Lite0 is the feature (EfficientNet only).
     #[serde(default)]
     pub features: super::efficientnet::Features,
+    /// Fine-tuning: the stem and this many stages stay frozen (EfficientNet only; 0 = none).
+    #[serde(default)]
+    pub frozen_stages: usize,
 }
 
 /// Projection head settings (trained, never exported).
@@ -149,6 +152,7 @@ impl Default for EncoderConfig {
             bn_momentum: reference_bn_momentum(),
             bn_eps: bn_eps(),
             features: Default::default(),
+            frozen_stages: 0,
         }
     }
 }
@@ -203,6 +207,21 @@ impl EncoderConfig {
             return Err(Error::invalid(
                 "encoder.width",
                 format!("{} is outside (0, 8]", self.width),
+            ));
+        }
+        if self.frozen_stages > 0 && self.backbone != Backbone::EfficientnetLite0 {
+            return Err(Error::invalid(
+                "--freeze-stages",
+                "applies to efficientnet-lite0 fine-tuning only",
+            ));
+        }
+        if self.frozen_stages > 7 {
+            return Err(Error::invalid(
+                "--freeze-stages",
+                format!(
+                    "{} is more than EfficientNet-Lite0's 7 stages",
+                    self.frozen_stages
+                ),
             ));
         }
         if !(0.0..=1.0).contains(&self.bn_momentum) {

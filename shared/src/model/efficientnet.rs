@@ -199,6 +199,9 @@ pub struct EfficientNetLite0 {
     bn0: BatchNorm,
     blocks: Vec<MbConv>,
     head: Option<(Conv2d, BatchNorm)>,
+    /// Stem and this many MBConv blocks run frozen in training (see [`Self::freeze_stages`]).
+    frozen_blocks: usize,
+    frozen_stem: bool,
 }
 
 impl EfficientNetLite0 {
@@ -246,7 +249,26 @@ impl EfficientNetLite0 {
             bn0,
             blocks,
             head,
+            frozen_blocks: 0,
+            frozen_stem: false,
         })
+    }
+
+    /// Freeze the stem and the first `stages` stages for fine-tuning: in training they run with
+    /// their running statistics and without gradients (so the optimiser leaves them alone and
+    /// their large activations are not kept for a backward pass: at 224 px the first three
+    /// stages hold most of a training step's memory).
+    pub fn freeze_stages(mut self, stages: usize) -> Result<Self> {
+        if stages > STAGES.len() {
+            candle_core::bail!("cannot freeze {stages} stages: EfficientNet-Lite0 has 7")
+        }
+        self.frozen_blocks = STAGES[..stages].iter().map(|s| s.repeats).sum::<usize>();
+        self.frozen_blocks = self.frozen_blocks.min(self.blocks.len());
+        if stages == 0 {
+            self.frozen_blocks = 0;
+        }
+        self.frozen_stem = stages > 0;
+        Ok(self)
     }
 
     pub fn features(&self) -> Features {
@@ -262,10 +284,18 @@ impl EfficientNetLite0 {
     /// `[B, feature_dim]`. `train = true`: BatchNorm uses batch statistics and updates its running
     /// statistics; `train = false`: running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let stem_train = train && !self.frozen_stem;
         let x = super::conv::forward(&self.conv_stem, x)?;
-        let mut x = relu6(&self.bn0.forward_t(&x, train)?)?;
-        for block in &self.blocks {
-            x = block.forward_t(&x, train)?;
+        let mut x = relu6(&self.bn0.forward_t(&x, stem_train)?)?;
+        if self.frozen_stem {
+            x = x.detach();
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let frozen = i < self.frozen_blocks;
+            x = block.forward_t(&x, train && !frozen)?;
+            if frozen {
+                x = x.detach();
+            }
         }
         if let Some((c, b)) = &self.head {
             x = relu6(&b.forward_t(&super::conv::forward(c, &x)?, train)?)?;
@@ -507,6 +537,56 @@ mod tests {
         }
         let vb = VarBuilder::zeros(DType::F32, &Device::Cpu);
         assert!(EfficientNetLite0::new(Features::Head, 1.5, vb).is_err());
+    }
+
+    /// Frozen stages get no gradient and keep their running statistics; the rest trains.
+    #[test]
+    fn frozen_stages_get_no_gradient_and_keep_their_statistics() {
+        let (varmap, model) = fresh(Features::Head);
+        let model = model.freeze_stages(3).unwrap();
+        let before: std::collections::HashMap<String, Vec<f32>> = varmap
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| n.ends_with(".running_mean"))
+            .map(|(n, v)| (n.clone(), v.flatten_all().unwrap().to_vec1().unwrap()))
+            .collect();
+        let x = random(&[2, 3, 64, 64], 7);
+        let y = model.forward_t(&x, true).unwrap();
+        let grads = (y.clone() * random(y.dims(), 8))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let data = varmap.data().lock().unwrap();
+        // Stem + stages 1-3 = blocks 0..5.
+        let frozen = |n: &str| {
+            n.starts_with("_conv_stem")
+                || n.starts_with("_bn0")
+                || (0..5).any(|b| n.starts_with(&format!("_blocks.{b}.")))
+        };
+        let (mut nf, mut nt) = (0, 0);
+        for (name, var) in data.iter() {
+            if name.ends_with(".running_var") {
+                continue;
+            }
+            if name.ends_with(".running_mean") {
+                let now: Vec<f32> = var.flatten_all().unwrap().to_vec1().unwrap();
+                assert_eq!(frozen(name), now == before[name], "{name}");
+                continue;
+            }
+            if frozen(name) {
+                assert!(grads.get(var).is_none(), "{name} is frozen");
+                nf += 1;
+            } else {
+                assert!(grads.get(var).is_some(), "{name} trains");
+                nt += 1;
+            }
+        }
+        assert!(nf > 10 && nt > 10, "{nf} frozen, {nt} trained");
+        assert!(fresh(Features::Head).1.freeze_stages(8).is_err());
     }
 
     #[test]

@@ -33,11 +33,10 @@ impl Encoder {
     pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
         Ok(match cfg.backbone {
             Backbone::Resnet18 => Encoder::ResNet18(ResNet18::new(cfg, vb)?),
-            Backbone::EfficientnetLite0 => Encoder::EfficientNetLite0(EfficientNetLite0::new(
-                cfg.features,
-                cfg.bn_momentum,
-                vb,
-            )?),
+            Backbone::EfficientnetLite0 => Encoder::EfficientNetLite0(
+                EfficientNetLite0::new(cfg.features, cfg.bn_momentum, vb)?
+                    .freeze_stages(cfg.frozen_stages)?,
+            ),
         })
     }
 
