@@ -103,6 +103,8 @@ pub struct Settings {
     pub checkpoints: Option<usize>,
     /// Fine-tuning EfficientNet-Lite0: stem and this many stages stay frozen.
     pub freeze_stages: Option<usize>,
+    /// Fine-tuning EfficientNet-Lite0: BatchNorm keeps the pretrained running statistics.
+    pub freeze_bn: Option<bool>,
     /// Projection head hidden width and number of linear layers.
     pub head_hidden: Option<usize>,
     pub head_layers: Option<usize>,
@@ -131,6 +133,7 @@ impl Settings {
             score,
             checkpoints,
             freeze_stages,
+            freeze_bn,
             head_hidden,
             head_layers
         )
@@ -214,6 +217,10 @@ pub struct FitArgs {
     /// (running statistics, no gradients; at 224 px this is what makes training fit in memory).
     #[arg(long, value_name = "N")]
     pub freeze_stages: Option<usize>,
+    /// Fine-tuning EfficientNet-Lite0: BatchNorm normalises with the pretrained running statistics
+    /// in training too and never updates them.
+    #[arg(long)]
+    pub freeze_bn: bool,
     /// Training objective (FIRM by default; the others are the paper's baselines).
     #[arg(long)]
     pub loss: Option<LossKind>,
@@ -274,6 +281,7 @@ impl FitArgs {
             score: self.score.clone(),
             checkpoints: self.checkpoints,
             freeze_stages: self.freeze_stages,
+            freeze_bn: self.freeze_bn.then_some(true),
             ..Settings::default()
         }
     }
@@ -346,6 +354,7 @@ fn defaults() -> Settings {
         score: Some("cos_1".into()),
         checkpoints: Some(5),
         freeze_stages: Some(0),
+        freeze_bn: Some(false),
         head_hidden: Some(1024),
         head_layers: Some(8),
     }
@@ -428,6 +437,7 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
     model.encoder.stem = s.stem.expect("default");
     model.encoder.width = s.width.expect("default");
     model.encoder.frozen_stages = s.freeze_stages.expect("default");
+    model.encoder.frozen_bn = s.freeze_bn.expect("default");
     model.head.hidden = s.head_hidden.expect("default");
     model.head.layers = s.head_layers.expect("default");
     model.validate()?;

@@ -99,6 +99,9 @@ pub struct EncoderConfig {
     /// Fine-tuning: the stem and this many stages stay frozen (EfficientNet only; 0 = none).
     #[serde(default)]
     pub frozen_stages: usize,
+    /// Fine-tuning: BatchNorm keeps its pretrained running statistics (EfficientNet only).
+    #[serde(default)]
+    pub frozen_bn: bool,
 }
 
 /// Projection head settings (trained, never exported).
@@ -153,6 +156,7 @@ impl Default for EncoderConfig {
             bn_eps: bn_eps(),
             features: Default::default(),
             frozen_stages: 0,
+            frozen_bn: false,
         }
     }
 }
@@ -209,7 +213,9 @@ impl EncoderConfig {
                 format!("{} is outside (0, 8]", self.width),
             ));
         }
-        if self.frozen_stages > 0 && self.backbone != Backbone::EfficientnetLite0 {
+        if (self.frozen_stages > 0 || self.frozen_bn)
+            && self.backbone != Backbone::EfficientnetLite0
+        {
             return Err(Error::invalid(
                 "--freeze-stages",
                 "applies to efficientnet-lite0 fine-tuning only",

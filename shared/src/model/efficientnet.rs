@@ -202,6 +202,8 @@ pub struct EfficientNetLite0 {
     /// Stem and this many MBConv blocks run frozen in training (see [`Self::freeze_stages`]).
     frozen_blocks: usize,
     frozen_stem: bool,
+    /// BatchNorm always uses the (pretrained) running statistics, also in training.
+    frozen_bn: bool,
 }
 
 impl EfficientNetLite0 {
@@ -251,6 +253,7 @@ impl EfficientNetLite0 {
             head,
             frozen_blocks: 0,
             frozen_stem: false,
+            frozen_bn: false,
         })
     }
 
@@ -284,7 +287,8 @@ impl EfficientNetLite0 {
     /// `[B, feature_dim]`. `train = true`: BatchNorm uses batch statistics and updates its running
     /// statistics; `train = false`: running statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let stem_train = train && !self.frozen_stem;
+        let train_bn = train && !self.frozen_bn;
+        let stem_train = train_bn && !self.frozen_stem;
         let x = super::conv::forward(&self.conv_stem, x)?;
         let mut x = relu6(&self.bn0.forward_t(&x, stem_train)?)?;
         if self.frozen_stem {
@@ -292,15 +296,23 @@ impl EfficientNetLite0 {
         }
         for (i, block) in self.blocks.iter().enumerate() {
             let frozen = i < self.frozen_blocks;
-            x = block.forward_t(&x, train && !frozen)?;
+            x = block.forward_t(&x, train_bn && !frozen)?;
             if frozen {
                 x = x.detach();
             }
         }
         if let Some((c, b)) = &self.head {
-            x = relu6(&b.forward_t(&super::conv::forward(c, &x)?, train)?)?;
+            x = relu6(&b.forward_t(&super::conv::forward(c, &x)?, train_bn)?)?;
         }
         x.mean(D::Minus1)?.mean(D::Minus1)
+    }
+
+    /// Fine-tuning with frozen BatchNorm: the pretrained running statistics normalise in training
+    /// too and are never updated (gradients still reach the BatchNorm's scale and shift). With
+    /// FIRM's small, outlier-heavy batches the batch statistics otherwise replace ImageNet's.
+    pub fn freeze_bn(mut self, yes: bool) -> Self {
+        self.frozen_bn = yes;
+        self
     }
 }
 
@@ -587,6 +599,35 @@ mod tests {
         }
         assert!(nf > 10 && nt > 10, "{nf} frozen, {nt} trained");
         assert!(fresh(Features::Head).1.freeze_stages(8).is_err());
+        drop(data);
+
+        // Frozen BatchNorm: no running statistic moves, every weight still gets a gradient, and
+        // the training forward equals the evaluation forward.
+        let (varmap, model) = fresh(Features::Head);
+        let model = model.freeze_bn(true);
+        let snapshot = |vm: &candle_nn::VarMap| -> Vec<Vec<f32>> {
+            let d = vm.data().lock().unwrap();
+            let mut v: Vec<_> = d.iter().filter(|(n, _)| n.contains(".running_")).collect();
+            v.sort_by(|a, b| a.0.cmp(b.0));
+            v.iter()
+                .map(|(_, t)| t.flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+        };
+        let before = snapshot(&varmap);
+        let y = model.forward_t(&x, true).unwrap();
+        let e = model.forward_t(&x, false).unwrap();
+        assert_eq!(
+            y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            e.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+        );
+        assert_eq!(before, snapshot(&varmap));
+        let grads = y.sum_all().unwrap().backward().unwrap();
+        let data = varmap.data().lock().unwrap();
+        for (name, var) in data.iter() {
+            if !name.contains(".running_") {
+                assert!(grads.get(var).is_some(), "{name} trains");
+            }
+        }
     }
 
     #[test]

@@ -35,7 +35,8 @@ impl Encoder {
             Backbone::Resnet18 => Encoder::ResNet18(ResNet18::new(cfg, vb)?),
             Backbone::EfficientnetLite0 => Encoder::EfficientNetLite0(
                 EfficientNetLite0::new(cfg.features, cfg.bn_momentum, vb)?
-                    .freeze_stages(cfg.frozen_stages)?,
+                    .freeze_stages(cfg.frozen_stages)?
+                    .freeze_bn(cfg.frozen_bn),
             ),
         })
     }
