@@ -8,6 +8,7 @@
 //! The design these follow is FIRM (Focused In-distribution Representation Modeling); see the
 //! project README for the commands that exercise them.
 
+pub mod bundle;
 pub mod error;
 pub mod fsutil;
 pub mod model;
