@@ -16,6 +16,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod keys;
 pub mod loss;
 pub mod optim;
 pub mod outliers;

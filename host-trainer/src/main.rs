@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use host_trainer::config::FitArgs;
+use host_trainer::keys::{self, KeygenArgs};
 use host_trainer::preview::{self, PreviewArgs};
 use host_trainer::report::{self, EvalArgs};
 use host_trainer::smoke::{self, SmokeArgs};
@@ -54,6 +55,9 @@ enum Command {
     /// Draw a grid of training pairs (both augmented views of good images and of their synthetic
     /// outliers, labelled): exactly what the model learns against.
     Preview(PreviewArgs),
+    /// Create the ed25519 key pair that signs bundles: DIR/bundle.key (private, mode 0600, never
+    /// replaced without --force) and DIR/bundle.pub (give it to the devices).
+    Keygen(KeygenArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,10 @@ fn main() -> ExitCode {
         Command::Smoke(args) => smoke::run(&args).map(|_| ()),
         Command::Synth(args) => synth_cmd::run(&args),
         Command::Preview(args) => preview::run(&args, &cwd).map(|_| ()),
+        Command::Keygen(args) => keys::run(&args).map(|(private, public)| {
+            println!("private key: {} (keep it secret)", private.display());
+            println!("public key:  {}", public.display());
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -142,3 +142,51 @@ fn preview_on_demo_data_and_its_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown outlier `blur`"));
 }
+
+#[test]
+fn keygen_writes_a_private_key_0600_and_never_overwrites_it_silently() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_host-trainer"))
+            .arg("keygen")
+            .arg("--out")
+            .arg(&keys)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let private = keys.join("bundle.key");
+    let public = keys.join("bundle.pub");
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let first = std::fs::read_to_string(&private).unwrap();
+    let seed = firm_shared::bundle::container::parse_key_hex(&first).unwrap();
+    let pk =
+        firm_shared::bundle::container::parse_key_hex(&std::fs::read_to_string(&public).unwrap())
+            .unwrap();
+    assert_eq!(
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes(),
+        pk,
+        "the public key belongs to the private key"
+    );
+    // A second run refuses (exit 2) and leaves the key alone.
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&private).unwrap(), first);
+    // --force replaces it with a new key.
+    assert!(run(&["--force"]).status.success());
+    assert_ne!(std::fs::read_to_string(&private).unwrap(), first);
+    let names: Vec<_> = std::fs::read_dir(&keys).unwrap().collect();
+    assert_eq!(names.len(), 2, "no temporary files left");
+}

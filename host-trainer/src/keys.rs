@@ -1,0 +1,85 @@
+//! `host-trainer keygen`: the ed25519 key pair that signs bundles.
+//!
+//! Files (hex, one line each): `<name>.key` holds the 32-byte private seed and is created with
+//! mode 0600; `<name>.pub` holds the public key that devices trust. Both are written atomically
+//! (temporary file, fsync, rename), and an existing private key is never replaced without
+//! `--force`: bundles signed with it would no longer verify against a new public key.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use firm_shared::bundle::container::{generate_key, key_hex};
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KeygenArgs {
+    /// Folder for the key pair (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Base name of the two files: NAME.key (private, 0600) and NAME.pub.
+    #[arg(long, default_value = "bundle")]
+    pub name: String,
+    /// Replace an existing key pair (bundles signed with the old key stop verifying).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Write `text` to `path` atomically with the given permission bits.
+fn write_private(path: &Path, text: &str, mode: u32) -> Result<()> {
+    let io = Error::io("write", path);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io)
+}
+
+/// Generate and write the key pair; returns (private, public) paths.
+pub fn run(args: &KeygenArgs) -> Result<(PathBuf, PathBuf)> {
+    if args.name.is_empty() || args.name.contains('/') {
+        return Err(Error::invalid("--name", "must be a plain file name"));
+    }
+    std::fs::create_dir_all(&args.out).map_err(Error::io("create", &args.out))?;
+    let private = args.out.join(format!("{}.key", args.name));
+    let public = args.out.join(format!("{}.pub", args.name));
+    if !args.force && (private.exists() || public.exists()) {
+        return Err(Error::invalid(
+            "--out",
+            format!(
+                "{} already holds a key pair `{}`; pass --force to replace it (bundles signed \
+                 with the old key will no longer verify)",
+                args.out.display(),
+                args.name
+            ),
+        ));
+    }
+    let key = generate_key().map_err(|e| Error::invalid("keygen", e))?;
+    write_private(&private, &format!("{}\n", key_hex(&key.to_bytes())), 0o600)?;
+    write_private(
+        &public,
+        &format!("{}\n", key_hex(&key.verifying_key().to_bytes())),
+        0o644,
+    )?;
+    Ok((private, public))
+}
