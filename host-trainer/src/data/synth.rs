@@ -1602,7 +1602,7 @@ mod tests {
             sum.per_class,
             vec![
                 ("bottle".to_string(), 3, 2 + 2 * 3),
-                ("weave".to_string(), 3, 2 + 2 * 4),
+                ("weave".to_string(), 3, 2 + 2 * 5),
                 ("grid".to_string(), 3, 2 + 2 * 4),
             ]
         );
