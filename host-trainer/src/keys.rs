@@ -5,11 +5,10 @@
 //! (temporary file, fsync, rename), and an existing private key is never replaced without
 //! `--force`: bundles signed with it would no longer verify against a new public key.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use firm_shared::bundle::container::{generate_key, key_hex};
+use firm_shared::fsutil::write_atomic_mode;
 
 use crate::error::{Error, Result};
 
@@ -24,35 +23,6 @@ pub struct KeygenArgs {
     /// Replace an existing key pair (bundles signed with the old key stop verifying).
     #[arg(long)]
     pub force: bool,
-}
-
-/// Write `text` to `path` atomically with the given permission bits.
-fn write_private(path: &Path, text: &str, mode: u32) -> Result<()> {
-    let io = Error::io("write", path);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io)
 }
 
 /// Generate and write the key pair; returns (private, public) paths.
@@ -75,10 +45,14 @@ pub fn run(args: &KeygenArgs) -> Result<(PathBuf, PathBuf)> {
         ));
     }
     let key = generate_key().map_err(|e| Error::invalid("keygen", e))?;
-    write_private(&private, &format!("{}\n", key_hex(&key.to_bytes())), 0o600)?;
-    write_private(
+    write_atomic_mode(
+        &private,
+        format!("{}\n", key_hex(&key.to_bytes())).as_bytes(),
+        0o600,
+    )?;
+    write_atomic_mode(
         &public,
-        &format!("{}\n", key_hex(&key.verifying_key().to_bytes())),
+        format!("{}\n", key_hex(&key.verifying_key().to_bytes())).as_bytes(),
         0o644,
     )?;
     Ok((private, public))

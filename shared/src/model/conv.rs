@@ -225,13 +225,19 @@ impl Geom {
 }
 
 /// The contiguous f32 data of a storage, or an error.
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+/// The contiguous f32 data of a custom op's argument (`op` and `what` name it in errors).
+pub(crate) fn f32_slice<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> Result<&'a [f32]> {
     let CpuStorage::F32(v) = s else {
-        bail!("conv: {what} must be f32")
+        bail!("{op}: {what} must be f32")
     };
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("conv: {what} must be contiguous"),
+        None => bail!("{op}: {what} must be contiguous"),
     }
 }
 
@@ -851,8 +857,8 @@ impl CustomOp2 for Conv2dOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::from_layouts(l1, l2, self.stride, self.padding)?;
-        let x = f32_slice(s1, l1, "input")?;
-        let w = f32_slice(s2, l2, "weight")?;
+        let x = f32_slice(s1, l1, "conv", "input")?;
+        let w = f32_slice(s2, l2, "conv", "weight")?;
         let y = conv_fwd(&g, x, w);
         Ok((CpuStorage::F32(y), Shape::from((g.b, g.cout, g.ho, g.wo))))
     }
@@ -907,9 +913,9 @@ impl CustomOp3 for Conv2dBackward {
         if l3.dims() != [g.b, g.cout, g.ho, g.wo] {
             bail!("conv backward: gradient shape {:?}", l3.dims());
         }
-        let x = f32_slice(s1, l1, "input")?;
-        let w = f32_slice(s2, l2, "weight")?;
-        let dy = f32_slice(s3, l3, "gradient")?;
+        let x = f32_slice(s1, l1, "conv", "input")?;
+        let w = f32_slice(s2, l2, "conv", "weight")?;
+        let dy = f32_slice(s3, l3, "conv", "gradient")?;
         let grads = conv_bwd(&g, x, w, dy, self.need_dx, self.need_dw);
         let n = grads.len();
         Ok((CpuStorage::F32(grads), Shape::from(n)))
@@ -1097,8 +1103,8 @@ impl CustomOp2 for DepthwiseOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::from_layouts(l1, l2, self.stride, self.padding)?;
-        let x = f32_slice(s1, l1, "input")?;
-        let w = f32_slice(s2, l2, "weight")?;
+        let x = f32_slice(s1, l1, "conv", "input")?;
+        let w = f32_slice(s2, l2, "conv", "weight")?;
         let y = depthwise_fwd(&g, x, w);
         Ok((CpuStorage::F32(y), Shape::from((g.b, g.cout, g.ho, g.wo))))
     }
@@ -1152,9 +1158,9 @@ impl CustomOp3 for DepthwiseBackward {
         if l3.dims() != [g.b, g.cout, g.ho, g.wo] {
             bail!("depthwise backward: gradient shape {:?}", l3.dims());
         }
-        let x = f32_slice(s1, l1, "input")?;
-        let w = f32_slice(s2, l2, "weight")?;
-        let dy = f32_slice(s3, l3, "gradient")?;
+        let x = f32_slice(s1, l1, "conv", "input")?;
+        let w = f32_slice(s2, l2, "conv", "weight")?;
+        let dy = f32_slice(s3, l3, "conv", "gradient")?;
         let grads = depthwise_bwd(&g, x, w, dy, self.need_dx, self.need_dw);
         let n = grads.len();
         Ok((CpuStorage::F32(grads), Shape::from(n)))

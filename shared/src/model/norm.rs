@@ -25,6 +25,8 @@ use candle_core::{
 use candle_nn::{BatchNormConfig, Init, VarBuilder};
 use rayon::prelude::*;
 
+use super::conv::f32_slice;
+
 /// A BatchNorm layer over axis 1 of a `[B, C, ...]` tensor (BatchNorm1d and BatchNorm2d).
 #[derive(Debug, Clone)]
 pub struct BatchNorm {
@@ -213,16 +215,6 @@ impl BatchNorm {
     }
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("batch-norm: {what} must be f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("batch-norm: {what} must be contiguous"),
-    }
-}
-
 /// Per-channel `f(channel, plane slice)` sums in f64 over every batch item of a `[B, C, S]`
 /// buffer, in parallel over channels.
 fn per_channel<F>(data: &[f32], c: usize, s: usize, f: F) -> Vec<f64>
@@ -255,7 +247,7 @@ impl candle_core::CustomOp1 for Stats {
     }
 
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(st, l, "input")?;
+        let x = f32_slice(st, l, "batch-norm", "input")?;
         let n = (x.len() / self.c) as f64;
         let sums = per_channel(x, self.c, self.s, |_, _, p| {
             p.iter().map(|&v| v as f64).sum()
@@ -295,9 +287,9 @@ impl CustomOp3 for NormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "input")?;
-        let g = f32_slice(s2, l2, "weight")?;
-        let be = f32_slice(s3, l3, "bias")?;
+        let x = f32_slice(s1, l1, "batch-norm", "input")?;
+        let g = f32_slice(s2, l2, "batch-norm", "weight")?;
+        let be = f32_slice(s3, l3, "batch-norm", "bias")?;
         if g.len() != self.c || be.len() != self.c {
             bail!(
                 "batch-norm: weight/bias length differs from {} channels",
@@ -388,8 +380,8 @@ impl CustomOp2 for NormBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "input")?;
-        let dy = f32_slice(s2, l2, "gradient")?;
+        let x = f32_slice(s1, l1, "batch-norm", "input")?;
+        let dy = f32_slice(s2, l2, "batch-norm", "gradient")?;
         if x.len() != dy.len() {
             bail!(
                 "batch-norm backward: gradient has {} values, input {}",

@@ -11,6 +11,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+use super::conv::f32_slice;
+
 /// 3x3 / stride 2 / padding 1 max-pool of an NCHW tensor; f32 on the CPU uses the custom op,
 /// anything else the differentiable composition.
 pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
@@ -23,16 +25,6 @@ pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
 
 fn out_side(n: usize) -> usize {
     (n - 1) / 2 + 1
-}
-
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(v) = s else {
-        bail!("max-pool: {what} must be f32")
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&v[a..b]),
-        None => bail!("max-pool: {what} must be contiguous"),
-    }
 }
 
 /// Index (in the plane) of the first maximum of the window of output `(oh, ow)`.
@@ -65,7 +57,7 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s, l, "input")?;
+        let x = f32_slice(s, l, "max-pool", "input")?;
         let &[b, c, h, w] = l.dims() else {
             bail!("max-pool: input must be NCHW, got {:?}", l.dims())
         };
@@ -108,8 +100,8 @@ impl CustomOp2 for MaxPoolBackward {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = f32_slice(s1, l1, "input")?;
-        let dy = f32_slice(s2, l2, "gradient")?;
+        let x = f32_slice(s1, l1, "max-pool", "input")?;
+        let dy = f32_slice(s2, l2, "max-pool", "gradient")?;
         let &[b, c, h, w] = l1.dims() else {
             bail!("max-pool backward: input must be NCHW, got {:?}", l1.dims())
         };
