@@ -61,6 +61,25 @@ const PER_ITEM_MIN_P: usize = 64;
 // Public API
 // ---------------------------------------------------------------------------------------------
 
+/// A bias-free square convolution with "same" padding (`k / 2`), as ResNet-18 and
+/// EfficientNet-Lite0 build them; run it with [`forward`].
+pub(crate) fn conv_no_bias(
+    c_in: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    vb: candle_nn::VarBuilder,
+) -> Result<candle_nn::Conv2d> {
+    let cfg = candle_nn::Conv2dConfig {
+        padding: k / 2,
+        stride,
+        dilation: 1,
+        groups: 1,
+        cudnn_fwd_algo: None,
+    };
+    candle_nn::conv2d_no_bias(c_in, c_out, k, cfg, vb)
+}
+
 /// Forward of a bias-free, ungrouped `candle_nn::Conv2d` through [`conv2d`] (other convolutions
 /// use candle's own forward).
 pub fn forward(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {

@@ -17,8 +17,9 @@
 //! the CPU, and its conv backward uses a direct-loop transposed convolution.
 
 use candle_core::{D, Result, Tensor};
-use candle_nn::{BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{BatchNormConfig, Conv2d, VarBuilder};
 
+use super::conv::conv_no_bias as conv;
 use super::norm::{self, BatchNorm};
 use serde::{Deserialize, Serialize};
 
@@ -111,17 +112,6 @@ fn bn(channels: usize, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
         momentum,
     };
     norm::batch_norm(channels, cfg, vb)
-}
-
-fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        stride,
-        dilation: 1,
-        groups: 1,
-        cudnn_fwd_algo: None,
-    };
-    candle_nn::conv2d_no_bias(c_in, c_out, k, cfg, vb)
 }
 
 fn relu6(x: &Tensor) -> Result<Tensor> {

@@ -13,10 +13,10 @@
 //! Try it: `cargo run -p host-trainer --release -- smoke`.
 
 use candle_core::{D, Result, Tensor};
-use candle_nn::{BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{BatchNormConfig, Conv2d, VarBuilder};
 
 use super::config::{EncoderConfig, Stem};
-use super::conv;
+use super::conv::{self, conv_no_bias as conv};
 use super::norm::{self, BatchNorm};
 
 pub(crate) fn bn(channels: usize, cfg: &EncoderConfig, vb: VarBuilder) -> Result<BatchNorm> {
@@ -27,17 +27,6 @@ pub(crate) fn bn(channels: usize, cfg: &EncoderConfig, vb: VarBuilder) -> Result
         momentum: cfg.bn_momentum,
     };
     norm::batch_norm(channels, bn_cfg, vb)
-}
-
-fn conv(c_in: usize, c_out: usize, k: usize, stride: usize, vb: VarBuilder) -> Result<Conv2d> {
-    let cfg = Conv2dConfig {
-        padding: k / 2,
-        stride,
-        dilation: 1,
-        groups: 1,
-        cudnn_fwd_algo: None,
-    };
-    candle_nn::conv2d_no_bias(c_in, c_out, k, cfg, vb)
 }
 
 /// Two 3x3 convolutions with a residual connection (torchvision `BasicBlock`).
