@@ -53,6 +53,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: bundle refused at the {step} check: {reason}")]
+    BundleRefused {
+        path: PathBuf,
+        step: String,
+        reason: String,
+    },
     #[error(transparent)]
     Shared(#[from] firm_shared::Error),
     #[error("tensor computation failed: {0}")]
@@ -72,7 +78,8 @@ impl Error {
             | Error::TooFew { .. }
             | Error::BadImage { .. }
             | Error::TooManyBad { .. }
-            | Error::NoDefaultData { .. } => 3,
+            | Error::NoDefaultData { .. }
+            | Error::BundleRefused { .. } => 3,
             Error::Shared(e) => match e.kind() {
                 firm_shared::ErrorKind::InvalidArgument => 2,
                 firm_shared::ErrorKind::BadInput => 3,
@@ -99,5 +106,11 @@ impl Error {
             path,
             source,
         }
+    }
+}
+
+impl From<firm_shared::bundle::BundleError> for Error {
+    fn from(e: firm_shared::bundle::BundleError) -> Self {
+        Error::Shared(e.into())
     }
 }

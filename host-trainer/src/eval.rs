@@ -34,6 +34,8 @@ pub struct EvalImages {
     pub size: u32,
     /// Test transform of every good training image (the bank).
     pub train: Vec<RgbImage>,
+    /// Source file of each entry of `train`.
+    pub train_paths: Vec<PathBuf>,
     /// Test transform of every test image.
     pub test: Vec<RgbImage>,
     /// Test images with the short side at most twice the input: sources of the random crops.
@@ -46,8 +48,9 @@ pub struct EvalImages {
 impl EvalImages {
     pub fn load(ds: &Dataset, size: u32, opts: LoadOptions) -> Result<Self> {
         let spec = PreprocessSpec::new(size);
-        let train = images::load(&ds.train, &[], opts, |img| spec.test_transform(&img))?;
-        let train: Vec<RgbImage> = train
+        let loaded_train = images::load(&ds.train, &[], opts, |img| spec.test_transform(&img))?;
+        let train_paths = loaded_train.paths;
+        let train: Vec<RgbImage> = loaded_train
             .items
             .into_iter()
             .collect::<firm_shared::Result<_>>()?;
@@ -67,6 +70,7 @@ impl EvalImages {
         let mut out = Self {
             size,
             train,
+            train_paths,
             test: Vec::new(),
             test_crop_src: Vec::new(),
             defect: Vec::new(),

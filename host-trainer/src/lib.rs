@@ -1,5 +1,5 @@
-//! host-trainer: trains FIRM encoders on images of good parts, evaluates them and (later issues)
-//! exports signed bundles for the device.
+//! host-trainer: trains FIRM encoders on images of good parts, evaluates them and exports signed
+//! bundles for the device.
 //!
 //! - [`data`]: datasets (MVTec layout, plain folders, generated demo data), decoding and caching.
 //! - [`outliers`]: synthetic outliers (rotation, CutPaste, scar, NSA, outlier exposure).
@@ -8,14 +8,18 @@
 //! - [`loss`], [`optim`], [`schedule`]: the contrastive losses, PyTorch-style SGD, one-cycle.
 //! - [`config`], [`run`], [`train`]: profiles, the run folder, the training loop (`fit`).
 //! - [`eval`], [`report`], [`plots`]: evaluation, reports and plots (`eval`).
+//! - [`export`], [`bundle_cmd`], [`keys`]: signed bundles (`export`, `bundle inspect|verify`,
+//!   `keygen`).
 //! - [`preview`], [`smoke`], [`synth_cmd`]: other commands.
 
 pub mod augment;
 pub mod batch;
+pub mod bundle_cmd;
 pub mod config;
 pub mod data;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod keys;
 pub mod loss;
 pub mod optim;

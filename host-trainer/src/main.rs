@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use host_trainer::bundle_cmd::{self, BundleCommand};
 use host_trainer::config::FitArgs;
+use host_trainer::export::{self, ExportArgs};
 use host_trainer::keys::{self, KeygenArgs};
 use host_trainer::preview::{self, PreviewArgs};
 use host_trainer::report::{self, EvalArgs};
@@ -58,6 +60,16 @@ enum Command {
     /// Create the ed25519 key pair that signs bundles: DIR/bundle.key (private, mode 0600, never
     /// replaced without --force) and DIR/bundle.pub (give it to the devices).
     Keygen(KeygenArgs),
+    /// Export a run as a signed bundle for the device: BatchNorm folded, int8 weights, f16 bank of
+    /// good images with thumbnails, a threshold calibrated on held-out good images for a target
+    /// false-reject rate, and a self-test. Writes the file atomically and RUN/export/report.md.
+    ///
+    /// Example: host-trainer export --run runs/bottle-20261128-101500 --key keys/bundle.key
+    /// --out bottle.firm
+    Export(Box<ExportArgs>),
+    /// Inspect or verify a bundle file.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +112,8 @@ fn main() -> ExitCode {
         Command::Smoke(args) => smoke::run(&args).map(|_| ()),
         Command::Synth(args) => synth_cmd::run(&args),
         Command::Preview(args) => preview::run(&args, &cwd).map(|_| ()),
+        Command::Export(args) => export::run(&args, &cwd).map(|r| export::print_summary(&r)),
+        Command::Bundle(cmd) => bundle_cmd::run(&cmd),
         Command::Keygen(args) => keys::run(&args).map(|(private, public)| {
             println!("private key: {} (keep it secret)", private.display());
             println!("public key:  {}", public.display());

@@ -26,6 +26,8 @@ pub enum Error {
     Weights { path: PathBuf, reason: String },
     #[error("tensor computation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    #[error("bundle refused: {0}")]
+    Bundle(#[from] crate::bundle::BundleError),
 }
 
 /// Coarse classes of [`Error`], for code that must decide whether to retry, skip or stop.
@@ -51,6 +53,7 @@ impl Error {
             }
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::Candle(_) => ErrorKind::Internal,
+            Error::Bundle(_) => ErrorKind::BadInput,
         }
     }
 

@@ -4,16 +4,21 @@
 //! - [`model`]: ResNet-18 encoder (CIFAR and ImageNet stems) and FIRM projection head, with
 //!   torchvision parameter names; seeded initialisation; safetensors I/O.
 //! - [`score`]: kNN cosine scores, KDE, center, the rotation/crop ensemble, AUROC and AULC.
+//! - [`calibrate`]: the conformal threshold for a target false-reject rate, F1 and confusion.
+//! - [`quant`]: BatchNorm folding and int8 per-channel weights.
+//! - [`bundle`]: the signed bundle (format, reader, writer) and the CPU path that runs it.
 //!
 //! The design these follow is FIRM (Focused In-distribution Representation Modeling); see the
 //! project README for the commands that exercise them.
 
 pub mod bundle;
+pub mod calibrate;
 pub mod error;
 pub mod fsutil;
 pub mod model;
 pub mod preprocess;
 pub mod process;
+pub mod quant;
 pub mod score;
 
 pub use error::{Error, ErrorKind, Result};

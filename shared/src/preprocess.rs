@@ -263,6 +263,18 @@ pub fn resize_center_square(img: &RgbImage, size: u32, filter: ResizeFilter) -> 
     Ok(center_crop(&resized, size, size))
 }
 
+/// Rotate counter-clockwise by `quarter_turns * 90` degrees (0..=3), as `torch.rot90(x, k)` on
+/// the image's (H, W) axes: the rotation outliers and the rotation ensemble's views.
+pub fn rotate(img: &RgbImage, quarter_turns: u8) -> RgbImage {
+    match quarter_turns % 4 {
+        0 => img.clone(),
+        // imageops rotates clockwise; k counter-clockwise quarter turns = 4 - k clockwise.
+        1 => image::imageops::rotate270(img),
+        2 => image::imageops::rotate180(img),
+        _ => image::imageops::rotate90(img),
+    }
+}
+
 /// 8-bit RGB (HWC) to normalised CHW f32.
 pub fn normalize_chw(img: &RgbImage, norm: &Normalization) -> Vec<f32> {
     let (w, h) = img.dimensions();

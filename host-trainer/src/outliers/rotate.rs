@@ -1,24 +1,12 @@
 //! Rotation outliers for semantic one-class data (the FIRM reference's CIFAR/Fashion-MNIST setup):
 //! an ID image rotated by 90, 180 or 270 degrees is a "shifted" sample with label 1, 2 or 3.
 
-use image::RgbImage;
-
-/// Rotate counter-clockwise by `quarter_turns * 90` degrees (0..=3), as `torch.rot90(x, k)` on
-/// the image's (H, W) axes.
-pub fn rotate(img: &RgbImage, quarter_turns: u8) -> RgbImage {
-    match quarter_turns % 4 {
-        0 => img.clone(),
-        // imageops rotates clockwise; k counter-clockwise quarter turns = 4 - k clockwise.
-        1 => image::imageops::rotate270(img),
-        2 => image::imageops::rotate180(img),
-        _ => image::imageops::rotate90(img),
-    }
-}
+pub use firm_shared::preprocess::rotate;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::Rgb;
+    use image::{Rgb, RgbImage};
 
     #[test]
     fn quarter_turns_move_corners_counter_clockwise() {

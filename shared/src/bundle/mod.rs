@@ -1,7 +1,183 @@
 //! The bundle: the signed file that carries a trained model from the trainer to the appliance
-//! (DESIGN section 4). [`container`] is the byte format (a canonical, signed ustar archive); the
-//! manifest, weights, bank and self-test members build on it.
+//! (DESIGN section 4). Format reference: `docs/bundle-format.md`.
+//!
+//! One file, a canonical signed ustar archive ([`container`]) with exactly these members:
+//!
+//! | member | content |
+//! |---|---|
+//! | `manifest.json` | [`Manifest`]: schema version, class, model, preprocessing, score, threshold, bank, self-test, provenance, size + SHA-256 of every other member |
+//! | `encoder.safetensors` | [`weights`]: BatchNorm folded, int8 per output channel + f32 scales and biases |
+//! | `bank.safetensors` | [`bank`]: f16 ID bank per rotation angle + one thumbnail per entry |
+//! | `selftest.safetensors` | [`selftest`]: preprocessed images with expected embeddings and distances |
+//! | `signature.ed25519` | ed25519 over every byte before its own header |
+//!
+//! [`Bundle::open`] verifies the signature before it parses a single member; the members are then
+//! checked against the manifest (size, SHA-256, dtypes, shapes, exactly the expected tensors).
+//! [`infer::Detector`] runs a bundle; its `self_test` must reproduce the expected values within
+//! the manifest's tolerance before a device uses the bundle.
 
+pub mod bank;
 pub mod container;
+pub mod error;
+pub mod infer;
+pub mod manifest;
+pub mod selftest;
+pub mod tensors;
+pub mod weights;
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use sha2::{Digest, Sha256};
+
+pub use bank::BankData;
 pub use container::{Container, ContainerError, Limits, Member};
+pub use error::BundleError;
+pub use infer::{CpuEmbedder, Detector, Embedder, Scored};
+pub use manifest::{Manifest, MemberInfo};
+pub use selftest::{SelfTestData, SelfTestReport};
+pub use weights::EncoderWeights;
+
+pub const MANIFEST: &str = "manifest.json";
+/// Every member but the signature, in file order.
+pub const MEMBERS: [&str; 4] = [MANIFEST, weights::MEMBER, bank::MEMBER, selftest::MEMBER];
+
+/// A bundle's content, parsed and cross-checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bundle {
+    pub manifest: Manifest,
+    pub encoder: EncoderWeights,
+    pub bank: BankData,
+    pub selftest: SelfTestData,
+}
+
+/// Lower-case hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+impl Bundle {
+    /// The file's bytes, signed with `key`. `manifest.members` is filled in here.
+    pub fn to_bytes(&self, key: &SigningKey, limits: &Limits) -> Result<Vec<u8>, BundleError> {
+        let data = [
+            (weights::MEMBER, self.encoder.to_safetensors()?),
+            (bank::MEMBER, self.bank.to_safetensors()?),
+            (selftest::MEMBER, self.selftest.to_safetensors()?),
+        ];
+        let mut manifest = self.manifest.clone();
+        manifest.members = data
+            .iter()
+            .map(|(n, d)| {
+                (
+                    n.to_string(),
+                    MemberInfo {
+                        size: d.len() as u64,
+                        sha256: sha256_hex(d),
+                    },
+                )
+            })
+            .collect();
+        let mut members = vec![Member {
+            name: MANIFEST.into(),
+            data: manifest.to_json(),
+        }];
+        members.extend(data.into_iter().map(|(n, d)| Member {
+            name: n.into(),
+            data: d,
+        }));
+        Ok(container::write(&members, key, limits)?)
+    }
+
+    /// Verify the signature with `key`, then parse every member.
+    pub fn open(bytes: &[u8], key: &VerifyingKey, limits: &Limits) -> Result<Self, BundleError> {
+        let c = container::open(bytes, key, limits)?;
+        Self::from_container(&c)
+    }
+
+    /// Parse without checking the signature: for `bundle inspect` without a key and for tests.
+    /// Never trust what this returns on a device.
+    pub fn parse_unverified(bytes: &[u8], limits: &Limits) -> Result<Self, BundleError> {
+        let c = container::read(bytes, limits)?;
+        Self::from_container(&c)
+    }
+
+    /// Members of a container that has been read (and, for trust, verified).
+    pub fn from_container(c: &Container) -> Result<Self, BundleError> {
+        let names: BTreeSet<&str> = c.members.iter().map(|m| m.name.as_str()).collect();
+        if let Some(extra) = names.iter().find(|n| !MEMBERS.contains(n)) {
+            return Err(BundleError::UnexpectedMember {
+                name: extra.to_string(),
+            });
+        }
+        let get = |name: &str| {
+            c.get(name).ok_or_else(|| BundleError::MissingMember {
+                name: name.to_string(),
+            })
+        };
+        let manifest = Manifest::from_json(get(MANIFEST)?)?;
+        let listed: BTreeMap<&str, &MemberInfo> = manifest
+            .members
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        for &name in &MEMBERS[1..] {
+            let data = get(name)?;
+            let info = listed.get(name).ok_or_else(|| {
+                BundleError::manifest(format!("`members` does not list {name:?}"))
+            })?;
+            if info.size != data.len() as u64 {
+                return Err(BundleError::MemberMismatch {
+                    name: name.into(),
+                    why: format!("{} bytes, the manifest says {}", data.len(), info.size),
+                });
+            }
+            if sha256_hex(data) != info.sha256 {
+                return Err(BundleError::MemberMismatch {
+                    name: name.into(),
+                    why: "SHA-256 differs from the manifest's".into(),
+                });
+            }
+        }
+        if let Some(extra) = listed.keys().find(|n| !MEMBERS[1..].contains(n)) {
+            return Err(BundleError::manifest(format!(
+                "`members` lists {extra:?}, which is not a bundle member"
+            )));
+        }
+        let m = &manifest;
+        let encoder = EncoderWeights::from_safetensors(get(weights::MEMBER)?, &m.model.encoder)?;
+        let float = encoder.float_layers();
+        if float != m.model.weights.float_layers {
+            return Err(BundleError::inconsistent(format!(
+                "layers stored in f32 {float:?}; the manifest lists {:?}",
+                m.model.weights.float_layers
+            )));
+        }
+        let bank = BankData::from_safetensors(
+            get(bank::MEMBER)?,
+            m.bank.entries,
+            m.model.feature_dim,
+            &m.bank.angles,
+            m.bank.thumbnail_size,
+        )?;
+        let selftest = SelfTestData::from_safetensors(
+            get(selftest::MEMBER)?,
+            m.selftest.cases.len(),
+            m.model.input_size,
+            m.model.feature_dim,
+        )?;
+        Ok(Self {
+            manifest,
+            encoder,
+            bank,
+            selftest,
+        })
+    }
+
+    /// Load the bundle on the CPU path and run its self-test there.
+    pub fn self_test_cpu(&self) -> Result<SelfTestReport, BundleError> {
+        Detector::cpu(self)?.self_test(self)
+    }
+}

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod conv;
 pub mod efficientnet;
+pub mod folded;
 pub mod head;
 pub mod norm;
 pub mod params;

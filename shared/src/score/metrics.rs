@@ -45,6 +45,51 @@ pub fn auroc(scores: &[f64], is_normal: &[bool]) -> Result<f64> {
     Ok(u / (n_pos as f64 * n_neg as f64))
 }
 
+/// Mid-ranks (1-based; ties share the mean of their ranks), as `scipy.stats.rankdata`.
+fn mid_ranks(x: &[f64]) -> Vec<f64> {
+    let mut order: Vec<usize> = (0..x.len()).collect();
+    order.sort_by(|&a, &b| x[a].total_cmp(&x[b]));
+    let mut ranks = vec![0.0; x.len()];
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && x[order[j + 1]] == x[order[i]] {
+            j += 1;
+        }
+        let mid = (i + j + 2) as f64 / 2.0;
+        order[i..=j].iter().for_each(|&k| ranks[k] = mid);
+        i = j + 1;
+    }
+    ranks
+}
+
+/// Spearman's rank correlation: the Pearson correlation of the mid-ranks (`scipy.stats.spearmanr`).
+pub fn spearman(a: &[f64], b: &[f64]) -> Result<f64> {
+    if a.len() != b.len() || a.len() < 2 {
+        return Err(Error::invalid(
+            "spearman",
+            format!(
+                "needs two equal-length series of at least 2 values ({} and {})",
+                a.len(),
+                b.len()
+            ),
+        ));
+    }
+    if a.iter().chain(b).any(|v| v.is_nan()) {
+        return Err(Error::invalid("spearman", "a value is NaN"));
+    }
+    let (ra, rb) = (mid_ranks(a), mid_ranks(b));
+    let n = a.len() as f64;
+    let (ma, mb) = (ra.iter().sum::<f64>() / n, rb.iter().sum::<f64>() / n);
+    let cov: f64 = ra.iter().zip(&rb).map(|(x, y)| (x - ma) * (y - mb)).sum();
+    let va: f64 = ra.iter().map(|x| (x - ma).powi(2)).sum();
+    let vb: f64 = rb.iter().map(|y| (y - mb).powi(2)).sum();
+    if va == 0.0 || vb == 0.0 {
+        return Err(Error::invalid("spearman", "a series is constant"));
+    }
+    Ok(cov / (va * vb).sqrt())
+}
+
 /// Area under the learning curve: Simpson's rule over per-checkpoint AUROCs placed at
 /// `x = linspace(0, 1, n)`, as `scipy.integrate.simpson` (SciPy >= 1.11): for an even count the
 /// last interval uses Cartwright's correction. One value returns itself (the reference's rule).
@@ -145,5 +190,18 @@ mod tests {
         assert_eq!(aulc(&[0.7]).unwrap(), 0.7);
         assert!((aulc(&[0.5, 0.7]).unwrap() - 0.6).abs() < 1e-15);
         assert!(aulc(&[]).is_err());
+    }
+
+    #[test]
+    fn spearman_matches_scipy() {
+        // scipy.stats.spearmanr([1, 2, 3, 4, 5], [5, 6, 7, 8, 7]).statistic = 0.8207826816681233
+        let r = spearman(&[1.0, 2.0, 3.0, 4.0, 5.0], &[5.0, 6.0, 7.0, 8.0, 7.0]).unwrap();
+        assert!((r - 0.8207826816681233).abs() < 1e-12, "{r}");
+        let r = spearman(&[3.0, 1.0, 2.0], &[30.0, 10.0, 20.0]).unwrap();
+        assert!((r - 1.0).abs() < 1e-12);
+        let r = spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]).unwrap();
+        assert!((r + 1.0).abs() < 1e-12);
+        assert!(spearman(&[1.0, 1.0], &[1.0, 2.0]).is_err());
+        assert!(spearman(&[1.0], &[1.0]).is_err());
     }
 }

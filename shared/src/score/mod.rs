@@ -6,7 +6,7 @@ pub mod knn;
 pub mod metrics;
 
 pub use knn::{Bank, Real, ScoreFn, kde, l2_norm, l2_normalize, mean_top_k};
-pub use metrics::{aulc, auroc, linspace, simpson};
+pub use metrics::{aulc, auroc, linspace, simpson, spearman};
 
 use serde::{Deserialize, Serialize};
 

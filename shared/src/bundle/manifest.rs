@@ -1,0 +1,297 @@
+//! `manifest.json`: what a bundle is, how to run it and where it came from (serde, kebab-case,
+//! unknown fields refused). The reader checks `schema-version` before anything else, so a bundle
+//! from a newer trainer is refused with that reason rather than as a confusing field error.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::BundleError;
+use crate::calibrate::{ConformalThreshold, Confusion, F1Point};
+use crate::model::EncoderConfig;
+use crate::preprocess::PreprocessSpec;
+use crate::score::{Ensemble, ScoreFn, ScoreSpec};
+
+/// The manifest schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Manifest {
+    pub schema_version: u32,
+    /// Increases with every export of a product line; devices refuse a lower one unless forced
+    /// (anti-downgrade). Default: the export's Unix time in seconds.
+    pub bundle_version: u64,
+    pub product_class: String,
+    /// Export time, RFC 3339 UTC.
+    pub created: String,
+    pub model: ModelSection,
+    pub preprocess: PreprocessSpec,
+    pub score: ScoreSection,
+    pub threshold: ThresholdSection,
+    pub bank: BankSection,
+    pub selftest: SelfTestSection,
+    pub provenance: Provenance,
+    /// Size and SHA-256 of every other member (the manifest cannot list itself).
+    pub members: BTreeMap<String, MemberInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ModelSection {
+    /// Backbone, stem, width, BatchNorm eps: the graph the weights belong to.
+    pub encoder: EncoderConfig,
+    pub feature_dim: usize,
+    pub input_size: u32,
+    pub weights: WeightsSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct WeightsSection {
+    /// Always true: every BatchNorm is folded into the convolution before it.
+    pub bn_folded: bool,
+    /// `int8-symmetric-per-output-channel`: `i8` weights in [-127, 127], one f32 scale per
+    /// output channel, f32 biases.
+    pub scheme: String,
+    /// Layers kept in f32 instead (by convolution name), and why.
+    pub float_layers: Vec<String>,
+    pub float_layers_reason: String,
+    /// The projection head is never exported.
+    pub head_exported: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ScoreSection {
+    /// e.g. `cos_1` or `cos_1+rot`.
+    pub spec: ScoreSpec,
+    pub function: ScoreFn,
+    pub ensemble: Ensemble,
+    /// How the exposed distance follows from the score: `1 - score` (higher = less normal).
+    pub distance: String,
+}
+
+impl ScoreSection {
+    pub fn new(spec: ScoreSpec) -> Self {
+        Self {
+            spec,
+            function: spec.f,
+            ensemble: spec.ensemble,
+            distance: DISTANCE_DEFINITION.into(),
+        }
+    }
+}
+
+/// The distance every bundle exposes.
+pub const DISTANCE_DEFINITION: &str =
+    "1 - score (for cos_k: the cosine distance to the nearest good images; higher = less normal)";
+
+/// Distance from normal of a score (higher score = more normal).
+pub fn distance_of(score: f64) -> f64 {
+    1.0 - score
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ThresholdSection {
+    /// A frame is flagged when its distance is above this value (the active operating point).
+    pub distance: f64,
+    /// Name of the active operating point in `operating-points`.
+    pub operating_point: String,
+    /// Named thresholds (distance) the device may switch between without retraining.
+    pub operating_points: BTreeMap<String, f64>,
+    /// How the threshold was chosen, in words.
+    pub method: String,
+    pub calibration: ConformalThreshold,
+    /// Which images the calibration used.
+    pub calibration_images: String,
+    /// On the test images, when defective ones exist.
+    pub test: Option<TestMetrics>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TestMetrics {
+    pub n_good: usize,
+    pub n_defective: usize,
+    /// Image AUROC of the bundle's own (quantized) path.
+    pub auroc: f64,
+    pub f1_optimal: F1Point,
+    /// At the active operating point.
+    pub confusion: Confusion,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BankSection {
+    pub entries: usize,
+    /// Rotation angle (quarter turns) of each bank, in member order: `[0]`, or `[0, 1, 2, 3]` for
+    /// the rotation ensemble.
+    pub angles: Vec<u8>,
+    /// How the rows are stored: f16 residuals from an f32 mean row, rows L2-normalised.
+    pub dtype: String,
+    /// Side of the square RGB thumbnail stored per entry.
+    pub thumbnail_size: u32,
+    /// Source file of each entry (relative to the dataset), for the nearest-good-image display.
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SelfTestSection {
+    pub cases: Vec<SelfTestCase>,
+    pub tolerance: Tolerance,
+    /// What computed the expected values.
+    pub reference: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SelfTestCase {
+    pub name: String,
+    /// `good`, `defective` or `train`.
+    pub label: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Tolerance {
+    /// Max |embedding - expected| over all components, relative to the expected embedding's L2
+    /// norm.
+    pub embedding_rel: f64,
+    /// Max |distance - expected|.
+    pub distance_abs: f64,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Provenance {
+    /// The dataset as the trainer named it.
+    pub dataset: String,
+    /// SHA-256 over the sorted (relative path, file SHA-256) pairs of every image used.
+    pub dataset_sha256: String,
+    pub n_train: usize,
+    /// The run's resolved training configuration (config.json).
+    pub config: serde_json::Value,
+    /// Source revision of the trainer that exported the bundle.
+    pub git_revision: String,
+    pub trainer_version: String,
+    pub checkpoint: String,
+    pub epoch: usize,
+    pub step: usize,
+    /// Named figures: float and quantized AUROC, their Spearman correlation, ...
+    pub metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct MemberInfo {
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serialises");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parse, checking `schema-version` first.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, BundleError> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| BundleError::manifest(format!("not JSON: {e}")))?;
+        let version = value
+            .get("schema-version")
+            .ok_or_else(|| BundleError::manifest("no `schema-version` field"))?;
+        let found = version
+            .as_u64()
+            .ok_or_else(|| BundleError::manifest("`schema-version` is not a whole number"))?;
+        if found != SCHEMA_VERSION as u64 {
+            return Err(BundleError::UnknownSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        let m: Manifest =
+            serde_json::from_value(value).map_err(|e| BundleError::manifest(e.to_string()))?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Rules serde cannot express.
+    fn check(&self) -> Result<(), BundleError> {
+        let bad = |why: String| Err(BundleError::manifest(why));
+        let t = &self.threshold;
+        if !t.distance.is_finite() {
+            return bad("threshold.distance is not a finite number".into());
+        }
+        match t.operating_points.get(&t.operating_point) {
+            Some(&d) if d == t.distance => {}
+            Some(&d) => {
+                return bad(format!(
+                    "threshold.distance {} differs from operating point {:?} ({d})",
+                    t.distance, t.operating_point
+                ));
+            }
+            None => {
+                return bad(format!(
+                    "threshold.operating-point {:?} is not in operating-points",
+                    t.operating_point
+                ));
+            }
+        }
+        if self.preprocess.size != self.model.input_size || self.model.input_size == 0 {
+            return bad(format!(
+                "preprocess.size {} differs from model.input-size {}",
+                self.preprocess.size, self.model.input_size
+            ));
+        }
+        if self.model.feature_dim != self.model.encoder.feature_dim() {
+            return bad(format!(
+                "model.feature-dim {} does not match the encoder ({})",
+                self.model.feature_dim,
+                self.model.encoder.feature_dim()
+            ));
+        }
+        if self.score.spec
+            != (ScoreSpec {
+                f: self.score.function,
+                ensemble: self.score.ensemble,
+            })
+        {
+            return bad("score.spec contradicts score.function / score.ensemble".into());
+        }
+        if self.score.ensemble.uses_crops() {
+            return bad("the crop ensemble is not supported in bundles".into());
+        }
+        if self.bank.angles != self.score.ensemble.angles() {
+            return bad(format!(
+                "bank.angles {:?} do not fit the score {}",
+                self.bank.angles, self.score.spec
+            ));
+        }
+        if self.bank.entries == 0 || self.bank.sources.len() != self.bank.entries {
+            return bad(format!(
+                "bank: {} entries with {} sources",
+                self.bank.entries,
+                self.bank.sources.len()
+            ));
+        }
+        if self.selftest.cases.is_empty() {
+            return bad("selftest.cases is empty".into());
+        }
+        let tol = &self.selftest.tolerance;
+        if !(tol.embedding_rel > 0.0 && tol.distance_abs > 0.0) {
+            return bad("selftest.tolerance values must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// The ensembles and score as a spec.
+    pub fn score_spec(&self) -> ScoreSpec {
+        self.score.spec
+    }
+}
