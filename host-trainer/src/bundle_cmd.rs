@@ -43,8 +43,9 @@ pub struct VerifyArgs {
 }
 
 pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey> {
-    let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
-    let bytes = container::parse_key_hex(&text).map_err(|e| {
+    // Bytes, not a string: a binary file given by mistake is a bad key, not an I/O error.
+    let raw = std::fs::read(path).map_err(Error::io("read", path))?;
+    let bytes = container::parse_key_hex(&String::from_utf8_lossy(&raw)).map_err(|e| {
         Error::invalid(
             "--pubkey",
             format!("{}: {e} (a keygen .pub file)", path.display()),
@@ -190,10 +191,11 @@ pub fn summary(
     let p = &m.preprocess;
     let _ = writeln!(
         s,
-        "  preprocessing    short side to {} px, centre crop {} px, {:?} filter, mean {:?}, std {:?}",
+        "  preprocessing    short side to {} px, centre crop {} px, {} filter, mean {:?}, std {:?}",
         p.resize_side(),
         p.size,
-        p.filter,
+        serde_json::to_value(p.filter)
+            .map_or("?".into(), |v| v.as_str().unwrap_or("?").to_string()),
         p.normalization.mean,
         p.normalization.std
     );

@@ -94,8 +94,9 @@ pub struct ExportArgs {
 
 /// Read a private key file (64 hex digits, as keygen writes it).
 pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
-    let text = std::fs::read_to_string(path).map_err(Error::io("read", path))?;
-    let bytes = container::parse_key_hex(&text).map_err(|e| {
+    // Bytes, not a string: a binary file given by mistake is a bad key, not an I/O error.
+    let raw = std::fs::read(path).map_err(Error::io("read", path))?;
+    let bytes = container::parse_key_hex(&String::from_utf8_lossy(&raw)).map_err(|e| {
         Error::invalid(
             "--key",
             format!("{}: {e} (a keygen .key file)", path.display()),
