@@ -6,10 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::VerifyingKey;
 use firm_shared::bundle::{Bundle, Limits, container};
 
 use crate::error::{Error, Result};
+use crate::keys::read_verifying_key;
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum BundleCommand {
@@ -40,23 +40,6 @@ pub struct VerifyArgs {
     /// Public key the bundle must be signed with (keygen's .pub file).
     #[arg(long, value_name = "FILE")]
     pub pubkey: PathBuf,
-}
-
-pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey> {
-    // Bytes, not a string: a binary file given by mistake is a bad key, not an I/O error.
-    let raw = std::fs::read(path).map_err(Error::io("read", path))?;
-    let bytes = container::parse_key_hex(&String::from_utf8_lossy(&raw)).map_err(|e| {
-        Error::invalid(
-            "--pubkey",
-            format!("{}: {e} (a keygen .pub file)", path.display()),
-        )
-    })?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| {
-        Error::invalid(
-            "--pubkey",
-            format!("{}: not a valid ed25519 public key", path.display()),
-        )
-    })
 }
 
 /// Read a bundle file, refusing one above the size limit before reading it.

@@ -46,6 +46,18 @@ pub struct EvalImages {
 }
 
 impl EvalImages {
+    /// The evaluation images of a run, loaded as its config says (size, strictness).
+    pub fn for_run(ds: &Dataset, cfg: &crate::config::FitConfig) -> Result<Self> {
+        Self::load(
+            ds,
+            cfg.size,
+            LoadOptions {
+                strict: cfg.strict,
+                ..LoadOptions::default()
+            },
+        )
+    }
+
     pub fn load(ds: &Dataset, size: u32, opts: LoadOptions) -> Result<Self> {
         let spec = PreprocessSpec::new(size);
         let loaded_train = images::load(&ds.train, &[], opts, |img| spec.test_transform(&img))?;

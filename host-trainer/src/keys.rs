@@ -5,9 +5,10 @@
 //! (temporary file, fsync, rename), and an existing private key is never replaced without
 //! `--force`: bundles signed with it would no longer verify against a new public key.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use firm_shared::bundle::container::{generate_key, key_hex};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use firm_shared::bundle::container::{self, generate_key, key_hex};
 use firm_shared::fsutil::write_atomic_mode;
 
 use crate::error::{Error, Result};
@@ -56,4 +57,31 @@ pub fn run(args: &KeygenArgs) -> Result<(PathBuf, PathBuf)> {
         0o644,
     )?;
     Ok((private, public))
+}
+
+/// The 32 bytes of a key file (64 hex digits); `flag` names the option in errors.
+fn read_key(path: &Path, flag: &'static str, kind: &str) -> Result<[u8; 32]> {
+    // Bytes, not a string: a binary file given by mistake is a bad key, not an I/O error.
+    let raw = std::fs::read(path).map_err(Error::io("read", path))?;
+    container::parse_key_hex(&String::from_utf8_lossy(&raw)).map_err(|e| {
+        Error::invalid(
+            flag,
+            format!("{}: {e} (a keygen {kind} file)", path.display()),
+        )
+    })
+}
+
+/// A private key file written by keygen (`--key`).
+pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
+    Ok(SigningKey::from_bytes(&read_key(path, "--key", ".key")?))
+}
+
+/// A public key file written by keygen (`--pubkey`).
+pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey> {
+    VerifyingKey::from_bytes(&read_key(path, "--pubkey", ".pub")?).map_err(|_| {
+        Error::invalid(
+            "--pubkey",
+            format!("{}: not a valid ed25519 public key", path.display()),
+        )
+    })
 }

@@ -14,7 +14,6 @@ use firm_shared::score;
 use serde::{Deserialize, Serialize};
 
 use crate::config::FitConfig;
-use crate::data::images::LoadOptions;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalImages, ScoreResult};
 use crate::plots;
@@ -87,26 +86,11 @@ pub fn load_model(cfg: &FitConfig, run: &RunDir, checkpoint: &str) -> Result<Fir
 pub fn evaluate_run(args: &EvalArgs, cwd: &Path) -> Result<EvalReport> {
     let run = RunDir::open(&args.run)?;
     let cfg = run.read_config()?;
-    let checkpoint = match &args.checkpoint {
-        Some(c) => c.clone(),
-        None => run.latest()?.ok_or_else(|| {
-            Error::invalid(
-                "--run",
-                format!("{} has no checkpoint yet", run.root.display()),
-            )
-        })?,
-    };
+    let checkpoint = run.checkpoint_or_latest(args.checkpoint.as_deref())?;
     let state = run.read_state(&checkpoint)?;
     let model = load_model(&cfg, &run, &checkpoint)?;
     let ds = cfg.data.open(cwd)?;
-    let imgs = EvalImages::load(
-        &ds,
-        cfg.size,
-        LoadOptions {
-            strict: cfg.strict,
-            ..LoadOptions::default()
-        },
-    )?;
+    let imgs = EvalImages::for_run(&ds, &cfg)?;
     if imgs.test.is_empty() {
         return Err(Error::invalid(
             "evaluation",

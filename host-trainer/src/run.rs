@@ -183,6 +183,19 @@ impl RunDir {
         }
     }
 
+    /// `name` when given, else the newest complete checkpoint (an error when there is none).
+    pub fn checkpoint_or_latest(&self, name: Option<&str>) -> Result<String> {
+        match name {
+            Some(c) => Ok(c.to_string()),
+            None => self.latest()?.ok_or_else(|| {
+                Error::invalid(
+                    "--run",
+                    format!("{} has no checkpoint yet", self.root.display()),
+                )
+            }),
+        }
+    }
+
     pub fn read_state(&self, name: &str) -> Result<TrainState> {
         let p = self.checkpoints_dir().join(name).join("state.json");
         let text = std::fs::read_to_string(&p).map_err(Error::io("read", &p))?;

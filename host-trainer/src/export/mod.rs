@@ -21,14 +21,12 @@ mod report;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ed25519_dalek::SigningKey;
 use firm_shared::bundle::manifest::{
     self, BankSection, Manifest, ModelSection, Provenance, ScoreSection, SelfTestCase,
     SelfTestSection, TestMetrics, ThresholdSection, Tolerance, WeightsSection,
 };
 use firm_shared::bundle::{
-    BankData, Bundle, CpuEmbedder, Detector, EncoderWeights, Limits, SelfTestData, container,
-    weights,
+    BankData, Bundle, CpuEmbedder, Detector, EncoderWeights, Limits, SelfTestData, weights,
 };
 use firm_shared::calibrate::{self, CalibrationSpec};
 use firm_shared::model::Backbone;
@@ -37,7 +35,6 @@ use firm_shared::score;
 use image::RgbImage;
 use tracing::info;
 
-use crate::data::images::LoadOptions;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalImages};
 use crate::run::RunDir;
@@ -90,19 +87,6 @@ pub struct ExportArgs {
     /// Side of the thumbnail stored per bank entry, in pixels.
     #[arg(long, default_value_t = 64, value_name = "PX")]
     pub thumbnail: u32,
-}
-
-/// Read a private key file (64 hex digits, as keygen writes it).
-pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
-    // Bytes, not a string: a binary file given by mistake is a bad key, not an I/O error.
-    let raw = std::fs::read(path).map_err(Error::io("read", path))?;
-    let bytes = container::parse_key_hex(&String::from_utf8_lossy(&raw)).map_err(|e| {
-        Error::invalid(
-            "--key",
-            format!("{}: {e} (a keygen .key file)", path.display()),
-        )
-    })?;
-    Ok(SigningKey::from_bytes(&bytes))
 }
 
 /// Indices spread evenly over `0..n`, at most `k` of them.
@@ -173,7 +157,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
             format!("{} px is outside 8..=256", args.thumbnail),
         ));
     }
-    let key = read_signing_key(&args.key)?;
+    let key = crate::keys::read_signing_key(&args.key)?;
     let run = RunDir::open(&args.run)?;
     let cfg = run.read_config()?;
     let enc = cfg.model.encoder.clone();
@@ -196,19 +180,15 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
             ),
         ));
     }
-    let checkpoint = match &args.checkpoint {
-        Some(c) => c.clone(),
-        None => run.latest()?.ok_or_else(|| {
-            Error::invalid(
-                "--run",
-                format!("{} has no checkpoint yet", run.root.display()),
-            )
-        })?,
-    };
+    let checkpoint = run.checkpoint_or_latest(args.checkpoint.as_deref())?;
     let state = run.read_state(&checkpoint)?;
     let weights_path = run.weights(&checkpoint);
 
     // 1. Fold and quantize.
+    info!(
+        "{}: folding BatchNorm and quantizing checkpoint {checkpoint}",
+        run.root.display()
+    );
     let tensors = candle_core::safetensors::load(&weights_path, &candle_core::Device::Cpu)
         .map_err(|e| Error::invalid("checkpoint", format!("{}: {e}", weights_path.display())))?;
     let float_layers: Vec<String> = args
@@ -236,14 +216,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         ds.train.len(),
         ds.test.len()
     );
-    let imgs = EvalImages::load(
-        &ds,
-        cfg.size,
-        LoadOptions {
-            strict: cfg.strict,
-            ..LoadOptions::default()
-        },
-    )?;
+    let imgs = EvalImages::for_run(&ds, &cfg)?;
     if imgs.n_good() == 0 {
         return Err(Error::invalid(
             "export",
@@ -267,6 +240,11 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     };
     let angles = cfg.score.ensemble.angles();
     let mut quantized = CpuEmbedder::from_weights(&qweights, &enc, cfg.size)?;
+    info!(
+        "bank: {} good training images x {} angle(s) on the int8 path",
+        imgs.train.len(),
+        angles.len()
+    );
     let mut raw = Vec::new();
     for &a in angles {
         let inputs: Vec<f32> = imgs
@@ -290,6 +268,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     let bank = BankData::new(dim, angles, &raw, &thumbs, thumb)?;
 
     // 3. The bundle path's distances; calibration on the good ones.
+    info!("scoring {} test images on the int8 path", imgs.test.len());
     let mut det = Detector::from_parts(pre.clone(), cfg.score, &bank, quantized)?;
     let (scored, _) = det.score_preprocessed(&imgs.test)?;
     let q_dist: Vec<f64> = scored.iter().map(|s| s.distance).collect();
@@ -320,6 +299,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     };
 
     // 4. Float model on the same images.
+    info!("scoring them with the float model");
     let model = crate::report::load_model(&cfg, &run, &checkpoint)?;
     let float = eval::evaluate(&model, enc.normalization(), &imgs, &[cfg.score], cfg.seed)?;
     let f_dist: Vec<f64> = float[&cfg.score.to_string()]
@@ -344,6 +324,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     }
 
     // 5. Self-test from the reference path.
+    info!("self-test expectations on the reference path");
     let cases = selftest_cases(&imgs, args.selftest, &rel);
     let case_imgs: Vec<RgbImage> = cases.iter().map(|c| c.0.clone()).collect();
     let mut refe =
@@ -434,6 +415,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     };
 
     // 6. Sign, read back as a device would, self-test, write.
+    info!("signing, reading back and self-testing on the CPU path");
     let limits = Limits::default();
     let bytes = bundle.to_bytes(&key, &limits)?;
     let back = Bundle::open(&bytes, &key.verifying_key(), &limits)?;

@@ -138,14 +138,22 @@ impl<'a> TensorFile<'a> {
             .map_err(|_| BundleError::tensor(self.member, name, "missing"))
     }
 
-    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, BundleError> {
-        let v = self.view(name, Dtype::F32, shape)?;
-        let out: Vec<f32> = v
+    /// Little-endian floats of `N` bytes each, decoded with `decode`, all finite.
+    fn floats<T, const N: usize>(
+        &self,
+        name: &str,
+        dtype: Dtype,
+        shape: &[usize],
+        decode: fn([u8; N]) -> T,
+        finite: fn(&T) -> bool,
+    ) -> Result<Vec<T>, BundleError> {
+        let v = self.view(name, dtype, shape)?;
+        let out: Vec<T> = v
             .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .chunks_exact(N)
+            .map(|c| decode(c.try_into().expect("chunks of N bytes")))
             .collect();
-        if out.iter().any(|x| !x.is_finite()) {
+        if !out.iter().all(finite) {
             return Err(BundleError::tensor(
                 self.member,
                 name,
@@ -155,21 +163,16 @@ impl<'a> TensorFile<'a> {
         Ok(out)
     }
 
+    pub fn f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, BundleError> {
+        self.floats(name, Dtype::F32, shape, f32::from_le_bytes, |x| {
+            x.is_finite()
+        })
+    }
+
     pub fn f16(&self, name: &str, shape: &[usize]) -> Result<Vec<f16>, BundleError> {
-        let v = self.view(name, Dtype::F16, shape)?;
-        let out: Vec<f16> = v
-            .data()
-            .chunks_exact(2)
-            .map(|c| f16::from_le_bytes([c[0], c[1]]))
-            .collect();
-        if out.iter().any(|x| !x.is_finite()) {
-            return Err(BundleError::tensor(
-                self.member,
-                name,
-                "contains NaN or infinity",
-            ));
-        }
-        Ok(out)
+        self.floats(name, Dtype::F16, shape, f16::from_le_bytes, |x| {
+            x.is_finite()
+        })
     }
 
     pub fn i8(&self, name: &str, shape: &[usize]) -> Result<Vec<i8>, BundleError> {

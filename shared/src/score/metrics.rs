@@ -26,21 +26,12 @@ pub fn auroc(scores: &[f64], is_normal: &[bool]) -> Result<f64> {
             format!("needs normal and anomalous images (got {n_pos} normal, {n_neg} anomalous)"),
         ));
     }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let mut rank_sum_pos = 0.0f64;
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        // Ranks i+1 ..= j+1 share their mean.
-        let mid = (i + j + 2) as f64 / 2.0;
-        let pos_in_group = order[i..=j].iter().filter(|&&k| is_normal[k]).count();
-        rank_sum_pos += mid * pos_in_group as f64;
-        i = j + 1;
-    }
+    let rank_sum_pos: f64 = mid_ranks(scores)
+        .iter()
+        .zip(is_normal)
+        .filter(|(_, n)| **n)
+        .map(|(r, _)| r)
+        .sum();
     let u = rank_sum_pos - (n_pos * (n_pos + 1)) as f64 / 2.0;
     Ok(u / (n_pos as f64 * n_neg as f64))
 }
