@@ -102,6 +102,35 @@ impl PreprocessSpec {
         }
     }
 
+    /// Reject settings no image can be preprocessed with (a size of 0, a resize ratio outside
+    /// [1, 4], a non-finite or non-positive standard deviation).
+    pub fn validate(&self) -> Result<()> {
+        if self.size == 0 || self.size > 4096 {
+            return Err(Error::invalid(
+                "preprocess size",
+                format!("{} is outside 1..=4096 pixels", self.size),
+            ));
+        }
+        if !(1.0..=4.0).contains(&self.resize_ratio) {
+            return Err(Error::invalid(
+                "preprocess resize-ratio",
+                format!("{} is outside [1, 4]", self.resize_ratio),
+            ));
+        }
+        let n = &self.normalization;
+        if !n.mean.iter().all(|m| m.is_finite()) || !n.std.iter().all(|s| s.is_finite() && *s > 0.0)
+        {
+            return Err(Error::invalid(
+                "preprocess normalization",
+                format!(
+                    "mean {:?} and std {:?} must be finite, std positive",
+                    n.mean, n.std
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Side the short edge is resized to before the centre crop.
     pub fn resize_side(&self) -> u32 {
         ((self.size as f32 * self.resize_ratio).floor() as u32).max(self.size)

@@ -453,6 +453,11 @@ fn signed_but_wrong_contents_are_refused_specifically() {
         "{e}"
     );
     let e = open(&edit_manifest(&bytes, |v| {
+        v["preprocess"]["resize-ratio"] = 1e30.into()
+    }))
+    .unwrap_err();
+    assert!(e.to_string().contains("resize-ratio"), "{e}");
+    let e = open(&edit_manifest(&bytes, |v| {
         v["score"]["ensemble"] = "rotation".into()
     }))
     .unwrap_err();

@@ -243,6 +243,9 @@ impl Manifest {
                 ));
             }
         }
+        if let Err(e) = self.preprocess.validate() {
+            return bad(e.to_string());
+        }
         if self.preprocess.size != self.model.input_size || self.model.input_size == 0 {
             return bad(format!(
                 "preprocess.size {} differs from model.input-size {}",
