@@ -190,11 +190,11 @@ pub fn summary(
     let t = &m.threshold;
     let _ = writeln!(
         s,
-        "  threshold        {:.6} (operating point {:?})",
+        "  threshold        {:.4e} (operating point {:?})",
         t.distance, t.operating_point
     );
     for (name, v) in &t.operating_points {
-        let _ = writeln!(s, "    {name:<14} {v:.6}");
+        let _ = writeln!(s, "    {name:<14} {v:.4e}");
     }
     let _ = writeln!(s, "  calibration      {}", t.calibration.summary());
     if let Some(tm) = &t.test {
