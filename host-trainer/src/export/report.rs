@@ -157,22 +157,25 @@ pub fn write(run: &RunDir, r: &ExportReport, distances: &[f64], is_defect: &[boo
         &serde_json::to_vec_pretty(r).expect("report serialises"),
     )?;
     write_atomic(&dir.join("report.md"), markdown(r).as_bytes())?;
+    // Distances of good parts are often 1e-4 while defects reach 1e-2: a log axis shows both.
+    let log = |d: f64| d.max(1e-7).log10();
     let pick = |want: bool| -> Vec<f64> {
         distances
             .iter()
             .zip(is_defect)
             .filter(|(_, d)| **d == want)
-            .map(|(v, _)| *v)
+            .map(|(v, _)| log(*v))
             .collect()
     };
     let (good, bad) = (pick(false), pick(true));
+    let label = format!("log10 of the calibrated threshold {:.3e}", r.threshold);
     plots::histogram_png(
         &dir.join("histogram.png"),
         "distance from normal of the test images (bundle path)",
-        "distance (1 - score; higher = less normal)",
+        "log10 distance (distance = 1 - score; higher = less normal)",
         &good,
         &bad,
-        Some((r.threshold, "calibrated threshold")),
+        Some((log(r.threshold), &label)),
     )
     .map_err(|e| Error::invalid("plot", e.to_string()))?;
     Ok(())
