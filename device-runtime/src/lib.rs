@@ -1,0 +1,9 @@
+//! device-runtime: the inspection appliance. Bundles are flashed into A/B slots ([`slots`]),
+//! frames come from a [`capture::FrameSource`], the [`pipeline`] scores them with the bundle's
+//! [`firm_shared::bundle::Detector`], verdicts go to the alert sinks ([`alerts`]) and to the web
+//! status page ([`web`]). Settings: [`config`] (configs/device/<site>.toml).
+
+pub mod alerts;
+pub mod capture;
+pub mod config;
+pub mod slots;

@@ -1,0 +1,1 @@
+//! A/B bundle slots (being written).
