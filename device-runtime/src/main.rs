@@ -1,13 +1,14 @@
 //! `device-runtime`: runs FIRM bundles on the inspection appliance.
-//!
-//! Bundles, capture, alerts and the web page arrive with their issues; today the binary offers
-//! `selfcheck`, which times the shared preprocessing -> encoder -> kNN path on this box.
 
 mod selfcheck;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
+use device_runtime::config::DeviceConfig;
+use device_runtime::slots::{self, Slots};
 use tracing_subscriber::EnvFilter;
 
 // Training and inference allocate and free large tensors every step; mimalloc keeps those pages
@@ -15,8 +16,10 @@ use tracing_subscriber::EnvFilter;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Inspection appliance runtime: scores camera frames with a FIRM bundle and raises alerts.
+/// Inspection appliance runtime: installs signed FIRM bundles into A/B slots, scores camera
+/// frames with them and raises alerts.
 ///
+/// Exit codes: 0 success, 1 failure, 2 invalid arguments or configuration, 3 bundle refused.
 /// Logs go to stderr; set RUST_LOG=debug for more.
 #[derive(Debug, Parser)]
 #[command(name = "device-runtime", version, about, long_about)]
@@ -25,12 +28,171 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// Device configuration (see configs/device/example.toml).
+    #[arg(long, value_name = "FILE", env = "FIRM_DEVICE_CONFIG")]
+    config: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Install a bundle: verify (signature, contents, anti-downgrade) -> write the inactive slot
+    /// -> load -> self-test -> switch. Any failure leaves the current bundle active.
+    Flash {
+        /// Bundle file written by `host-trainer export`.
+        file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Allow a lower bundle version than the active one.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make the other slot active (it must hold a bundle that verifies and self-tests).
+    Rollback {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show both slots: which is active, what each holds, whether it verifies.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Time the scoring path (preprocess, ResNet-18, kNN) on generated frames with random weights.
     ///
     /// Answers "is this box fast enough for that input size and stem?" before any bundle exists.
     Selfcheck(selfcheck::SelfcheckArgs),
+}
+
+/// An error with its exit code.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+fn config_failure(e: device_runtime::config::ConfigError) -> Failure {
+    Failure {
+        code: 2,
+        error: e.into(),
+    }
+}
+
+fn open_slots(cfg: &DeviceConfig) -> Result<Slots, Failure> {
+    let keys = cfg
+        .bundles
+        .trusted_keys
+        .iter()
+        .map(|p| slots::read_public_key(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure {
+            code: 2,
+            error: anyhow::anyhow!("bundles.trusted-keys: {e}"),
+        })?;
+    Ok(Slots::new(&cfg.slots_dir(), keys, cfg.bundles.max_bytes)?)
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Flash {
+            file,
+            config,
+            force,
+        } => {
+            let cfg = DeviceConfig::load(&config.config).map_err(config_failure)?;
+            let slots = open_slots(&cfg)?;
+            let len = std::fs::metadata(&file)
+                .with_context(|| format!("cannot open {}", file.display()))?
+                .len();
+            if len > cfg.bundles.max_bytes {
+                return Err(Failure {
+                    code: 3,
+                    error: anyhow::anyhow!(
+                        "{}: {len} bytes is above bundles.max-bytes ({})",
+                        file.display(),
+                        cfg.bundles.max_bytes
+                    ),
+                });
+            }
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let done = slots.flash(&bytes, force).map_err(|e| Failure {
+                code: 3,
+                error: e.into(),
+            })?;
+            println!(
+                "installed {} (class {}, version {}) into slot {}; self-test max distance error {:.2e}",
+                file.display(),
+                done.bundle.product_class,
+                done.bundle.bundle_version,
+                done.slot,
+                done.selftest_max_distance_err
+            );
+            if let Some(r) = done.replaced {
+                println!(
+                    "previous bundle (version {}) stays in slot {} for rollback",
+                    r.bundle_version,
+                    done.slot.other()
+                );
+            }
+            Ok(())
+        }
+        Command::Rollback { config } => {
+            let cfg = DeviceConfig::load(&config.config).map_err(config_failure)?;
+            let slot = open_slots(&cfg)?.rollback().map_err(|e| Failure {
+                code: 3,
+                error: e.into(),
+            })?;
+            println!("slot {slot} is active");
+            Ok(())
+        }
+        Command::Status { config, json } => {
+            let cfg = DeviceConfig::load(&config.config).map_err(config_failure)?;
+            let st = open_slots(&cfg)?.status();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+                return Ok(());
+            }
+            println!(
+                "active slot: {}",
+                st.active.map_or("none".to_string(), |s| s.to_string())
+            );
+            for s in &st.slots {
+                let mark = if s.active { "*" } else { " " };
+                match (&s.bundle, &s.problem) {
+                    (Some(b), _) => println!(
+                        "{mark} slot {}: {} version {}, created {}, score {}, threshold {:.4e}, {} bytes, sha256 {}",
+                        s.slot,
+                        b.product_class,
+                        b.bundle_version,
+                        b.created,
+                        b.score,
+                        b.threshold,
+                        b.bytes,
+                        &b.sha256[..16]
+                    ),
+                    (None, Some(p)) => println!("{mark} slot {}: {p}", s.slot),
+                    (None, None) => println!("{mark} slot {}: empty", s.slot),
+                }
+            }
+            if st.boot_attempts > 0 {
+                println!("starts since the last healthy run: {}", st.boot_attempts);
+            }
+            Ok(())
+        }
+        Command::Selfcheck(args) => Ok(selfcheck::run(&args)?),
+    }
 }
 
 fn main() -> ExitCode {
@@ -43,14 +205,11 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Selfcheck(args) => selfcheck::run(&args),
-    };
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+        Err(f) => {
+            eprintln!("error: {:#}", f.error);
+            ExitCode::from(f.code)
         }
     }
 }

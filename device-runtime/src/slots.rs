@@ -1,1 +1,473 @@
-//! A/B bundle slots (being written).
+//! A/B bundle slots: how a bundle is installed without risk (DESIGN section 5).
+//!
+//! ```text
+//! STATE/slots/a/bundle.firm     one bundle per slot
+//! STATE/slots/b/bundle.firm
+//! STATE/slots/active            "a" or "b": the slot the runtime runs
+//! STATE/slots/boot-attempts     starts since the last healthy run (crash-loop detection)
+//! ```
+//!
+//! A flash goes through [`FlashStep`]s in order: **verify** (size, canonical container, signature
+//! against the trusted keys, every member; anti-downgrade against the active bundle) -> **write**
+//! into the inactive slot (temporary file, fsync, rename, fsync of the folder) -> **load** (read
+//! back from disk and verified again) -> **self-test** on this device's backend -> **switch**
+//! (`active` replaced atomically). The active bundle changes only in the last step, by one
+//! rename, so a crash or power cut at any moment leaves the previous bundle active and intact
+//! (tested by killing the process at every step). A failure names the step and the reason.
+//!
+//! At start, [`Slots::load_active`] verifies and self-tests the active bundle; if it fails, or if
+//! the runtime has crashed [`CRASH_LOOP_STARTS`] times in a row without a healthy run, it rolls
+//! back to the other slot when that one holds a good bundle.
+//!
+//! Crash tests: `FIRM_TEST_STALL_AT=<step>` makes a flash stop at that step (after writing half
+//! of the file for `write`) and wait to be killed. It has no other effect.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use firm_shared::bundle::{Bundle, BundleError, Detector, Limits, container, sha256_hex};
+use serde::Serialize;
+use tracing::{info, warn};
+
+/// Starts without a healthy run after which the other slot is tried.
+pub const CRASH_LOOP_STARTS: u32 = 3;
+const BUNDLE_FILE: &str = "bundle.firm";
+const ACTIVE: &str = "active";
+const BOOTS: &str = "boot-attempts";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The steps of a flash, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlashStep {
+    Verify,
+    Write,
+    Load,
+    SelfTest,
+    Switch,
+}
+
+impl FlashStep {
+    pub const ALL: [FlashStep; 5] = [
+        FlashStep::Verify,
+        FlashStep::Write,
+        FlashStep::Load,
+        FlashStep::SelfTest,
+        FlashStep::Switch,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FlashStep::Verify => "verify",
+            FlashStep::Write => "write",
+            FlashStep::Load => "load",
+            FlashStep::SelfTest => "self-test",
+            FlashStep::Switch => "switch",
+        }
+    }
+}
+
+/// Why a flash or a start did not install / load a bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum SlotError {
+    #[error("flash failed at the {} step: {why}; the active bundle is unchanged", step.name())]
+    Flash { step: FlashStep, why: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no usable bundle installed ({why}); install one with `device-runtime flash FILE`")]
+    NoBundle { why: String },
+    #[error("cannot roll back: slot {slot} {why}")]
+    Rollback { slot: Slot, why: String },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SlotError + '_ {
+    move |source| SlotError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a slot holds, for `status` and the web page.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct BundleSummary {
+    pub bundle_version: u64,
+    pub product_class: String,
+    pub created: String,
+    pub score: String,
+    pub threshold: f64,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+impl BundleSummary {
+    fn new(b: &Bundle, bytes: &[u8]) -> Self {
+        let m = &b.manifest;
+        Self {
+            bundle_version: m.bundle_version,
+            product_class: m.product_class.clone(),
+            created: m.created.clone(),
+            score: m.score.spec.to_string(),
+            threshold: m.threshold.distance,
+            bytes: bytes.len() as u64,
+            sha256: sha256_hex(bytes),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SlotStatus {
+    pub slot: Slot,
+    pub active: bool,
+    /// The bundle, when the slot holds one that verifies.
+    pub bundle: Option<BundleSummary>,
+    /// Why the slot's content does not verify (or "empty").
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Status {
+    pub active: Option<Slot>,
+    pub slots: Vec<SlotStatus>,
+    pub boot_attempts: u32,
+}
+
+/// The outcome of a successful flash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Flashed {
+    pub slot: Slot,
+    pub bundle: BundleSummary,
+    pub replaced: Option<BundleSummary>,
+    pub selftest_max_distance_err: f64,
+}
+
+/// A verified, self-tested bundle loaded from a slot.
+#[derive(Debug)]
+pub struct Loaded {
+    pub slot: Slot,
+    pub bundle: Bundle,
+    pub summary: BundleSummary,
+    /// Set when the start rolled back from the other slot, with the reason.
+    pub rolled_back: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Slots {
+    dir: PathBuf,
+    keys: Vec<VerifyingKey>,
+    limits: Limits,
+}
+
+fn stall_if(step: FlashStep) {
+    if std::env::var("FIRM_TEST_STALL_AT").is_ok_and(|s| s == step.name()) {
+        eprintln!("stalling at {}", step.name());
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+        }
+    }
+}
+
+/// Write `bytes` to `path` through a temporary file, fsync, rename, fsync the folder. With the
+/// stall hook, stop after half of the bytes.
+fn write_durable(path: &Path, bytes: &[u8], stall: Option<FlashStep>) -> Result<(), SlotError> {
+    let dir = path.parent().expect("slot files live in a folder");
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let half = bytes.len() / 2;
+    f.write_all(&bytes[..half]).map_err(io(&tmp))?;
+    if let Some(step) = stall {
+        f.sync_all().map_err(io(&tmp))?;
+        stall_if(step);
+    }
+    f.write_all(&bytes[half..]).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Read a public key file (64 hex digits, keygen's `.pub`).
+pub fn read_public_key(path: &Path) -> Result<VerifyingKey, String> {
+    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let bytes = container::parse_key_hex(&String::from_utf8_lossy(&raw))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| format!("{}: not a valid ed25519 public key", path.display()))
+}
+
+impl Slots {
+    pub fn new(dir: &Path, keys: Vec<VerifyingKey>, max_bytes: u64) -> Result<Self, SlotError> {
+        for s in [Slot::A, Slot::B] {
+            let d = dir.join(s.name());
+            std::fs::create_dir_all(&d).map_err(io(&d))?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            keys,
+            limits: Limits {
+                max_total: max_bytes,
+                ..Limits::default()
+            },
+        })
+    }
+
+    pub fn bundle_path(&self, slot: Slot) -> PathBuf {
+        self.dir.join(slot.name()).join(BUNDLE_FILE)
+    }
+
+    /// The active slot, if one was ever switched to.
+    pub fn active(&self) -> Option<Slot> {
+        match std::fs::read_to_string(self.dir.join(ACTIVE)).ok()?.trim() {
+            "a" => Some(Slot::A),
+            "b" => Some(Slot::B),
+            _ => None,
+        }
+    }
+
+    fn set_active(&self, slot: Slot) -> Result<(), SlotError> {
+        write_durable(&self.dir.join(ACTIVE), slot.name().as_bytes(), None)
+    }
+
+    /// Verify `bytes` as a bundle signed by one of the trusted keys.
+    pub fn verify(&self, bytes: &[u8]) -> Result<Bundle, BundleError> {
+        let c = container::read(bytes, &self.limits)?;
+        if !self
+            .keys
+            .iter()
+            .any(|k| container::verify(bytes, &c, k).is_ok())
+        {
+            return Err(BundleError::Container(
+                container::ContainerError::BadSignature,
+            ));
+        }
+        Bundle::from_container(&c)
+    }
+
+    /// Read and verify a slot's bundle (no self-test).
+    fn read_slot(&self, slot: Slot) -> Result<(Bundle, Vec<u8>), String> {
+        let p = self.bundle_path(slot);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("empty".into()),
+            Err(e) => return Err(format!("{}: {e}", p.display())),
+        };
+        let b = self.verify(&bytes).map_err(|e| e.to_string())?;
+        Ok((b, bytes))
+    }
+
+    fn self_test(b: &Bundle) -> Result<f64, String> {
+        let r = Detector::cpu(b)
+            .and_then(|mut d| d.self_test(b))
+            .map_err(|e| e.to_string())?;
+        r.check().map_err(|e| e.to_string())?;
+        Ok(r.max_distance_err)
+    }
+
+    pub fn status(&self) -> Status {
+        let active = self.active();
+        let slots = [Slot::A, Slot::B]
+            .into_iter()
+            .map(|s| {
+                let (bundle, problem) = match self.read_slot(s) {
+                    Ok((b, bytes)) => (Some(BundleSummary::new(&b, &bytes)), None),
+                    Err(why) => (None, Some(why)),
+                };
+                SlotStatus {
+                    slot: s,
+                    active: active == Some(s),
+                    bundle,
+                    problem,
+                }
+            })
+            .collect();
+        Status {
+            active,
+            slots,
+            boot_attempts: self.boot_attempts(),
+        }
+    }
+
+    /// Install `bytes` into the inactive slot and switch to it (see the module docs).
+    /// `force` allows a lower bundle version than the active one.
+    pub fn flash(&self, bytes: &[u8], force: bool) -> Result<Flashed, SlotError> {
+        let fail = |step, why: String| SlotError::Flash { step, why };
+        stall_if(FlashStep::Verify);
+        let bundle = self
+            .verify(bytes)
+            .map_err(|e| fail(FlashStep::Verify, e.to_string()))?;
+        let active = self.active();
+        let current = active.and_then(|s| self.read_slot(s).ok());
+        if let Some((cur, _)) = &current {
+            let (new_v, cur_v) = (bundle.manifest.bundle_version, cur.manifest.bundle_version);
+            if new_v < cur_v && !force {
+                return Err(fail(
+                    FlashStep::Verify,
+                    format!(
+                        "bundle version {new_v} is older than the active {cur_v} (anti-downgrade; \
+                         pass --force to install it anyway)"
+                    ),
+                ));
+            }
+        }
+        let target = active.map_or(Slot::A, Slot::other);
+        let path = self.bundle_path(target);
+        info!("flash: writing slot {target} ({} bytes)", bytes.len());
+        write_durable(&path, bytes, Some(FlashStep::Write))
+            .map_err(|e| fail(FlashStep::Write, e.to_string()))?;
+        stall_if(FlashStep::Load);
+        let (loaded, on_disk) = self
+            .read_slot(target)
+            .map_err(|why| fail(FlashStep::Load, why))?;
+        if on_disk != bytes {
+            return Err(fail(
+                FlashStep::Load,
+                "the slot reads back different bytes".into(),
+            ));
+        }
+        stall_if(FlashStep::SelfTest);
+        let err = Self::self_test(&loaded).map_err(|why| fail(FlashStep::SelfTest, why))?;
+        stall_if(FlashStep::Switch);
+        self.set_active(target)
+            .map_err(|e| fail(FlashStep::Switch, e.to_string()))?;
+        self.reset_boots();
+        info!("flash: slot {target} is active");
+        Ok(Flashed {
+            slot: target,
+            bundle: BundleSummary::new(&loaded, &on_disk),
+            replaced: current.map(|(b, bytes)| BundleSummary::new(&b, &bytes)),
+            selftest_max_distance_err: err,
+        })
+    }
+
+    /// Make the other slot active, when it holds a bundle that verifies and self-tests.
+    pub fn rollback(&self) -> Result<Slot, SlotError> {
+        let target = self.active().map_or(Slot::A, Slot::other);
+        let (b, _) = self.read_slot(target).map_err(|why| SlotError::Rollback {
+            slot: target,
+            why: format!("does not hold a usable bundle: {why}"),
+        })?;
+        Self::self_test(&b).map_err(|why| SlotError::Rollback {
+            slot: target,
+            why: format!("fails its self-test: {why}"),
+        })?;
+        self.set_active(target)?;
+        self.reset_boots();
+        warn!("rolled back to slot {target}");
+        Ok(target)
+    }
+
+    /// Load the bundle to run: the active one if it verifies and self-tests, else the other
+    /// one, which then becomes active. In a crash loop the other slot is tried first (and the
+    /// active one still used when the other is not usable).
+    pub fn load_active(&self) -> Result<Loaded, SlotError> {
+        let boots = self.boot_attempts();
+        let active = self.active();
+        let first = active.unwrap_or(Slot::A);
+        let crash_loop = active.is_some() && boots >= CRASH_LOOP_STARTS;
+        let order = if crash_loop {
+            [first.other(), first]
+        } else {
+            [first, first.other()]
+        };
+        let mut problems = Vec::new();
+        if crash_loop {
+            problems.push(format!(
+                "slot {first} crashed {boots} starts in a row without a healthy run"
+            ));
+        }
+        if active.is_none() {
+            problems.push("no slot is active".to_string());
+        }
+        for slot in order {
+            let checked = self
+                .read_slot(slot)
+                .and_then(|(b, bytes)| Self::self_test(&b).map(|_| (b, bytes)));
+            match checked {
+                Ok((b, bytes)) => {
+                    let switched = Some(slot) != active;
+                    let rolled_back = switched.then(|| problems.join("; "));
+                    if switched {
+                        warn!("{}: starting from slot {slot}", problems.join("; "));
+                        self.set_active(slot)?;
+                        self.reset_boots();
+                    }
+                    return Ok(Loaded {
+                        slot,
+                        summary: BundleSummary::new(&b, &bytes),
+                        bundle: b,
+                        rolled_back,
+                    });
+                }
+                Err(e) => problems.push(format!("slot {slot}: {e}")),
+            }
+        }
+        Err(SlotError::NoBundle {
+            why: problems.join("; "),
+        })
+    }
+
+    pub fn boot_attempts(&self) -> u32 {
+        std::fs::read_to_string(self.dir.join(BOOTS))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Count a start (before loading); [`Self::mark_healthy`] clears it.
+    pub fn note_start(&self) -> Result<u32, SlotError> {
+        let n = self.boot_attempts() + 1;
+        write_durable(&self.dir.join(BOOTS), n.to_string().as_bytes(), None)?;
+        Ok(n)
+    }
+
+    /// The runtime ran long enough to count as healthy.
+    pub fn mark_healthy(&self) {
+        self.reset_boots();
+    }
+
+    fn reset_boots(&self) {
+        let _ = std::fs::remove_file(self.dir.join(BOOTS));
+    }
+}

@@ -1,0 +1,281 @@
+//! Installing bundles on the device: trainer -> export -> `device-runtime flash`, A/B slots,
+//! anti-downgrade, rollback, refusals, and a SIGKILL at every step of a flash, after which the
+//! device still holds a valid active bundle (the one it had).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use firm_e2e::binary;
+
+fn trainer() -> Command {
+    Command::new(binary("host-trainer", "host-trainer"))
+}
+
+fn device() -> Command {
+    Command::new(binary("device-runtime", "device-runtime"))
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A tiny trained run, a key pair and three bundles: versions 1 and 2, and version 3 signed
+/// with another key.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    v1: PathBuf,
+    v2: PathBuf,
+    foreign: PathBuf,
+}
+
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        ok(trainer()
+            .current_dir(&root)
+            .args([
+                "fit", "--demo", "--class", "grid", "--size", "16", "--width", "0.0625",
+            ])
+            .args([
+                "--batch",
+                "8",
+                "--epochs",
+                "1",
+                "--checkpoints",
+                "1",
+                "--out",
+                "run",
+            ])
+            .output()
+            .unwrap());
+        for k in ["keys", "other-keys"] {
+            ok(trainer()
+                .current_dir(&root)
+                .args(["keygen", "--out", k])
+                .output()
+                .unwrap());
+        }
+        let export = |key: &str, version: &str, out: &str| {
+            ok(trainer()
+                .current_dir(&root)
+                .args(["export", "--run", "run", "--key", key, "--out", out])
+                .args(["--bundle-version", version, "--thumbnail", "16"])
+                .output()
+                .unwrap());
+            root.join(out)
+        };
+        let v1 = export("keys/bundle.key", "1", "v1.firm");
+        let v2 = export("keys/bundle.key", "2", "v2.firm");
+        let foreign = export("other-keys/bundle.key", "3", "foreign.firm");
+        Fixture {
+            _dir: dir,
+            root,
+            v1,
+            v2,
+            foreign,
+        }
+    })
+}
+
+/// A fresh device: its own state folder and a config trusting `keys/bundle.pub`.
+fn new_device(f: &Fixture, name: &str) -> PathBuf {
+    let dir = f.root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("device.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "schema-version = 1\nstate-dir = \"state\"\n[bundles]\ntrusted-keys = [\"{}\"]\n",
+            f.root.join("keys/bundle.pub").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn flash(cfg: &Path, file: &Path, extra: &[&str]) -> Output {
+    device()
+        .arg("flash")
+        .arg(file)
+        .arg("--config")
+        .arg(cfg)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn status(cfg: &Path) -> serde_json::Value {
+    let s = ok(device()
+        .args(["status", "--json", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap());
+    serde_json::from_str(&s).unwrap()
+}
+
+fn active_version(st: &serde_json::Value) -> Option<u64> {
+    st["slots"]
+        .as_array()?
+        .iter()
+        .find(|s| s["active"] == true)?["bundle"]["bundle-version"]
+        .as_u64()
+}
+
+#[test]
+fn flash_switch_rollback_and_refusals() {
+    let f = fixture();
+    let cfg = new_device(f, "dev-basic");
+    assert_eq!(status(&cfg)["active"], serde_json::Value::Null);
+    let out = ok(flash(&cfg, &f.v1, &[]));
+    assert!(out.contains("into slot a"), "{out}");
+    let out = ok(flash(&cfg, &f.v2, &[]));
+    assert!(
+        out.contains("into slot b") && out.contains("stays in slot a"),
+        "{out}"
+    );
+    let st = status(&cfg);
+    assert_eq!(st["active"], "b");
+    assert_eq!(active_version(&st), Some(2));
+    // Anti-downgrade: v1 is refused unless forced.
+    let out = flash(&cfg, &f.v1, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("verify step") && err.contains("anti-downgrade"),
+        "{err}"
+    );
+    assert_eq!(active_version(&status(&cfg)), Some(2));
+    // Another signer.
+    let out = flash(&cfg, &f.foreign, &[]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("verify step") && err.contains("signature"),
+        "{err}"
+    );
+    // A changed byte.
+    let mut bytes = std::fs::read(&f.v2).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    let bad = f.root.join("dev-basic/bad.firm");
+    std::fs::write(&bad, &bytes).unwrap();
+    assert_eq!(flash(&cfg, &bad, &[]).status.code(), Some(3));
+    assert_eq!(active_version(&status(&cfg)), Some(2));
+    // Rollback to v1 and forward again.
+    let out = ok(device()
+        .args(["rollback", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap());
+    assert!(out.contains("slot a is active"), "{out}");
+    assert_eq!(active_version(&status(&cfg)), Some(1));
+    ok(device()
+        .args(["rollback", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap());
+    assert_eq!(active_version(&status(&cfg)), Some(2));
+    // Forced downgrade goes to the inactive slot (a, replacing v1 with v1).
+    ok(flash(&cfg, &f.v1, &["--force"]));
+    assert_eq!(active_version(&status(&cfg)), Some(1));
+    // Human status names both slots.
+    let s = ok(device()
+        .args(["status", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap());
+    assert!(
+        s.contains("active slot: a") && s.contains("slot b: grid version 2"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_corrupted_active_slot_falls_back_at_start() {
+    let f = fixture();
+    let cfg = new_device(f, "dev-corrupt");
+    ok(flash(&cfg, &f.v1, &[]));
+    ok(flash(&cfg, &f.v2, &[]));
+    // Bit rot in the active slot's file: status says so; rollback still reaches slot a.
+    let active = cfg.parent().unwrap().join("state/slots/b/bundle.firm");
+    let mut bytes = std::fs::read(&active).unwrap();
+    bytes[700] ^= 4;
+    std::fs::write(&active, &bytes).unwrap();
+    let st = status(&cfg);
+    assert!(
+        st["slots"][1]["problem"]
+            .as_str()
+            .unwrap()
+            .contains("not canonical")
+            || st["slots"][1]["problem"]
+                .as_str()
+                .unwrap()
+                .contains("signature"),
+        "{st}"
+    );
+    ok(device()
+        .args(["rollback", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap());
+    assert_eq!(active_version(&status(&cfg)), Some(1));
+}
+
+/// Kill the flash of v2 (over an active v1) at each step; the device must then still hold a
+/// verifying active bundle, and a new flash must work.
+#[test]
+fn sigkill_at_every_flash_step_leaves_a_valid_active_bundle() {
+    let f = fixture();
+    for step in ["verify", "write", "load", "self-test", "switch"] {
+        let cfg = new_device(f, &format!("dev-kill-{step}"));
+        ok(flash(&cfg, &f.v1, &[]));
+        let mut child = device()
+            .arg("flash")
+            .arg(&f.v2)
+            .arg("--config")
+            .arg(&cfg)
+            .env("FIRM_TEST_STALL_AT", step)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait for the stall marker on stderr.
+        let mut stderr = child.stderr.take().unwrap();
+        let marker = format!("stalling at {step}");
+        let start = Instant::now();
+        let mut seen = String::new();
+        let mut buf = [0u8; 4096];
+        while !seen.contains(&marker) {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{step}: no stall; {seen}"
+            );
+            use std::io::Read;
+            let n = stderr.read(&mut buf).unwrap();
+            assert!(n > 0, "{step}: flash ended without stalling: {seen}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        // SIGKILL: no destructor, no flush, like a power cut for the process.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let st = status(&cfg);
+        assert_eq!(st["active"], "a", "{step}: {st}");
+        assert_eq!(active_version(&st), Some(1), "{step}: {st}");
+        assert!(st["slots"][0]["problem"].is_null(), "{step}: {st}");
+        // The device recovers: the same flash now completes.
+        ok(flash(&cfg, &f.v2, &[]));
+        assert_eq!(active_version(&status(&cfg)), Some(2), "{step}");
+    }
+}
