@@ -6,4 +6,8 @@
 pub mod alerts;
 pub mod capture;
 pub mod config;
+pub mod mailbox;
+
 pub mod slots;
+pub mod state;
+pub mod web;

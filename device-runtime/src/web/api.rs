@@ -1,0 +1,264 @@
+//! JSON API handlers, the event stream, images, health and the bundle upload.
+
+use std::convert::Infallible;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tokio::io::AsyncWriteExt;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{AppError, AppState};
+use crate::slots::SlotError;
+use crate::state::Event;
+
+/// The status page's and monitoring's view of the device.
+pub fn status_json(st: &AppState) -> Value {
+    let live = st.shared.live.read().expect("state lock");
+    let uptime = SystemTime::now()
+        .duration_since(st.shared.started)
+        .map_or(0.0, |d| d.as_secs_f64());
+    json!({
+        "site": st.shared.site,
+        "uptime-s": uptime,
+        "health": health(st, &live).1,
+        "bundle": live.bundle,
+        "slots": live.slots,
+        "camera": live.camera,
+        "counters": live.counters,
+        "fps": live.fps(),
+        "latency-ms": {
+            "p50": live.latency_quantile(0.5),
+            "p99": live.latency_quantile(0.99),
+        },
+        "last": live.last,
+    })
+}
+
+/// (healthy, reason)
+pub fn health(st: &AppState, live: &crate::state::Live) -> (bool, String) {
+    if live.bundle.is_none() {
+        return (false, "no bundle loaded".into());
+    }
+    if live.camera.finished {
+        return (true, "source finished".into());
+    }
+    match &live.last {
+        None => (false, "no frame scored yet".into()),
+        Some(v) => {
+            let age = humantime::parse_rfc3339(&v.time)
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            if age > st.stale_after_s {
+                (false, format!("no frame scored for {age:.0} s"))
+            } else {
+                (true, "ok".into())
+            }
+        }
+    }
+}
+
+pub async fn status(State(st): State<AppState>) -> Json<Value> {
+    Json(status_json(&st))
+}
+
+pub async fn healthz(State(st): State<AppState>) -> Response {
+    let (ok, why) = health(&st, &st.shared.live.read().expect("state lock"));
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, why).into_response()
+}
+
+pub async fn alerts(State(st): State<AppState>) -> Json<Value> {
+    let live = st.shared.live.read().expect("state lock");
+    Json(json!({ "alerts": live.alerts, "total": live.counters.alerts }))
+}
+
+pub async fn scores(State(st): State<AppState>) -> Json<Value> {
+    let live = st.shared.live.read().expect("state lock");
+    let points: Vec<Value> = live
+        .recent
+        .iter()
+        .map(|(seq, d, defect)| json!([seq, d, defect]))
+        .collect();
+    Json(json!({
+        "threshold": live.bundle.as_ref().map(|b| b.threshold),
+        "scores": points,
+    }))
+}
+
+pub async fn events(
+    State(st): State<AppState>,
+) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
+    let rx = st.shared.events.subscribe();
+    let stream = BroadcastStream::new(rx).filter_map(|e| {
+        // A lagging page skips events rather than slowing anyone down.
+        let e = e.ok()?;
+        let name = match &e {
+            Event::Verdict(_) => "verdict",
+            Event::Alert(_) => "alert",
+            Event::Bundle(_) => "bundle",
+        };
+        let data = serde_json::to_value(&e).ok()?;
+        SseEvent::default().event(name).json_data(data).ok().map(Ok)
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn bytes_response(content_type: &'static str, body: Vec<u8>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+pub async fn frame(State(st): State<AppState>) -> Result<Response, AppError> {
+    let jpeg = st
+        .shared
+        .live
+        .read()
+        .expect("state lock")
+        .last_frame
+        .clone();
+    let jpeg = jpeg.ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "no frame yet"))?;
+    Ok(bytes_response("image/jpeg", jpeg.as_ref().clone()))
+}
+
+pub async fn thumbnail(
+    State(st): State<AppState>,
+    Path(index): Path<usize>,
+) -> Result<Response, AppError> {
+    let img = st
+        .shared
+        .thumbnails
+        .read()
+        .expect("state lock")
+        .get(index)
+        .cloned()
+        .ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "no such bank entry"))?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(img)
+        .write_to(&mut png, image::ImageFormat::Png)
+        .map_err(AppError::internal)?;
+    Ok(bytes_response("image/png", png.into_inner()))
+}
+
+/// Saved frames are named `<digits/letters>-<digits>.png`; anything else is not one of ours.
+fn safe_flagged_name(name: &str) -> bool {
+    name.len() <= 80
+        && name.ends_with(".png")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        && !name.contains("..")
+}
+
+pub async fn flagged(
+    State(st): State<AppState>,
+    Path(file): Path<String>,
+) -> Result<Response, AppError> {
+    if !safe_flagged_name(&file) {
+        return Err(AppError::new(StatusCode::NOT_FOUND, "no such image"));
+    }
+    match tokio::fs::read(st.flagged_dir.join(&file)).await {
+        Ok(b) => Ok(bytes_response("image/png", b)),
+        Err(_) => Err(AppError::new(StatusCode::NOT_FOUND, "no such image")),
+    }
+}
+
+/// `POST /api/bundle`: the body is a bundle file. Streamed to disk within the size limit, then
+/// flashed exactly as `device-runtime flash` does; the pipeline switches to it between frames.
+pub async fn upload_bundle(State(st): State<AppState>, body: Body) -> Result<Response, AppError> {
+    let Some(slots) = st.slots.clone() else {
+        return Err(AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "slots are not available",
+        ));
+    };
+    tokio::fs::create_dir_all(&st.upload_dir)
+        .await
+        .map_err(AppError::internal)?;
+    let path = st
+        .upload_dir
+        .join(format!("upload-{}.firm", std::process::id()));
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(AppError::internal)?;
+    let mut stream = body.into_data_stream();
+    let mut total: u64 = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|_| AppError::new(StatusCode::BAD_REQUEST, "upload interrupted"))?;
+        total += chunk.len() as u64;
+        if total > st.max_upload {
+            drop(file);
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(AppError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "bundle larger than bundles.max-bytes ({} bytes)",
+                    st.max_upload
+                ),
+            ));
+        }
+        file.write_all(&chunk).await.map_err(AppError::internal)?;
+    }
+    file.sync_all().await.map_err(AppError::internal)?;
+    drop(file);
+    let shared = st.shared.clone();
+    let p = path.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&p).map_err(|e| SlotError::Io {
+            path: p.clone(),
+            source: e,
+        })?;
+        let flashed = slots.flash(&bytes, false)?;
+        let loaded = slots.load_active()?;
+        *shared.pending_bundle.lock().expect("state lock") = Some(loaded);
+        shared.live.write().expect("state lock").slots = Some(slots.status());
+        Ok::<_, SlotError>(flashed)
+    })
+    .await
+    .map_err(AppError::internal)?;
+    let _ = tokio::fs::remove_file(&path).await;
+    match result {
+        Ok(f) => Ok(Json(json!({
+            "slot": f.slot,
+            "bundle-version": f.bundle.bundle_version,
+            "product-class": f.bundle.product_class,
+        }))
+        .into_response()),
+        Err(e @ SlotError::Flash { .. }) => Err(AppError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+        )),
+        Err(e) => Err(AppError::internal(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_flagged_name;
+
+    #[test]
+    fn flagged_names_cannot_escape() {
+        assert!(safe_flagged_name("20261201T125000123Z-00000042.png"));
+        for bad in ["../x.png", "a/b.png", "x.json", "..png", "%2e%2e.png", ""] {
+            assert!(!safe_flagged_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! `GET /metrics`: Prometheus text exposition format (version 0.0.4), checked with
+//! `promtool check metrics` in CI. Counters end in `_total`, durations are in seconds.
+
+use std::fmt::Write as _;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+
+use super::AppState;
+
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// Label values escaped as the format requires (backslash, quote, newline).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+pub fn render(st: &AppState) -> String {
+    let live = st.shared.live.read().expect("state lock");
+    let c = &live.counters;
+    let mut s = String::new();
+    let counters: [(&str, &str, u64); 7] = [
+        (
+            "firm_frames_captured_total",
+            "Frames delivered by the source.",
+            c.frames_captured,
+        ),
+        (
+            "firm_frames_scored_total",
+            "Frames scored by the bundle.",
+            c.frames_scored,
+        ),
+        (
+            "firm_frames_dropped_total",
+            "Frames dropped because inference was behind (newest wins).",
+            c.frames_dropped,
+        ),
+        (
+            "firm_bad_frames_total",
+            "Frames that could not be decoded or scored.",
+            c.bad_frames,
+        ),
+        (
+            "firm_alerts_total",
+            "Frames flagged as defective.",
+            c.alerts,
+        ),
+        (
+            "firm_alert_sink_errors_total",
+            "Alert sink failures (journal, images, webhook, GPIO).",
+            c.sink_errors,
+        ),
+        (
+            "firm_camera_reconnects_total",
+            "Times the camera was reopened.",
+            live.camera.reconnects,
+        ),
+    ];
+    for (name, help, v) in counters {
+        metric(&mut s, name, "counter", help, v as f64);
+    }
+    metric(
+        &mut s,
+        "firm_frames_per_second",
+        "gauge",
+        "Frames scored per second, recent.",
+        live.fps(),
+    );
+    for (q, name) in [
+        (0.5, "firm_latency_p50_seconds"),
+        (0.99, "firm_latency_p99_seconds"),
+    ] {
+        if let Some(v) = live.latency_quantile(q) {
+            metric(
+                &mut s,
+                name,
+                "gauge",
+                "Capture-to-verdict latency quantile over recent frames.",
+                v / 1e3,
+            );
+        }
+    }
+    metric(
+        &mut s,
+        "firm_camera_connected",
+        "gauge",
+        "1 when the frame source is connected.",
+        f64::from(u8::from(live.camera.connected)),
+    );
+    if let Some(v) = &live.last {
+        metric(
+            &mut s,
+            "firm_last_distance",
+            "gauge",
+            "Distance from normal of the latest frame.",
+            v.distance,
+        );
+    }
+    if let Some(b) = &live.bundle {
+        metric(
+            &mut s,
+            "firm_threshold_distance",
+            "gauge",
+            "Distance above which a frame is flagged.",
+            b.threshold,
+        );
+        let _ = writeln!(
+            s,
+            "# HELP firm_bundle_info The bundle in use (value is always 1)."
+        );
+        let _ = writeln!(s, "# TYPE firm_bundle_info gauge");
+        let _ = writeln!(
+            s,
+            "firm_bundle_info{{class=\"{}\",version=\"{}\",slot=\"{}\",operating_point=\"{}\"}} 1",
+            label(&b.product_class),
+            b.bundle_version,
+            label(&b.slot),
+            label(&b.operating_point)
+        );
+    }
+    let healthy = super::api::health(st, &live).0;
+    metric(
+        &mut s,
+        "firm_healthy",
+        "gauge",
+        "1 when a bundle runs and frames flow.",
+        f64::from(u8::from(healthy)),
+    );
+    s
+}
+
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(&st),
+    )
+}
