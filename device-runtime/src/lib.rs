@@ -7,7 +7,8 @@ pub mod alerts;
 pub mod capture;
 pub mod config;
 pub mod mailbox;
-
+pub mod pipeline;
+pub mod run;
 pub mod slots;
 pub mod state;
 pub mod web;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use device_runtime::config::DeviceConfig;
-use device_runtime::slots::{self, Slots};
+use device_runtime::slots::Slots;
 use tracing_subscriber::EnvFilter;
 
 // Training and inference allocate and free large tensors every step; mimalloc keeps those pages
@@ -61,10 +61,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the appliance: load the active bundle (rolling back if it fails), score frames from the
+    /// configured source, write alerts to the journal and the other sinks, serve the status page.
+    /// Stops on SIGTERM or Ctrl-C.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Stop when a non-looping dir: source has been scored to its last frame.
+        #[arg(long)]
+        exit_at_end: bool,
+        /// Listen address instead of web.listen (e.g. 127.0.0.1:0 for any free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+    },
+    /// The alert journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
     /// Time the scoring path (preprocess, ResNet-18, kNN) on generated frames with random weights.
     ///
     /// Answers "is this box fast enough for that input size and stem?" before any bundle exists.
     Selfcheck(selfcheck::SelfcheckArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum JournalCommand {
+    /// Check the hash chain of every journal file: any edited, deleted, inserted or reordered
+    /// record is reported with its file and line; exit 0 only if the chain holds.
+    Verify {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
 }
 
 /// An error with its exit code.
@@ -90,17 +116,7 @@ fn config_failure(e: device_runtime::config::ConfigError) -> Failure {
 }
 
 fn open_slots(cfg: &DeviceConfig) -> Result<Slots, Failure> {
-    let keys = cfg
-        .bundles
-        .trusted_keys
-        .iter()
-        .map(|p| slots::read_public_key(p))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Failure {
-            code: 2,
-            error: anyhow::anyhow!("bundles.trusted-keys: {e}"),
-        })?;
-    Ok(Slots::new(&cfg.slots_dir(), keys, cfg.bundles.max_bytes)?)
+    device_runtime::run::open_slots(cfg).map_err(|error| Failure { code: 2, error })
 }
 
 fn run(cli: Cli) -> Result<(), Failure> {
@@ -188,6 +204,46 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             if st.boot_attempts > 0 {
                 println!("starts since the last healthy run: {}", st.boot_attempts);
+            }
+            Ok(())
+        }
+        Command::Run {
+            config,
+            exit_at_end,
+            listen,
+        } => {
+            let cfg = DeviceConfig::load(&config.config).map_err(config_failure)?;
+            device_runtime::run::run(
+                &cfg,
+                &device_runtime::run::RunOptions {
+                    exit_at_end,
+                    listen,
+                },
+            )?;
+            Ok(())
+        }
+        Command::Journal(JournalCommand::Verify { config }) => {
+            let cfg = DeviceConfig::load(&config.config).map_err(config_failure)?;
+            let dir = cfg.journal_dir();
+            let r = device_runtime::alerts::journal::verify(&dir).map_err(|e| Failure {
+                code: 3,
+                error: anyhow::anyhow!("journal {}: {e}", dir.display()),
+            })?;
+            println!(
+                "journal {}: ok, {} records in {} files (seq {}..{}), last hash {}",
+                dir.display(),
+                r.records,
+                r.files,
+                r.first_seq.map_or("-".into(), |s| s.to_string()),
+                r.last_seq.map_or("-".into(), |s| s.to_string()),
+                r.last_hash
+            );
+            if let Some(t) = r.torn_last_line {
+                println!(
+                    "note: the last line of {} (line {}) was cut by a power cut during an append",
+                    t.file.display(),
+                    t.line
+                );
             }
             Ok(())
         }

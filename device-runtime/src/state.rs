@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 /// Scores kept for the chart when a page loads.
@@ -17,7 +17,7 @@ pub const RECENT_ALERTS: usize = 100;
 const LATENCY_WINDOW: usize = 1000;
 
 /// The verdict on one frame.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Verdict {
     pub seq: u64,
@@ -35,7 +35,7 @@ pub struct Verdict {
 }
 
 /// A flagged frame as the page and the API list it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct AlertEntry {
     #[serde(flatten)]
@@ -176,6 +176,8 @@ pub struct Shared {
     pub thumbnail_sources: RwLock<Vec<String>>,
     /// A bundle flashed over HTTP, for the inference thread to switch to.
     pub pending_bundle: Mutex<Option<crate::slots::Loaded>>,
+    /// Set when the runtime stops: open event streams end, so the server can shut down.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -189,6 +191,7 @@ impl Shared {
             thumbnails: RwLock::new(Vec::new()),
             thumbnail_sources: RwLock::new(Vec::new()),
             pending_bundle: Mutex::new(None),
+            closing: tokio::sync::watch::Sender::new(false),
         })
     }
 

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 
 use super::{AppError, AppState};
 use crate::slots::SlotError;
@@ -100,18 +100,28 @@ pub async fn scores(State(st): State<AppState>) -> Json<Value> {
 pub async fn events(
     State(st): State<AppState>,
 ) -> Sse<impl tokio_stream::Stream<Item = Result<SseEvent, Infallible>>> {
-    let rx = st.shared.events.subscribe();
-    let stream = BroadcastStream::new(rx).filter_map(|e| {
+    enum Item {
+        Event(Box<Event>),
+        Close,
+    }
+    let events = BroadcastStream::new(st.shared.events.subscribe())
         // A lagging page skips events rather than slowing anyone down.
-        let e = e.ok()?;
-        let name = match &e {
-            Event::Verdict(_) => "verdict",
-            Event::Alert(_) => "alert",
-            Event::Bundle(_) => "bundle",
-        };
-        let data = serde_json::to_value(&e).ok()?;
-        SseEvent::default().event(name).json_data(data).ok().map(Ok)
-    });
+        .filter_map(|e| e.ok().map(|e| Item::Event(Box::new(e))));
+    let closing = WatchStream::new(st.shared.closing.subscribe())
+        .filter_map(|closing| closing.then_some(Item::Close));
+    let stream = events
+        .merge(closing)
+        .take_while(|i| !matches!(i, Item::Close))
+        .filter_map(|i| {
+            let Item::Event(e) = i else { return None };
+            let name = match &*e {
+                Event::Verdict(_) => "verdict",
+                Event::Alert(_) => "alert",
+                Event::Bundle(_) => "bundle",
+            };
+            let data = serde_json::to_value(&*e).ok()?;
+            SseEvent::default().event(name).json_data(data).ok().map(Ok)
+        });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 

@@ -445,7 +445,8 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         float_auroc,
         spearman,
     );
-    report::write(&run, &report, &q_dist, &is_defect)?;
+    let test_names = &rel[imgs.train.len()..];
+    report::write(&run, &report, test_names, &q_dist, &is_defect)?;
     Ok(report)
 }
 

@@ -148,10 +148,22 @@ pub fn markdown(r: &ExportReport) -> String {
     s
 }
 
-/// RUN/export/: report.json, report.md, histogram.png.
-pub fn write(run: &RunDir, r: &ExportReport, distances: &[f64], is_defect: &[bool]) -> Result<()> {
+/// RUN/export/: report.json, report.md, scores.csv (every test image's distance on the bundle
+/// path and whether the threshold flags it), histogram.png.
+pub fn write(
+    run: &RunDir,
+    r: &ExportReport,
+    names: &[String],
+    distances: &[f64],
+    is_defect: &[bool],
+) -> Result<()> {
     let dir = run.root.join("export");
     std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+    let mut csv = String::from("path,defective,distance,flagged\n");
+    for ((n, d), bad) in names.iter().zip(distances).zip(is_defect) {
+        let _ = writeln!(csv, "{n},{bad},{d:e},{}", *d > r.threshold);
+    }
+    write_atomic(&dir.join("scores.csv"), csv.as_bytes())?;
     write_atomic(
         &dir.join("report.json"),
         &serde_json::to_vec_pretty(r).expect("report serialises"),

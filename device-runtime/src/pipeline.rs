@@ -1,0 +1,305 @@
+//! The frame pipeline (DESIGN section 5): a capture thread hands frames to the inference thread
+//! through a two-frame [`Mailbox`] (newest wins, drops counted, capture never waits); the
+//! inference thread scores each frame with the bundle's [`Detector`], records the verdict in the
+//! shared state, publishes it to the web page and, for a flagged frame, runs the alert sinks in
+//! order (journal first, so every alert is durable before anything else reports it). A sink that
+//! fails is logged and counted; it never stops the pipeline.
+//!
+//! A bundle flashed while running ([`crate::state::Shared::pending_bundle`]) is picked up between
+//! two frames.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use firm_shared::bundle::{Bundle, CpuEmbedder, Detector};
+use tracing::{info, warn};
+
+use crate::alerts::AlertSink;
+use crate::capture::{ErrorKind, Frame, FrameSource};
+use crate::config::InferenceConfig;
+use crate::mailbox::Mailbox;
+use crate::slots::Loaded;
+use crate::state::{AlertEntry, BundleInfo, Event, Shared, Verdict, timestamp};
+
+/// Frames waiting between capture and inference.
+pub const QUEUE: usize = 2;
+/// The live frame on the page is re-encoded at most this often.
+const LIVE_FRAME_EVERY: Duration = Duration::from_millis(200);
+/// Width of the live frame on the page.
+const LIVE_FRAME_WIDTH: u32 = 480;
+
+/// The distance threshold a bundle runs with under `cfg`: the configured override, else the
+/// named operating point of the bundle.
+pub fn threshold(bundle: &Bundle, cfg: &InferenceConfig) -> Result<(f64, String), String> {
+    if let Some(t) = cfg.threshold {
+        return Ok((t, "configured".into()));
+    }
+    let points = &bundle.manifest.threshold.operating_points;
+    points
+        .get(&cfg.operating_point)
+        .map(|&t| (t, cfg.operating_point.clone()))
+        .ok_or_else(|| {
+            format!(
+                "inference.operating-point `{}` is not in the bundle; it has: {}",
+                cfg.operating_point,
+                points.keys().cloned().collect::<Vec<_>>().join(", ")
+            )
+        })
+}
+
+/// Page-facing description of a loaded bundle.
+pub fn bundle_info(l: &Loaded, threshold: f64, operating_point: &str) -> BundleInfo {
+    let m = &l.bundle.manifest;
+    BundleInfo {
+        slot: l.slot.to_string(),
+        product_class: m.product_class.clone(),
+        bundle_version: m.bundle_version,
+        created: m.created.clone(),
+        score: m.score.spec.to_string(),
+        threshold,
+        operating_point: operating_point.to_string(),
+        metrics: m.provenance.metrics.clone(),
+        calibration: m.threshold.calibration.summary(),
+        rolled_back: l.rolled_back.clone(),
+    }
+}
+
+/// The running threads.
+#[derive(Debug)]
+pub struct Pipeline {
+    stop: Arc<AtomicBool>,
+    capture: Option<JoinHandle<()>>,
+    inference: Option<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Ask both threads to stop (the capture thread stops after its current frame).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Wait until inference has finished (the source ended and every frame was scored, or
+    /// [`Self::stop`] was called).
+    pub fn join(mut self) {
+        if let Some(t) = self.inference.take() {
+            let _ = t.join();
+        }
+        self.stop();
+        // The capture thread may be blocked in a camera read; it is not waited for.
+        drop(self.capture.take());
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.inference.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+struct Scorer {
+    detector: Detector<CpuEmbedder>,
+    threshold: f64,
+    sources: Vec<String>,
+}
+
+impl Scorer {
+    fn new(shared: &Shared, l: &Loaded, cfg: &InferenceConfig) -> Result<Self, String> {
+        let (threshold, point) = threshold(&l.bundle, cfg)?;
+        let detector = Detector::cpu(&l.bundle).map_err(|e| e.to_string())?;
+        let n = l.bundle.bank.len();
+        *shared.thumbnails.write().expect("state lock") =
+            (0..n).filter_map(|i| l.bundle.bank.thumbnail(i)).collect();
+        let sources = l.bundle.manifest.bank.sources.clone();
+        *shared.thumbnail_sources.write().expect("state lock") = sources.clone();
+        let info = bundle_info(l, threshold, &point);
+        shared.live.write().expect("state lock").bundle = Some(info.clone());
+        shared.publish(Event::Bundle(info));
+        Ok(Self {
+            detector,
+            threshold,
+            sources,
+        })
+    }
+}
+
+/// Start capture and inference threads.
+pub fn start(
+    shared: Arc<Shared>,
+    mut source: Box<dyn FrameSource>,
+    loaded: Loaded,
+    cfg: InferenceConfig,
+    mut sinks: Vec<Box<dyn AlertSink>>,
+) -> Result<Pipeline, String> {
+    let mut scorer = Scorer::new(&shared, &loaded, &cfg)?;
+    info!(
+        "running bundle {} (version {}) from slot {}, threshold {:.4e}",
+        loaded.bundle.manifest.product_class,
+        loaded.bundle.manifest.bundle_version,
+        loaded.slot,
+        scorer.threshold
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let mailbox: Arc<Mailbox<Frame, QUEUE>> = Arc::new(Mailbox::new());
+
+    let (sh, mb, st) = (shared.clone(), mailbox.clone(), stop.clone());
+    let capture = std::thread::Builder::new()
+        .name("capture".into())
+        .spawn(move || {
+            while !st.load(Ordering::SeqCst) {
+                let r = source.next_frame();
+                let status = source.status();
+                let mut live = sh.live.write().expect("state lock");
+                live.camera.description = status.description.clone();
+                live.camera.connected = status.connected;
+                live.camera.reconnects = status.reconnects;
+                live.camera.last_error = status.last_error.clone();
+                live.counters.bad_frames = status.bad_frames;
+                match r {
+                    Ok(frame) => {
+                        live.counters.frames_captured += 1;
+                        drop(live);
+                        if mb.push(frame) {
+                            sh.live.write().expect("state lock").counters.frames_dropped += 1;
+                        }
+                    }
+                    Err(e) => match e.kind() {
+                        ErrorKind::BadFrame => warn!("skipped a frame: {e}"),
+                        ErrorKind::Disconnected => {
+                            live.camera.connected = false;
+                            live.camera.last_error = Some(e.to_string());
+                            drop(live);
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        _ => {
+                            if e.kind() != ErrorKind::EndOfStream {
+                                warn!("capture stopped: {e}");
+                                live.camera.last_error = Some(e.to_string());
+                            }
+                            live.camera.finished = true;
+                            break;
+                        }
+                    },
+                }
+            }
+            mb.close();
+        })
+        .map_err(|e| format!("cannot start the capture thread: {e}"))?;
+
+    let (sh, mb, st) = (shared, mailbox, stop.clone());
+    let inference = std::thread::Builder::new()
+        .name("inference".into())
+        .spawn(move || {
+            let mut last_live = Instant::now() - LIVE_FRAME_EVERY;
+            loop {
+                if let Some(next) = sh.pending_bundle.lock().expect("state lock").take() {
+                    match Scorer::new(&sh, &next, &cfg) {
+                        Ok(s) => scorer = s,
+                        Err(e) => warn!("the flashed bundle cannot run here: {e}"),
+                    }
+                }
+                let Some(frame) = mb.pop(Duration::from_millis(100)) else {
+                    if mb.is_finished() || st.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    continue;
+                };
+                process(&sh, &mut scorer, &mut sinks, &frame, &mut last_live);
+            }
+            info!("inference finished");
+        })
+        .map_err(|e| format!("cannot start the inference thread: {e}"))?;
+    Ok(Pipeline {
+        stop,
+        capture: Some(capture),
+        inference: Some(inference),
+    })
+}
+
+fn process(
+    sh: &Shared,
+    scorer: &mut Scorer,
+    sinks: &mut [Box<dyn AlertSink>],
+    frame: &Frame,
+    last_live: &mut Instant,
+) {
+    let scored = match scorer.detector.score_image(&frame.image) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("frame {} not scored: {e}", frame.seq);
+            sh.live.write().expect("state lock").counters.bad_frames += 1;
+            return;
+        }
+    };
+    let latency_ms = SystemTime::now()
+        .duration_since(frame.time)
+        .map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    let v = Verdict {
+        seq: frame.seq,
+        time: timestamp(frame.time),
+        source: frame.source.clone(),
+        distance: scored.distance,
+        threshold: scorer.threshold,
+        defect: scored.distance > scorer.threshold,
+        nearest: scored.nearest,
+        nearest_source: scorer
+            .sources
+            .get(scored.nearest)
+            .cloned()
+            .unwrap_or_default(),
+        latency_ms,
+    };
+    let live_jpeg = (last_live.elapsed() >= LIVE_FRAME_EVERY || v.defect).then(|| {
+        *last_live = Instant::now();
+        encode_live(&frame.image)
+    });
+    {
+        let mut live = sh.live.write().expect("state lock");
+        live.record(&v);
+        if let Some(Some(j)) = live_jpeg {
+            live.last_frame = Some(Arc::new(j));
+        }
+    }
+    sh.publish(Event::Verdict(v.clone()));
+    if !v.defect {
+        return;
+    }
+    let mut alert = AlertEntry {
+        verdict: v,
+        journal_seq: None,
+        image: None,
+    };
+    let mut errors = 0;
+    for s in sinks.iter_mut() {
+        if let Err(e) = s.alert(&mut alert, frame) {
+            warn!("alert sink {}: {e}", s.name());
+            errors += 1;
+        }
+    }
+    {
+        let mut live = sh.live.write().expect("state lock");
+        live.counters.sink_errors += errors;
+        live.add_alert(alert.clone());
+    }
+    sh.publish(Event::Alert(alert));
+}
+
+/// The frame, downscaled to the page's width, as JPEG.
+fn encode_live(img: &image::RgbImage) -> Option<Vec<u8>> {
+    let (w, h) = img.dimensions();
+    let small = if w > LIVE_FRAME_WIDTH {
+        let nh = (h as u64 * LIVE_FRAME_WIDTH as u64 / w as u64).max(1) as u32;
+        image::imageops::resize(
+            img,
+            LIVE_FRAME_WIDTH,
+            nh,
+            image::imageops::FilterType::Triangle,
+        )
+    } else {
+        img.clone()
+    };
+    let mut out = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageRgb8(small)
+        .write_to(&mut out, image::ImageFormat::Jpeg)
+        .ok()?;
+    Some(out.into_inner())
+}

@@ -1,0 +1,183 @@
+//! `device-runtime run --config FILE`: the appliance. Counts the start (crash-loop detection),
+//! loads the active bundle (rolling back when it fails), opens the frame source, starts the
+//! pipeline and the alert sinks, serves the web page, and stops cleanly on SIGTERM or Ctrl-C
+//! (or, with `--exit-at-end`, when a finite source has been scored to its last frame).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tracing::{info, warn};
+
+use crate::alerts::AlertSink;
+use crate::alerts::flagged::FlaggedFrames;
+use crate::alerts::gpio::RejectLine;
+use crate::alerts::journal_sink::JournalSink;
+use crate::alerts::webhook::Webhook;
+use crate::capture::{self, CaptureOptions, PixelFormat, SourceSpec};
+use crate::config::DeviceConfig;
+use crate::slots::{self, Slots};
+use crate::state::Shared;
+use crate::web::{self, AppState};
+
+/// A run that stays up this long with frames flowing counts as healthy (clears the crash-loop
+/// counter).
+const HEALTHY_AFTER: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Stop when a non-looping `dir:` source has been scored to its last frame.
+    pub exit_at_end: bool,
+    /// Replaces `web.listen`.
+    pub listen: Option<String>,
+}
+
+pub fn open_slots(cfg: &DeviceConfig) -> anyhow::Result<Slots> {
+    let keys = cfg
+        .bundles
+        .trusted_keys
+        .iter()
+        .map(|p| slots::read_public_key(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("bundles.trusted-keys: {e}"))?;
+    Ok(Slots::new(&cfg.slots_dir(), keys, cfg.bundles.max_bytes)?)
+}
+
+fn capture_options(cfg: &DeviceConfig) -> anyhow::Result<CaptureOptions> {
+    let s = &cfg.source;
+    let format = match s.format.as_str() {
+        "mjpeg" => PixelFormat::Mjpeg,
+        "yuyv" => PixelFormat::Yuyv,
+        "grey" => PixelFormat::Grey,
+        other => bail!("source.format `{other}`"),
+    };
+    Ok(CaptureOptions {
+        fps: s.fps,
+        looping: s.looping,
+        width: s.width,
+        height: s.height,
+        format,
+        defect_every: s.defect_every,
+        seed: 0,
+    })
+}
+
+fn sinks(cfg: &DeviceConfig, shared: &Arc<Shared>) -> anyhow::Result<Vec<Box<dyn AlertSink>>> {
+    let a = &cfg.alerts;
+    let journal = JournalSink::open(
+        &cfg.journal_dir(),
+        a.journal_max_file_bytes,
+        a.journal_max_files,
+    )
+    .map_err(|e| anyhow::anyhow!("journal {}: {e}", cfg.journal_dir().display()))?;
+    shared.live.write().expect("state lock").alerts =
+        journal.recent(crate::state::RECENT_ALERTS).into();
+    let mut v: Vec<Box<dyn AlertSink>> = vec![Box::new(journal)];
+    if a.save_flagged {
+        v.push(Box::new(
+            FlaggedFrames::open(&cfg.flagged_dir(), a.flagged_budget_bytes)
+                .map_err(anyhow::Error::msg)?,
+        ));
+    }
+    if let Some(w) = &a.webhook {
+        v.push(Box::new(Webhook::start(w, &cfg.site)));
+    }
+    if let Some(g) = &a.gpio {
+        v.push(Box::new(RejectLine::open(g).map_err(anyhow::Error::msg)?));
+    }
+    Ok(v)
+}
+
+pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
+    let slots = open_slots(cfg)?;
+    let starts = slots.note_start()?;
+    if starts > 1 {
+        warn!("start {starts} without a healthy run in between");
+    }
+    let loaded = slots.load_active()?;
+    if let Some(why) = &loaded.rolled_back {
+        warn!("rolled back to slot {}: {why}", loaded.slot);
+    }
+    let shared = Shared::new(&cfg.site);
+    shared.live.write().expect("state lock").slots = Some(slots.status());
+    let spec: SourceSpec = cfg.source.spec.parse()?;
+    let copts = capture_options(cfg)?;
+    // A camera may be unplugged or not ready yet: reopen it with backoff. Replays open once.
+    let source = match spec {
+        SourceSpec::V4l { .. } => {
+            capture::open_with_retry(&spec, &copts, capture::Backoff::default())?
+        }
+        _ => capture::open(&spec, &copts)?,
+    };
+    let sinks = sinks(cfg, &shared)?;
+    let pipeline =
+        crate::pipeline::start(shared.clone(), source, loaded, cfg.inference.clone(), sinks)
+            .map_err(anyhow::Error::msg)?;
+    let state = AppState {
+        shared: shared.clone(),
+        token: cfg.token()?,
+        public_reads: cfg.web.public_reads,
+        upload_dir: cfg.state_dir.join("uploads"),
+        flagged_dir: cfg.flagged_dir(),
+        max_upload: cfg.bundles.max_bytes,
+        slots: Some(slots.clone()),
+        stale_after_s: 30.0,
+    };
+    let listen = opts
+        .listen
+        .clone()
+        .unwrap_or_else(|| cfg.web.listen.clone());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("tokio runtime")?;
+    let exit_at_end = opts.exit_at_end;
+    let pipeline = Arc::new(std::sync::Mutex::new(Some(pipeline)));
+    let p = pipeline.clone();
+    let sh = shared.clone();
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        info!("status page on http://{}", listener.local_addr()?);
+        let started = Instant::now();
+        let shutdown = async move {
+            let mut healthy_marked = false;
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            let ctrl_c = tokio::signal::ctrl_c();
+            tokio::pin!(ctrl_c);
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            loop {
+                tokio::select! {
+                    _ = &mut ctrl_c => { info!("Ctrl-C: stopping"); break; }
+                    _ = term.recv() => { info!("SIGTERM: stopping"); break; }
+                    _ = tick.tick() => {
+                        let scored = sh.live.read().expect("state lock").counters.frames_scored;
+                        let finished = p.lock().expect("pipeline lock").as_ref().is_none_or(|p| p.is_finished());
+                        if !healthy_marked && scored > 0 && (started.elapsed() >= HEALTHY_AFTER || finished) {
+                            slots.mark_healthy();
+                            healthy_marked = true;
+                        }
+                        if exit_at_end && finished {
+                            info!("the source has ended and every frame is scored: stopping");
+                            break;
+                        }
+                    }
+                }
+            }
+            // End the open event streams, or the server would wait for them forever.
+            let _ = sh.closing.send(true);
+        };
+        axum::serve(listener, web::app(state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("web server")
+    });
+    if let Some(p) = pipeline.lock().expect("pipeline lock").take() {
+        p.stop();
+        p.join();
+    }
+    result
+}
