@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tracing::{info, warn};
 
 use crate::alerts::AlertSink;
@@ -45,12 +45,7 @@ pub fn open_slots(cfg: &DeviceConfig) -> anyhow::Result<Slots> {
 
 fn capture_options(cfg: &DeviceConfig) -> anyhow::Result<CaptureOptions> {
     let s = &cfg.source;
-    let format = match s.format.as_str() {
-        "mjpeg" => PixelFormat::Mjpeg,
-        "yuyv" => PixelFormat::Yuyv,
-        "grey" => PixelFormat::Grey,
-        other => bail!("source.format `{other}`"),
-    };
+    let format: PixelFormat = s.format.parse()?;
     Ok(CaptureOptions {
         fps: s.fps,
         looping: s.looping,

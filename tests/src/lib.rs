@@ -3,7 +3,7 @@
 //! exist (for example `cargo test -p firm-e2e` alone).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 /// Workspace root (the folder holding the virtual Cargo.toml).
 pub fn workspace_root() -> PathBuf {
@@ -34,4 +34,17 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
         assert!(status.success(), "cargo build -p {package} failed");
     }
     path
+}
+
+/// The stdout of a command that must have succeeded; on failure, panics with its status, stdout
+/// and stderr.
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
 }

@@ -14,18 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use firm_e2e::{binary, workspace_root};
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use firm_e2e::{binary, ok, workspace_root};
 
 fn trainer(cwd: &Path, args: &[&str]) -> String {
     ok(Command::new(binary("host-trainer", "host-trainer"))

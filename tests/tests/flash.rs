@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use firm_e2e::binary;
+use firm_e2e::{binary, ok};
 
 fn trainer() -> Command {
     Command::new(binary("host-trainer", "host-trainer"))
@@ -15,17 +15,6 @@ fn trainer() -> Command {
 
 fn device() -> Command {
     Command::new(binary("device-runtime", "device-runtime"))
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// A tiny trained run, a key pair and three bundles: versions 1 and 2, and version 3 signed
