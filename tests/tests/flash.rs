@@ -282,3 +282,95 @@ fn sigkill_at_every_flash_step_leaves_a_valid_active_bundle() {
         assert_eq!(active_version(&status(&cfg)), Some(2), "{step}");
     }
 }
+
+/// `POST /api/bundle` on a running device: refused without the token, installed with it, and
+/// the running pipeline switches to the new bundle (visible in /api/status).
+#[test]
+fn upload_over_http_installs_and_switches_the_running_pipeline() {
+    use std::io::BufRead;
+    let f = fixture();
+    let cfg = new_device(f, "dev-http");
+    ok(flash(&cfg, &f.v1, &[]));
+    let dir = cfg.parent().unwrap();
+    let token = "upload-token-0123456789";
+    std::fs::write(dir.join("token"), token).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[source]\nspec = \"dir:{}\"\nfps = 20.0\nloop = true\n[web]\nlisten = \"127.0.0.1:{port}\"\ntoken-file = \"token\"\n",
+        f.root.join("data/demo/grid/test/good").display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let mut child = device()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let start = Instant::now();
+    while !lines.next().unwrap().unwrap().contains("status page on") {
+        assert!(start.elapsed() < Duration::from_secs(60));
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}");
+    let bytes = std::fs::read(&f.v2).unwrap();
+    let r = agent
+        .post(format!("{url}/api/bundle"))
+        .send(&bytes[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let mut r = agent
+        .post(format!("{url}/api/bundle"))
+        .header("authorization", format!("Bearer {token}"))
+        .send(&bytes[..])
+        .unwrap();
+    let body = r.body_mut().read_to_string().unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{body}");
+    assert!(
+        body.contains("\"bundle-version\":2") && body.contains("\"slot\":\"b\""),
+        "{body}"
+    );
+    // The pipeline picks the new bundle up between frames.
+    let start = Instant::now();
+    loop {
+        let mut r = agent.get(format!("{url}/api/status")).call().unwrap();
+        let s: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        if s["bundle"]["bundle-version"] == 2 && s["bundle"]["slot"] == "b" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pipeline still on {}",
+            s["bundle"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A downgrade over HTTP is refused with the step.
+    let old = std::fs::read(&f.v1).unwrap();
+    let mut r = agent
+        .post(format!("{url}/api/bundle"))
+        .header("authorization", format!("Bearer {token}"))
+        .send(&old[..])
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    assert!(
+        r.body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("anti-downgrade")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(active_version(&status(&cfg)), Some(2));
+}
