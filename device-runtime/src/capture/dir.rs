@@ -12,12 +12,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 use firm_shared::preprocess::decode_bytes;
 
 use super::pacer::Pacer;
-use super::{CaptureError, CaptureOptions, Frame, FrameSource, SourceStatus};
+use super::{CaptureError, CaptureOptions, Frame, FrameSource, SourceStatus, Tally};
 
 /// File extensions replayed (compared case-insensitively).
 pub const IMAGE_EXTENSIONS: [&str; 3] = ["png", "jpg", "jpeg"];
@@ -31,9 +30,7 @@ pub struct DirSource {
     next: usize,
     looping: bool,
     pacer: Pacer,
-    frames: u64,
-    bad_frames: u64,
-    last_error: Option<String>,
+    tally: Tally,
 }
 
 impl DirSource {
@@ -62,9 +59,7 @@ impl DirSource {
             next: 0,
             looping: opts.looping,
             pacer: Pacer::new(opts.fps),
-            frames: 0,
-            bad_frames: 0,
-            last_error: None,
+            tally: Tally::default(),
         })
     }
 
@@ -91,7 +86,7 @@ impl FrameSource for DirSource {
             if !self.looping {
                 return Err(CaptureError::EndOfStream {
                     origin: format!("dir:{}", self.root.display()),
-                    frames: self.frames,
+                    frames: self.tally.frames,
                 });
             }
             self.next = 0;
@@ -100,39 +95,18 @@ impl FrameSource for DirSource {
         self.pacer.wait();
         let rel = self.files[self.next].clone();
         self.next += 1;
-        match self.read(&rel) {
-            Ok(image) => {
-                let frame = Frame {
-                    seq: self.frames,
-                    time: SystemTime::now(),
-                    image,
-                    source: rel.to_string_lossy().into_owned(),
-                };
-                self.frames += 1;
-                Ok(frame)
-            }
-            Err(e) => {
-                self.bad_frames += 1;
-                self.last_error = Some(e.to_string());
-                Err(e)
-            }
-        }
+        let image = self.read(&rel);
+        self.tally
+            .deliver(image, || rel.to_string_lossy().into_owned())
     }
 
     fn status(&self) -> SourceStatus {
-        SourceStatus {
-            connected: true,
-            reconnects: 0,
-            bad_frames: self.bad_frames,
-            frames: self.frames,
-            last_error: self.last_error.clone(),
-            description: format!(
-                "dir:{} ({} images{})",
-                self.root.display(),
-                self.files.len(),
-                if self.looping { ", looping" } else { "" }
-            ),
-        }
+        self.tally.status(format!(
+            "dir:{} ({} images{})",
+            self.root.display(),
+            self.files.len(),
+            if self.looping { ", looping" } else { "" }
+        ))
     }
 }
 

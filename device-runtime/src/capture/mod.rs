@@ -57,6 +57,54 @@ pub struct SourceStatus {
     pub description: String,
 }
 
+/// What every source counts: frames delivered (their `seq`), bad frames, the last error; and
+/// how a decoded image becomes a [`Frame`] or a bad frame.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Tally {
+    pub frames: u64,
+    pub bad_frames: u64,
+    pub last_error: Option<String>,
+}
+
+impl Tally {
+    /// Number a good image as the next frame, or count a bad one (and keep its message).
+    pub fn deliver(
+        &mut self,
+        image: Result<image::RgbImage, CaptureError>,
+        source: impl FnOnce() -> String,
+    ) -> Result<Frame, CaptureError> {
+        match image {
+            Ok(image) => {
+                let frame = Frame {
+                    seq: self.frames,
+                    time: SystemTime::now(),
+                    image,
+                    source: source(),
+                };
+                self.frames += 1;
+                Ok(frame)
+            }
+            Err(e) => {
+                self.bad_frames += 1;
+                self.last_error = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The status of a source that is connected (sources that reconnect wrap this one).
+    pub fn status(&self, description: String) -> SourceStatus {
+        SourceStatus {
+            connected: true,
+            reconnects: 0,
+            bad_frames: self.bad_frames,
+            frames: self.frames,
+            last_error: self.last_error.clone(),
+            description,
+        }
+    }
+}
+
 /// A camera or something that stands in for one.
 pub trait FrameSource: Send {
     /// Blocks until the next frame (the pipeline runs each source on its own thread).

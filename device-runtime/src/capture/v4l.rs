@@ -17,7 +17,7 @@
 use std::io;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use firm_shared::preprocess::decode_bytes;
 use v4l::buffer::{Flags as BufferFlags, Type};
@@ -30,7 +30,7 @@ use v4l::video::capture::Parameters;
 use v4l::{Device, Format, FourCC};
 
 use super::decode::{grey_to_rgb_strided, yuyv_to_rgb_strided};
-use super::{CaptureError, CaptureOptions, Frame, FrameSource, PixelFormat, SourceStatus};
+use super::{CaptureError, CaptureOptions, Frame, FrameSource, PixelFormat, SourceStatus, Tally};
 
 /// A camera that delivers nothing for this long is treated as disconnected.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -56,9 +56,7 @@ pub struct V4lSource {
     /// Always `Some` until dropped; see the `Drop` impl. The stream keeps the device's file
     /// descriptor open through its own handle.
     stream: Option<MmapStream<'static>>,
-    frames: u64,
-    bad_frames: u64,
-    last_error: Option<String>,
+    tally: Tally,
     description: String,
 }
 
@@ -142,9 +140,7 @@ impl V4lSource {
             height: got.height,
             stride: got.stride as usize,
             stream: Some(stream),
-            frames: 0,
-            bad_frames: 0,
-            last_error: None,
+            tally: Tally::default(),
             description,
         })
     }
@@ -174,7 +170,7 @@ impl FrameSource for V4lSource {
                     op,
                     error,
                 };
-                self.last_error = Some(e.to_string());
+                self.tally.last_error = Some(e.to_string());
                 return Err(e);
             }
             Ok((buf, meta)) => {
@@ -201,34 +197,12 @@ impl FrameSource for V4lSource {
                 }
             }
         };
-        match converted {
-            Ok(image) => {
-                let frame = Frame {
-                    seq: self.frames,
-                    time: SystemTime::now(),
-                    image,
-                    source: self.origin.clone(),
-                };
-                self.frames += 1;
-                Ok(frame)
-            }
-            Err(e) => {
-                self.bad_frames += 1;
-                self.last_error = Some(e.to_string());
-                Err(e)
-            }
-        }
+        let origin = self.origin.clone();
+        self.tally.deliver(converted, || origin)
     }
 
     fn status(&self) -> SourceStatus {
-        SourceStatus {
-            connected: true,
-            reconnects: 0,
-            bad_frames: self.bad_frames,
-            frames: self.frames,
-            last_error: self.last_error.clone(),
-            description: self.description.clone(),
-        }
+        self.tally.status(self.description.clone())
     }
 }
 
@@ -250,8 +224,8 @@ impl std::fmt::Debug for V4lSource {
         f.debug_struct("V4lSource")
             .field("description", &self.description)
             .field("stride", &self.stride)
-            .field("frames", &self.frames)
-            .field("bad_frames", &self.bad_frames)
+            .field("frames", &self.tally.frames)
+            .field("bad_frames", &self.tally.bad_frames)
             .finish_non_exhaustive()
     }
 }
