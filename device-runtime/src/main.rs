@@ -143,7 +143,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let done = slots.flash(&bytes, force).map_err(|e| Failure {
+            let (done, _) = slots.flash(&bytes, force).map_err(|e| Failure {
                 code: 3,
                 error: e.into(),
             })?;

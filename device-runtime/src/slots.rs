@@ -230,11 +230,10 @@ fn write_durable(path: &Path, bytes: &[u8], stall: Option<FlashStep>) -> Result<
 
 /// Read a public key file (64 hex digits, keygen's `.pub`).
 pub fn read_public_key(path: &Path) -> Result<VerifyingKey, String> {
+    // Bytes, not a string: a binary file given by mistake is a bad key, not an I/O error.
     let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bytes = container::parse_key_hex(&String::from_utf8_lossy(&raw))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    VerifyingKey::from_bytes(&bytes)
-        .map_err(|_| format!("{}: not a valid ed25519 public key", path.display()))
+    container::parse_verifying_key(&String::from_utf8_lossy(&raw))
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 impl Slots {
@@ -331,7 +330,8 @@ impl Slots {
 
     /// Install `bytes` into the inactive slot and switch to it (see the module docs).
     /// `force` allows a lower bundle version than the active one.
-    pub fn flash(&self, bytes: &[u8], force: bool) -> Result<Flashed, SlotError> {
+    /// Also returns the installed bundle, verified and self-tested, ready to run.
+    pub fn flash(&self, bytes: &[u8], force: bool) -> Result<(Flashed, Loaded), SlotError> {
         let fail = |step, why: String| SlotError::Flash { step, why };
         stall_if(FlashStep::Verify);
         let bundle = self
@@ -373,12 +373,22 @@ impl Slots {
             .map_err(|e| fail(FlashStep::Switch, e.to_string()))?;
         self.reset_boots();
         info!("flash: slot {target} is active");
-        Ok(Flashed {
+        let summary = BundleSummary::new(&loaded, &on_disk);
+        let flashed = Flashed {
             slot: target,
-            bundle: BundleSummary::new(&loaded, &on_disk),
+            bundle: summary.clone(),
             replaced: current.map(|(b, bytes)| BundleSummary::new(&b, &bytes)),
             selftest_max_distance_err: err,
-        })
+        };
+        Ok((
+            flashed,
+            Loaded {
+                slot: target,
+                bundle: loaded,
+                summary,
+                rolled_back: None,
+            },
+        ))
     }
 
     /// Make the other slot active, when it holds a bundle that verifies and self-tests.

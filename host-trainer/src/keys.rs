@@ -78,10 +78,11 @@ pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
 
 /// A public key file written by keygen (`--pubkey`).
 pub fn read_verifying_key(path: &Path) -> Result<VerifyingKey> {
-    VerifyingKey::from_bytes(&read_key(path, "--pubkey", ".pub")?).map_err(|_| {
+    let raw = std::fs::read(path).map_err(Error::io("read", path))?;
+    container::parse_verifying_key(&String::from_utf8_lossy(&raw)).map_err(|e| {
         Error::invalid(
             "--pubkey",
-            format!("{}: not a valid ed25519 public key", path.display()),
+            format!("{}: {e} (a keygen .pub file)", path.display()),
         )
     })
 }

@@ -236,8 +236,7 @@ pub async fn upload_bundle(State(st): State<AppState>, body: Body) -> Result<Res
             path: p.clone(),
             source: e,
         })?;
-        let flashed = slots.flash(&bytes, false)?;
-        let loaded = slots.load_active()?;
+        let (flashed, loaded) = slots.flash(&bytes, false)?;
         *shared.pending_bundle.lock().expect("state lock") = Some(loaded);
         shared.live.write().expect("state lock").slots = Some(slots.status());
         Ok::<_, SlotError>(flashed)

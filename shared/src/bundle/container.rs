@@ -455,6 +455,13 @@ pub fn parse_key_hex(text: &str) -> Result<[u8; 32]> {
     Ok(out)
 }
 
+/// A public key from its file form (keygen's `.pub`: 64 hex digits).
+pub fn parse_verifying_key(text: &str) -> Result<VerifyingKey> {
+    VerifyingKey::from_bytes(&parse_key_hex(text)?).map_err(|_| ContainerError::BadKey {
+        why: "not a valid ed25519 public key".into(),
+    })
+}
+
 /// Hex form of a key (what key files hold).
 pub fn key_hex(bytes: &[u8; 32]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
