@@ -50,6 +50,7 @@ macro_rules! embedded_profiles {
 
 /// Profile files compiled into the binary, by path under configs/ without `.toml`.
 pub const EMBEDDED_PROFILES: &[(&str, &str)] = embedded_profiles!(
+    "bench/semantic",
     "demo",
     "folder/default",
     "mvtec/bottle",
@@ -196,6 +197,10 @@ pub struct FitArgs {
     /// Profile file to read instead of the built-in one for this dataset.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Embedded profile file to use instead of the dataset's default (its key under configs/,
+    /// e.g. `bench/semantic`); set by `host-trainer bench`, not a flag.
+    #[arg(skip)]
+    pub builtin_config: Option<String>,
     /// Run folder (default runs/<class>-<timestamp>).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -369,7 +374,18 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
             std::fs::read_to_string(p).map_err(Error::io("read", p))?,
         ),
         None => {
-            let (name, text) = default_profile_file(&data);
+            let (name, text) = match &args.builtin_config {
+                Some(key) => *EMBEDDED_PROFILES
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "profile file",
+                            format!("configs/{key}.toml is not built in"),
+                        )
+                    })?,
+                None => default_profile_file(&data),
+            };
             (format!("configs/{name}.toml (built in)"), text.to_string())
         }
     };
@@ -483,7 +499,7 @@ mod tests {
         for (name, text) in EMBEDDED_PROFILES {
             let p = parse_profiles(text, name).unwrap();
             assert!(p.contains_key("cpu"), "{name} has no cpu profile");
-            if *name != "demo" {
+            if *name != "demo" && !name.starts_with("bench/") {
                 let paper = &p["paper"];
                 assert_eq!(paper.stem, Some(Stem::Cifar), "{name}");
                 assert_eq!(paper.size, Some(256), "{name}");

@@ -10,10 +10,12 @@
 //! - [`eval`], [`report`], [`plots`]: evaluation, reports and plots (`eval`).
 //! - [`export`], [`bundle_cmd`], [`keys`]: signed bundles (`export`, `bundle inspect|verify`,
 //!   `keygen`).
+//! - [`bench`]: the paper's loss comparison as a resumable grid (`bench`).
 //! - [`preview`], [`smoke`], [`synth_cmd`]: other commands.
 
 pub mod augment;
 pub mod batch;
+pub mod bench;
 pub mod bundle_cmd;
 pub mod config;
 pub mod data;

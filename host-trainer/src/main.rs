@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use host_trainer::bench::{self, BenchArgs, BenchOutcome};
 use host_trainer::bundle_cmd::{self, BundleCommand};
 use host_trainer::config::FitArgs;
 use host_trainer::export::{self, ExportArgs};
@@ -67,6 +68,18 @@ enum Command {
     /// Example: host-trainer export --run runs/bottle-20261128-101500 --key keys/bundle.key
     /// --out bottle.firm
     Export(Box<ExportArgs>),
+    /// Compare the training objectives (FIRM, NT-Xent, SupCon, SupCon*) under identical
+    /// conditions: a grid of normal classes x losses x seeds, each cell a `fit` run scored with
+    /// cos_1, the rotation ensemble and the rotation + crop ensemble.
+    ///
+    /// Writes OUT/table.md and table.json (mean +- std AUROC and AULC per loss and class) and
+    /// OUT/curves.png (AUROC per epoch, one line per loss, shaded +- std). Each cell is resumable:
+    /// rerun the same command after Ctrl-C or a crash and it continues where it stopped.
+    ///
+    /// Example (Fashion-MNIST from Debian's dataset-fashion-mnist, about 90 min on 2 cores):
+    /// host-trainer bench --dataset fmnist --classes 0,2,6 --seeds 2 --train-subset 200
+    /// --test-subset 2000 --out runs/bench-fmnist
+    Bench(Box<BenchArgs>),
     /// Inspect or verify a bundle file.
     #[command(subcommand)]
     Bundle(BundleCommand),
@@ -109,6 +122,19 @@ fn main() -> ExitCode {
                 report::print_summary(&r);
             }
         }),
+        Command::Bench(args) => match bench::run(&args, &cwd) {
+            Ok(BenchOutcome::Complete { summary }) => {
+                println!("{}", bench::markdown(&summary));
+                Ok(())
+            }
+            Ok(BenchOutcome::Interrupted { done, total }) => {
+                eprintln!(
+                    "interrupted: {done} of {total} cells done; run the same command again to continue"
+                );
+                return ExitCode::from(130);
+            }
+            Err(e) => Err(e),
+        },
         Command::Smoke(args) => smoke::run(&args).map(|_| ()),
         Command::Synth(args) => synth_cmd::run(&args),
         Command::Preview(args) => preview::run(&args, &cwd).map(|_| ()),

@@ -231,6 +231,18 @@ impl RunDir {
         self.read_state(name)
     }
 
+    /// Delete every checkpoint but `keep` (scheduled and interrupted ones alike).
+    pub fn remove_checkpoints_except(&self, keep: &str) -> Result<()> {
+        let dir = self.checkpoints_dir();
+        for entry in std::fs::read_dir(&dir).map_err(Error::io("list", &dir))? {
+            let entry = entry.map_err(Error::io("list", &dir))?;
+            if entry.file_name() != keep && entry.path().is_dir() {
+                std::fs::remove_dir_all(entry.path()).map_err(Error::io("remove", entry.path()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Scheduled and final checkpoints in training order (interrupted ones excluded).
     pub fn scheduled_checkpoints(&self) -> Result<Vec<(String, TrainState)>> {
         let dir = self.checkpoints_dir();

@@ -3,7 +3,9 @@
 pub mod dataset;
 pub mod folder;
 pub mod images;
+pub mod labelled;
 pub mod mvtec;
+pub mod oneclass;
 pub mod source;
 pub mod synth;
 

@@ -9,7 +9,8 @@ use super::dataset::{Dataset, TestImage, file_name, list_images, subdirs};
 use crate::error::{Error, Result};
 
 /// Resolve `root/class` to files. The test folder is optional (training without evaluation);
-/// missing masks are reported once per defect type and recorded as `None`.
+/// missing masks are recorded as `None` and, when the class has a ground_truth folder at all,
+/// reported once per defect type.
 pub fn open(root: &Path, class: &str) -> Result<Dataset> {
     if !root.is_dir() {
         return Err(Error::NotFound {
@@ -85,7 +86,7 @@ pub fn open(root: &Path, class: &str) -> Result<Dataset> {
                     mask,
                 });
             }
-            if missing_masks > 0 {
+            if missing_masks > 0 && dir.join("ground_truth").is_dir() {
                 warn!(
                     "{missing_masks} test image(s) of type `{kind}` have no mask in {} (pixel \
                      metrics will skip them)",

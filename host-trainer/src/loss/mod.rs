@@ -54,6 +54,14 @@ pub enum LossKind {
     SupConStar,
 }
 
+/// The command-line name (`firm`, `supcon-star`).
+impl std::fmt::Display for LossKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = clap::ValueEnum::to_possible_value(self).expect("no loss is skipped");
+        f.write_str(v.get_name())
+    }
+}
+
 impl LossKind {
     pub const ALL: [LossKind; 6] = [
         LossKind::Firm,
