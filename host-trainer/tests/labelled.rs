@@ -109,8 +109,6 @@ fn fmnist_gzipped_idx_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     write_fmnist(dir.path(), true);
     check_fmnist(&fashion_mnist(dir.path()).unwrap());
-    let spec = format!("fmnist:{}", dir.path().display());
-    check_fmnist(&open(&spec).unwrap());
 }
 
 #[test]
@@ -244,7 +242,7 @@ fn fmnist_installed_package() {
         return;
     }
     let t = Instant::now();
-    let s = open("fmnist").unwrap();
+    let s = fashion_mnist(Path::new(FASHION_MNIST_DIR)).unwrap();
     println!("loaded Fashion-MNIST in {:.2?}", t.elapsed());
     assert_eq!(s.train.len(), 60_000);
     assert_eq!(s.test.len(), 10_000);
@@ -334,7 +332,7 @@ fn cifar10_binary_meta_names_and_tar_folder() {
     let names = "Plane\nCar\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\nLorry Truck\n\n\n";
     std::fs::write(bin.join("batches.meta.txt"), names).unwrap();
     // The folder holding the unpacked tarball works as well as the tarball's folder.
-    let s = open(&format!("cifar10:{}", root.path().display())).unwrap();
+    let s = cifar10(root.path()).unwrap();
     assert_eq!(s.test.class_names[0], "plane");
     assert_eq!(s.test.class_names[1], "car");
     assert_eq!(s.test.class_names[9], "lorry_truck");
@@ -698,17 +696,4 @@ fn cifar100_superclass_table() {
     }
     assert_eq!(cifar100_superclass("orchids"), None);
     assert_eq!(cifar100_superclass(""), None);
-}
-
-#[test]
-fn open_rejects_unknown_specs() {
-    for spec in ["mnist", "cifar10", "cifar100:", "imagenet:/data"] {
-        let e = open(spec).unwrap_err();
-        assert!(matches!(e, Error::Invalid { .. }), "{spec}: {e:?}");
-        let msg = e.to_string();
-        assert!(
-            msg.contains(spec) && msg.contains("fmnist, fmnist:DIR, cifar10:DIR or cifar100:DIR"),
-            "{msg}"
-        );
-    }
 }

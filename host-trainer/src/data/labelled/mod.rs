@@ -6,7 +6,6 @@
 //! - [`cifar10`]: the binary version of CIFAR-10 or a `train/<class>/`, `test/<class>/` folder tree.
 //! - [`cifar100`]: CIFAR-100 labelled by its 20 superclasses, from the binary version or a folder
 //!   tree of the 100 fine classes (mapped through [`CIFAR100_SUPERCLASSES`]).
-//! - [`open`]: one of the above from a short spec string (`fmnist`, `cifar10:DIR`, ...).
 
 mod cifar;
 mod idx;
@@ -63,31 +62,6 @@ pub struct Splits {
     pub test: LabelledSet,
 }
 
-/// A labelled set from a spec string: `fmnist` (Fashion-MNIST in [`FASHION_MNIST_DIR`]),
-/// `fmnist:DIR`, `cifar10:DIR` or `cifar100:DIR` (see [`fashion_mnist`], [`cifar10`],
-/// [`cifar100`]).
-pub fn open(spec: &str) -> Result<Splits> {
-    let (name, dir) = match spec.split_once(':') {
-        Some((name, dir)) => (name, Some(Path::new(dir))),
-        None => (spec, None),
-    };
-    match (name, dir) {
-        ("fmnist", None) => fashion_mnist(Path::new(FASHION_MNIST_DIR)),
-        (_, Some(dir)) if dir.as_os_str().is_empty() => Err(bad_spec(spec)),
-        ("fmnist", Some(dir)) => fashion_mnist(dir),
-        ("cifar10", Some(dir)) => cifar10(dir),
-        ("cifar100", Some(dir)) => cifar100(dir),
-        _ => Err(bad_spec(spec)),
-    }
-}
-
-fn bad_spec(spec: &str) -> Error {
-    Error::invalid(
-        "labelled dataset",
-        format!("`{spec}`; expected fmnist, fmnist:DIR, cifar10:DIR or cifar100:DIR"),
-    )
-}
-
 /// Read a whole file; a missing one is [`Error::NotFound`] with `expected` as the hint.
 fn read_file(path: &Path, expected: impl FnOnce() -> String) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| match e.kind() {
@@ -136,17 +110,6 @@ mod tests {
         );
         assert_eq!(folder_safe(" Pickup Truck\r"), "pickup_truck");
         assert_eq!(folder_safe("T-shirt/top"), "t-shirt_top");
-    }
-
-    #[test]
-    fn labelled_open_rejects_bad_specs() {
-        for spec in ["", "mnist", "cifar10", "cifar100:", "cifar10:", "svhn:/x"] {
-            let msg = open(spec).unwrap_err().to_string();
-            assert!(
-                msg.contains("fmnist, fmnist:DIR, cifar10:DIR or cifar100:DIR"),
-                "{spec}: {msg}"
-            );
-        }
     }
 
     #[test]
