@@ -117,7 +117,7 @@ impl DatasetSpec {
                     dir: abs(dir),
                 })
             }
-            ("mvtec", Some(path)) => {
+            ("mvtec", Some(path)) if !path.trim_end_matches('/').is_empty() => {
                 let p = abs(path.trim_end_matches('/'));
                 match (p.parent(), p.file_name()) {
                     (Some(root), Some(class)) => Ok(Self::Mvtec {
@@ -470,6 +470,43 @@ impl Plan {
                 Ok(())
             }
             Err(e) => Err(Error::io("read", &p)(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dataset_specs_resolve_relative_paths_and_split_mvtec_root_and_class() {
+        let cwd = Path::new("/work");
+        assert_eq!(
+            DatasetSpec::parse("fmnist", cwd).unwrap(),
+            DatasetSpec::Labelled {
+                name: "fmnist".into(),
+                dir: labelled::FASHION_MNIST_DIR.into()
+            }
+        );
+        assert_eq!(
+            DatasetSpec::parse("cifar100:data/c100", cwd).unwrap(),
+            DatasetSpec::Labelled {
+                name: "cifar100".into(),
+                dir: "/work/data/c100".into()
+            }
+        );
+        let m = DatasetSpec::parse("mvtec:/d/mvtec/bottle/", cwd).unwrap();
+        assert_eq!(
+            m,
+            DatasetSpec::Mvtec {
+                root: "/d/mvtec".into(),
+                class: "bottle".into()
+            }
+        );
+        assert_eq!(m.name(), "mvtec-bottle");
+        for bad in ["cifar10", "cifar10:", "mvtec:", "svhn:/x", ""] {
+            let e = DatasetSpec::parse(bad, cwd).unwrap_err().to_string();
+            assert!(e.contains("mvtec:ROOT/CLASS"), "{bad}: {e}");
         }
     }
 }
