@@ -1,0 +1,385 @@
+//! The alert journal: an append-only, hash-chained log of alerts (JSON lines) that survives crashes
+//! and power cuts and shows tampering.
+//!
+//! # On disk
+//!
+//! A directory holding `journal-000001.jsonl`, `journal-000002.jsonl`, ... (numbered without gaps,
+//! oldest first; [`file_name`]) and, once retention has deleted a file, `journal.anchor`. Each line
+//! of a journal file is one record, compact JSON followed by `\n`:
+//!
+//! ```text
+//! {"seq":7,"time":"2025-03-01T12:00:00.123Z","prev":"<64 hex>","record":{...},"hash":"<64 hex>"}
+//! ```
+//!
+//! - `seq`: 1 for the first record ever written, then +1 per record, across files.
+//! - `time`: when the record was appended, RFC 3339 UTC with milliseconds. Wall clock: it may step
+//!   backwards after an NTP correction, so [`verify`] does not require it to increase.
+//! - `prev`: the `hash` of the record before it, or 64 zeros ([`GENESIS_PREV`]) for seq 1.
+//! - `record`: the caller's payload, any JSON value.
+//! - `hash`: lowercase hex SHA-256 of the line's *body*. The body is the compact JSON object
+//!   `{"seq":..,"time":..,"prev":..,"record":..}` (members in this order); the line is the body with
+//!   `,"hash":"<hex>"` inserted before its closing brace. So to recompute it from a line (without
+//!   the `\n`): drop its last 75 bytes (`,"hash":"` + 64 hex digits + `"}`), append `}`, hash those
+//!   bytes. The verifier hashes the bytes as they are on disk, never a re-serialisation, so the check
+//!   does not depend on how serde_json orders object members or prints numbers.
+//!
+//! `journal.anchor` is `{"file":N,"seq":S,"prev":"<64 hex>"}`: `journal-N` must be the oldest file
+//! and its first record must have seq S and prev `<hex>`. Retention writes it (temporary file, fsync,
+//! rename) *before* deleting the oldest file(s), so a crash in between leaves files older than N,
+//! which open deletes and verify skips. Without an anchor the journal must start at
+//! `journal-000001.jsonl` with seq 1 and prev [`GENESIS_PREV`].
+//!
+//! # Durability
+//!
+//! [`Journal::append`] writes one line with a single `write_all`, then `sync_data`, then returns: a
+//! record reported as appended survives a power cut. A file is never rewritten. Rotation: when a line
+//! would take the current file past `max_file_bytes`, the next file is created and the directory
+//! fsynced before the line goes into it; a file holds at least one record, whatever its size.
+//!
+//! A power cut during an append leaves a *torn last line*: the end of the last file lacks its `\n`,
+//! or contains NUL bytes (the file size reached the disk, the data did not). [`Journal::open`]
+//! truncates exactly that line away (warning with its file, line and size) and continues the chain
+//! from the record before it; earlier complete lines are never touched. A last line that is complete
+//! text but does not check out (bad hash, not JSON) is not what a power cut produces: open refuses it
+//! instead of deleting evidence. A failed write is undone (truncated back) before append returns the
+//! error; if even that fails, the journal refuses further appends until it is reopened.
+//!
+//! One process writes a journal directory at a time; nothing here locks it.
+//!
+//! # What [`verify`] detects, and what it cannot
+//!
+//! Any changed byte in a line (hash mismatch), a deleted, inserted or moved line (seq or prev
+//! mismatch), a file missing in the numbering, the oldest file(s) deleted without the anchor, garbage
+//! lines, and torn lines anywhere but at the very end (which is reported, not failed:
+//! [`VerifyReport::torn_last_line`]). The chain has no secret: someone who rewrites a line *and*
+//! every line after it, or deletes the newest records, or rewrites the anchor, is not detected by the
+//! journal alone. Compare [`VerifyReport::last_seq`] / [`VerifyReport::last_hash`] with a copy kept
+//! elsewhere (the webhook receiver sees every `seq` and `hash`) to catch that.
+//!
+//! # Code
+//!
+//! This module holds the writer ([`Journal`]: open, append, rotation, retention). The rest:
+//!
+//! - `error`: [`JournalError`] and its coarse [`JournalErrorKind`].
+//! - `line`: the line format: encoding a record, checking one line on its own, times and hashes.
+//! - `files`: the directory: journal file names and listing, `journal.anchor`, directory fsync.
+//! - `tail`: reading the ends of a journal file, and recovering from a torn last line.
+//! - `read`: the read side of a whole directory: [`verify`] and [`read_recent`].
+//! - `tests` (test builds only): the writer, its recovery on open, and what verify then sees.
+
+mod error;
+mod files;
+mod line;
+mod read;
+mod tail;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+pub use error::{JournalError, JournalErrorKind};
+pub use files::{ANCHOR_FILE, Anchor, file_name};
+pub use line::{Entry, GENESIS_PREV};
+pub use read::{TornLine, VerifyReport, read_recent, verify};
+
+use error::{Result, io_err};
+use files::{list_files, read_anchor, sync_dir, write_anchor};
+use line::{encode_line, format_time};
+use tail::{first_entry, recover_tail};
+
+/// Size limits of a journal directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// A file is closed and the next one started when a line would take it past this many bytes.
+    pub max_file_bytes: u64,
+    /// At most this many files are kept; the oldest are deleted (and the anchor moved) beyond it.
+    pub max_files: usize,
+}
+
+impl Default for JournalOptions {
+    /// 4 MiB x 16 files: about 150 000 alerts of ~400 bytes.
+    fn default() -> Self {
+        JournalOptions {
+            max_file_bytes: 4 * 1024 * 1024,
+            max_files: 16,
+        }
+    }
+}
+
+/// What [`Journal::append`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    pub hash: String,
+}
+
+/// The append side of a journal directory.
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    opts: JournalOptions,
+    file: File,
+    file_no: u64,
+    /// Bytes in the current file; tracked here so appends never read the file.
+    file_len: u64,
+    next_seq: u64,
+    last_hash: String,
+    /// A failed write could not be truncated back: appending after it would follow garbage.
+    poisoned: bool,
+}
+
+/// Where the chain stands: the next record gets `next_seq` and `prev = last_hash`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ChainState {
+    next_seq: u64,
+    last_hash: String,
+}
+
+impl ChainState {
+    fn genesis(anchor: Option<&Anchor>) -> Self {
+        match anchor {
+            Some(a) => ChainState {
+                next_seq: a.seq,
+                last_hash: a.prev.clone(),
+            },
+            None => ChainState {
+                next_seq: 1,
+                last_hash: GENESIS_PREV.to_string(),
+            },
+        }
+    }
+}
+
+impl Journal {
+    /// Open (or create) the journal in `dir` and recover where the chain stands from the end of the
+    /// last file, truncating a torn last line (see the module header). Only the last file's tail is
+    /// read; [`verify`] checks the rest.
+    pub fn open(dir: &Path, opts: JournalOptions) -> Result<Journal> {
+        if opts.max_files == 0 {
+            return Err(JournalError::InvalidOptions {
+                reason: "max-files must be at least 1".into(),
+            });
+        }
+        if opts.max_file_bytes == 0 {
+            return Err(JournalError::InvalidOptions {
+                reason: "max-file-bytes must be at least 1".into(),
+            });
+        }
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let anchor = read_anchor(dir)?;
+        let mut files = list_files(dir)?;
+        if let Some(a) = &anchor {
+            // Retention wrote the anchor, then crashed before deleting: finish its job.
+            let stale: Vec<_> = files
+                .iter()
+                .filter(|(no, _)| *no < a.file)
+                .cloned()
+                .collect();
+            for (_, path) in &stale {
+                tracing::warn!(file = %path.display(), "deleting a file older than journal.anchor");
+                fs::remove_file(path).map_err(io_err(path))?;
+            }
+            if !stale.is_empty() {
+                sync_dir(dir)?;
+            }
+            files.retain(|(no, _)| *no >= a.file);
+        }
+
+        let (file_no, state) = match files.last() {
+            None => (
+                anchor.as_ref().map_or(1, |a| a.file),
+                ChainState::genesis(anchor.as_ref()),
+            ),
+            Some((no, path)) => {
+                let state = match recover_tail(path, true)? {
+                    Some(s) => s,
+                    // The last file holds no record: created just before a power cut, or its only
+                    // line was torn. The chain continues from the file before it.
+                    None => match files.len().checked_sub(2).map(|i| &files[i].1) {
+                        Some(before) => {
+                            recover_tail(before, false)?.ok_or_else(|| JournalError::Malformed {
+                                file: before.clone(),
+                                line: 1,
+                                reason: "holds no record, but a newer file exists".into(),
+                            })?
+                        }
+                        None => ChainState::genesis(anchor.as_ref()),
+                    },
+                };
+                (*no, state)
+            }
+        };
+
+        let path = dir.join(file_name(file_no));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        if files.is_empty() {
+            sync_dir(dir)?;
+        }
+        let file_len = file.metadata().map_err(io_err(&path))?.len();
+        let mut journal = Journal {
+            dir: dir.to_path_buf(),
+            opts,
+            file,
+            file_no,
+            file_len,
+            next_seq: state.next_seq,
+            last_hash: state.last_hash,
+            poisoned: false,
+        };
+        journal.enforce_retention_logged();
+        tracing::debug!(dir = %dir.display(), file_no, next_seq = journal.next_seq, "journal opened");
+        Ok(journal)
+    }
+
+    /// Append `record` stamped with the current time; durable (fsynced) when this returns Ok.
+    pub fn append(&mut self, record: Value) -> Result<Appended> {
+        self.append_at(record, SystemTime::now())
+    }
+
+    /// [`Journal::append`] with a given time (tests, replays). Times outside 1970..=9999 are
+    /// clamped: a wrong real-time clock must not take the alert path down.
+    pub fn append_at(&mut self, record: Value, time: SystemTime) -> Result<Appended> {
+        if self.poisoned {
+            return Err(JournalError::Poisoned {
+                path: self.current_file(),
+            });
+        }
+        let seq = self.next_seq;
+        let next_seq = seq.checked_add(1).ok_or_else(|| JournalError::Malformed {
+            file: self.current_file(),
+            line: 0,
+            reason: format!("seq {seq} is the largest possible; the journal cannot continue"),
+        })?;
+        let (line, hash) = encode_line(seq, &format_time(time), &self.last_hash, &record);
+        let rotate = self.file_len > 0
+            && self.file_len.saturating_add(line.len() as u64) > self.opts.max_file_bytes;
+        if rotate {
+            self.rotate()?;
+        }
+        self.write_line(&line)?;
+        self.next_seq = next_seq;
+        self.last_hash.clone_from(&hash);
+        if rotate {
+            self.enforce_retention_logged();
+        }
+        Ok(Appended { seq, hash })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file the next record goes to (unless it rotates).
+    pub fn current_file(&self) -> PathBuf {
+        self.dir.join(file_name(self.file_no))
+    }
+
+    /// seq of the last record written, 0 (or the anchor's seq - 1) when there is none.
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
+    /// hash of the last record written; the next record's prev.
+    pub fn last_hash(&self) -> &str {
+        &self.last_hash
+    }
+
+    fn write_line(&mut self, line: &[u8]) -> Result<()> {
+        let written = self
+            .file
+            .write_all(line)
+            .and_then(|()| self.file.sync_data());
+        if let Err(source) = written {
+            // Leave no partial line behind: the next append would follow it and break the file.
+            let undone = self
+                .file
+                .set_len(self.file_len)
+                .and_then(|()| self.file.sync_all());
+            if undone.is_err() {
+                self.poisoned = true;
+            }
+            return Err(JournalError::Io {
+                path: self.current_file(),
+                source,
+            });
+        }
+        self.file_len += line.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<()> {
+        let file_no = self.file_no + 1;
+        let path = self.dir.join(file_name(file_no));
+        // Not create_new: an empty file left by a rotation whose directory fsync failed is reused.
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        if len != 0 {
+            return Err(JournalError::Io {
+                path,
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("the next journal file already holds {len} bytes"),
+                ),
+            });
+        }
+        sync_dir(&self.dir)?;
+        tracing::info!(file = %path.display(), "journal rotated");
+        self.file = file;
+        self.file_no = file_no;
+        self.file_len = 0;
+        Ok(())
+    }
+
+    /// Retention is best effort: the record is already durable, so a failure is logged and the
+    /// deletion retried at the next rotation or open.
+    fn enforce_retention_logged(&mut self) {
+        if let Err(e) = self.enforce_retention() {
+            tracing::warn!(error = %e, "journal retention failed; old files kept for now");
+        }
+    }
+
+    fn enforce_retention(&mut self) -> Result<()> {
+        let files = list_files(&self.dir)?;
+        let Some(keep) = files.len().checked_sub(self.opts.max_files) else {
+            return Ok(());
+        };
+        if keep == 0 {
+            return Ok(());
+        }
+        let (keep_no, keep_path) = &files[keep];
+        let anchor = if *keep_no == self.file_no && self.file_len == 0 {
+            Anchor {
+                file: *keep_no,
+                seq: self.next_seq,
+                prev: self.last_hash.clone(),
+            }
+        } else {
+            let first = first_entry(keep_path)?;
+            Anchor {
+                file: *keep_no,
+                seq: first.seq,
+                prev: first.prev,
+            }
+        };
+        write_anchor(&self.dir, &anchor)?;
+        for (_, path) in &files[..keep] {
+            fs::remove_file(path).map_err(io_err(path))?;
+            tracing::info!(file = %path.display(), "journal retention deleted the oldest file");
+        }
+        sync_dir(&self.dir)
+    }
+}

@@ -1,0 +1,194 @@
+//! The read side of a whole journal directory: [`verify`] checks every file and the chain between
+//! them; [`read_recent`] returns the newest records without checking the chain.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use super::ChainState;
+use super::error::{JournalError, Result, io_err};
+use super::files::{ANCHOR_FILE, Anchor, file_name, list_files, read_anchor};
+use super::line::{Entry, parse_line};
+use super::tail::{TAIL_CHUNK, read_tail, valid_entries};
+
+/// A line cut short by a power cut at the very end of the journal (see the journal module
+/// header).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornLine {
+    pub file: PathBuf,
+    /// 1-based line number.
+    pub line: u64,
+    /// Byte offset in the file where the torn line starts.
+    pub offset: u64,
+    pub bytes: u64,
+}
+
+/// What [`verify`] checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Journal files checked (files older than the anchor, awaiting deletion, are not counted).
+    pub files: usize,
+    pub records: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// The hash the next record must chain to (the anchor's or genesis prev when there is none).
+    pub last_hash: String,
+    pub anchor: Option<Anchor>,
+    /// Set when the last file ends in a torn line: a power cut during an append, not tampering.
+    pub torn_last_line: Option<TornLine>,
+}
+
+/// Check the whole journal in `dir` (see the journal module header for what is and is not
+/// detected).
+pub fn verify(dir: &Path) -> Result<VerifyReport> {
+    let anchor = read_anchor(dir)?;
+    let anchor_path = anchor.as_ref().map(|_| dir.join(ANCHOR_FILE));
+    let mut files = list_files(dir)?;
+    if let Some(a) = &anchor {
+        // Older files are leftovers of a retention interrupted between anchor and deletion.
+        files.retain(|(no, _)| *no >= a.file);
+    }
+    let first_no = anchor.as_ref().map_or(1, |a| a.file);
+    let mut expected_no = first_no;
+    for (no, path) in &files {
+        if *no != expected_no {
+            return Err(JournalError::FileMissing {
+                expected: dir.join(file_name(expected_no)),
+                found: Some(path.clone()),
+            });
+        }
+        expected_no = no.saturating_add(1);
+    }
+    if files.is_empty() && anchor.is_some() {
+        // An anchor is only written while newer files remain.
+        return Err(JournalError::FileMissing {
+            expected: dir.join(file_name(first_no)),
+            found: None,
+        });
+    }
+
+    let start = ChainState::genesis(anchor.as_ref());
+    let mut report = VerifyReport {
+        files: files.len(),
+        records: 0,
+        first_seq: None,
+        last_seq: None,
+        last_hash: start.last_hash.clone(),
+        anchor: anchor.clone(),
+        torn_last_line: None,
+    };
+    // None after a record with seq u64::MAX: nothing may follow it.
+    let mut expected_seq = Some(start.next_seq);
+    for (i, (_, path)) in files.iter().enumerate() {
+        let is_last_file = i + 1 == files.len();
+        let mut reader = BufReader::new(File::open(path).map_err(io_err(path))?);
+        let mut buf = Vec::new();
+        let mut line_no = 0u64;
+        let mut offset = 0u64;
+        loop {
+            buf.clear();
+            let n = reader.read_until(b'\n', &mut buf).map_err(io_err(path))?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            let complete = buf.last() == Some(&b'\n');
+            let content = if complete { &buf[..n - 1] } else { &buf[..] };
+            let at_end = !complete || reader.fill_buf().map_err(io_err(path))?.is_empty();
+            if !complete || content.contains(&0) {
+                if is_last_file && at_end {
+                    report.torn_last_line = Some(TornLine {
+                        file: path.clone(),
+                        line: line_no,
+                        offset,
+                        bytes: n as u64,
+                    });
+                    break;
+                }
+                return Err(JournalError::TornLine {
+                    file: path.clone(),
+                    line: line_no,
+                    offset,
+                });
+            }
+            let entry = parse_line(content).map_err(|f| f.at(path, line_no))?;
+            let Some(expected) = expected_seq else {
+                return Err(JournalError::Malformed {
+                    file: path.clone(),
+                    line: line_no,
+                    reason: format!("follows a record with seq {}", u64::MAX),
+                });
+            };
+            if report.records == 0 && (entry.seq != expected || entry.prev != report.last_hash) {
+                return Err(JournalError::StartMismatch {
+                    file: path.clone(),
+                    line: line_no,
+                    anchor: anchor_path,
+                    expected_seq: expected,
+                    found_seq: entry.seq,
+                    expected_prev: report.last_hash,
+                    found_prev: entry.prev,
+                });
+            }
+            if entry.seq != expected {
+                return Err(JournalError::SeqMismatch {
+                    file: path.clone(),
+                    line: line_no,
+                    expected,
+                    found: entry.seq,
+                });
+            }
+            if entry.prev != report.last_hash {
+                return Err(JournalError::PrevMismatch {
+                    file: path.clone(),
+                    line: line_no,
+                    expected: report.last_hash,
+                    found: entry.prev,
+                });
+            }
+            report.records += 1;
+            report.first_seq.get_or_insert(entry.seq);
+            report.last_seq = Some(entry.seq);
+            report.last_hash = entry.hash;
+            expected_seq = entry.seq.checked_add(1);
+            offset += n as u64;
+        }
+    }
+    Ok(report)
+}
+
+/// The last `n` records (newest last), for the alert list after a restart. Reads only the ends of
+/// the newest files. Lines that do not check out on their own (torn, garbage, hash mismatch) are
+/// skipped; the chain between records is [`verify`]'s job. A missing directory has no records.
+pub fn read_recent(dir: &Path, n: usize) -> Result<Vec<Entry>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let files = match list_files(dir) {
+        Ok(files) => files,
+        Err(JournalError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(Vec::new());
+        }
+        Err(e) => return Err(e),
+    };
+    let mut newest_first: Vec<Vec<Entry>> = Vec::new();
+    let mut have = 0;
+    for (_, path) in files.iter().rev() {
+        let mut file = File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        let want = n - have;
+        let (start, buf) = read_tail(&mut file, len, TAIL_CHUNK, |buf| {
+            valid_entries(buf, false).len() >= want
+        })
+        .map_err(io_err(path))?;
+        let mut entries = valid_entries(&buf, start == 0);
+        let skip = entries.len().saturating_sub(want);
+        entries.drain(..skip);
+        have += entries.len();
+        newest_first.push(entries);
+        if have >= n {
+            break;
+        }
+    }
+    Ok(newest_first.into_iter().rev().flatten().collect())
+}
