@@ -34,6 +34,32 @@ fn smoke_errors_are_reported_not_panicked() {
 }
 
 #[test]
+fn bench_refuses_bad_grids_with_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["bench", "--dataset", "imagenet"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "an impossible setting");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("invalid --dataset") && err.contains("fmnist:DIR"),
+        "{err}"
+    );
+    let out = bin()
+        .args(["bench", "--dataset"])
+        .arg(format!("fmnist:{}", dir.path().join("none").display()))
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "missing data");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("apt install dataset-fashion-mnist"), "{err}");
+    assert!(!dir.path().join("runs").exists(), "nothing written");
+}
+
+#[test]
 fn smoke_writes_test_images_and_learns() {
     let dir = tempfile::tempdir().unwrap();
     let out = bin()
