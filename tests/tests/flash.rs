@@ -1,6 +1,7 @@
 //! Installing bundles on the device: trainer -> export -> `device-runtime flash`, A/B slots,
-//! anti-downgrade, rollback, refusals, and a SIGKILL at every step of a flash, after which the
-//! device still holds a valid active bundle (the one it had).
+//! anti-downgrade, rollback, refusals, a SIGKILL at every step of a flash, after which the
+//! device still holds a valid active bundle (the one it had), and SIGKILLs of a running device,
+//! after which its journal verifies and the next run continues the chain.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -373,4 +374,109 @@ fn upload_over_http_installs_and_switches_the_running_pipeline() {
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(active_version(&status(&cfg)), Some(2));
+}
+
+/// Journal records on disk (complete lines).
+fn journal_lines(cfg: &Path) -> usize {
+    let dir = cfg.parent().unwrap().join("state/journal");
+    std::fs::read_dir(&dir).map_or(0, |rd| {
+        rd.flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+            .map(|e| {
+                std::fs::read(e.path())
+                    .unwrap()
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count()
+            })
+            .sum()
+    })
+}
+
+/// `journal verify` output: (first seq, last seq).
+fn verified_seqs(cfg: &Path) -> (u64, u64) {
+    let out = ok(device()
+        .args(["journal", "verify", "--config"])
+        .arg(cfg)
+        .output()
+        .unwrap());
+    assert!(out.contains(": ok,"), "{out}");
+    let seqs = out
+        .split("(seq ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let (a, b) = seqs.split_once("..").unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
+
+/// Run the device until its journal holds more than `at_least` records, then SIGKILL it.
+fn run_and_kill(cfg: &Path, at_least: usize) {
+    let mut child = device()
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while journal_lines(cfg) <= at_least {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no alerts after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL: no handler, no flush, no goodbye
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigkill_of_a_running_device_keeps_its_journal_and_the_next_run_continues_the_chain() {
+    let f = fixture();
+    let cfg = new_device(f, "dev-kill");
+    ok(flash(&cfg, &f.v1, &[]));
+    // Every frame is flagged (threshold below any distance), so alerts are written all the time.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[source]\nspec = \"dir:{}\"\nfps = 200.0\nloop = true\n\
+         [inference]\nthreshold = -1.0\n[web]\nlisten = \"127.0.0.1:0\"\n",
+        f.root.join("data/demo/grid/test").display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+
+    run_and_kill(&cfg, 5);
+    let (first, last) = verified_seqs(&cfg);
+    assert_eq!(first, 1);
+    assert!(last >= 6, "{last}");
+
+    // A write the kill cut short leaves a temporary file in flagged/; the next start removes it.
+    let flagged = cfg.parent().unwrap().join("state/flagged");
+    let stale = flagged.join(".20260101T000000.000Z-000001.png.tmp-4242");
+    std::fs::write(&stale, b"half an image").unwrap();
+
+    for round in 0..2 {
+        let before = verified_seqs(&cfg).1;
+        run_and_kill(&cfg, before as usize + 5);
+        let (first, last) = verified_seqs(&cfg);
+        assert_eq!(first, 1, "round {round}");
+        assert!(last > before + 5, "round {round}: {before} -> {last}");
+    }
+    assert!(!stale.exists(), "the stale temporary file was removed");
+    // Every saved image has its verdict and vice versa, but for at most the pair being written
+    // at the moment of each of the three kills.
+    let mut pngs = std::collections::BTreeSet::new();
+    let mut jsons = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(&flagged).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(s) = name.strip_suffix(".png") {
+            pngs.insert(s.to_string());
+        } else if let Some(s) = name.strip_suffix(".json") {
+            jsons.insert(s.to_string());
+        }
+    }
+    assert!(pngs.len() > 10, "{}", pngs.len());
+    let unpaired = pngs.symmetric_difference(&jsons).count();
+    assert!(unpaired <= 3, "{unpaired} unpaired files");
 }

@@ -1,7 +1,8 @@
 //! Flagged frames saved as PNG within a disk budget: `FLAGGED/<time>-<seq>.png` with a JSON
 //! sidecar (`.json`: the verdict). File names start with the capture time, so name order is age
 //! order; when the folder exceeds its budget the oldest pairs are deleted first. Each file is
-//! written atomically, so a power cut leaves no half image.
+//! written atomically, so a power cut leaves no half image; the temporary file such a cut leaves
+//! behind is deleted at the next start.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,11 @@ impl FlaggedFrames {
         let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && name.contains(".tmp-") {
+                // A write cut short by a crash or power loss (write_atomic's temporary file).
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            }
             let Some(stem) = name
                 .strip_suffix(".png")
                 .or_else(|| name.strip_suffix(".json"))
