@@ -137,6 +137,11 @@ fn a_grid_continues_where_it_stopped_and_its_table_matches_its_cells() {
             c.auroc["cos_1"], c.curve[2].1,
             "final cos_1 is the last checkpoint's"
         );
+        let g = c.geometry.expect("rotation outliers give a geometry");
+        assert_eq!(g.n, 8);
+        for v in [g.projection.inlier, g.projection.outlier, g.features.cross] {
+            assert!((-1.0..=1.0).contains(&v), "{g:?}");
+        }
     }
     // The resumed cell trained both epochs: every step exactly once, after the interruption.
     let steps = std::fs::read_to_string(first.join("metrics.jsonl"))
@@ -183,6 +188,7 @@ fn a_grid_continues_where_it_stopped_and_its_table_matches_its_cells() {
         "| loss | checker (0) | stripes (2) | mean |",
         "| firm |",
         "| supcon |",
+        "Figure 2's axes",
     ] {
         assert!(md.contains(needle), "{needle} missing in\n{md}");
     }
@@ -198,6 +204,14 @@ fn a_grid_continues_where_it_stopped_and_its_table_matches_its_cells() {
     assert!(matches!(again, BenchOutcome::Complete { .. }));
     assert_eq!(mtime(&first.join("result.json")), before);
     assert_eq!(results(&out), cells);
+
+    // A result written before the geometry was measured gets it from the kept final checkpoint.
+    let path = first.join("result.json");
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    v.as_object_mut().unwrap().remove("geometry");
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+    bench::run(&tiny(&data, &out, "2"), cwd).unwrap();
+    assert_eq!(results(&out), cells, "the same geometry again");
 
     // Another grid in the same folder is refused, naming what differs.
     let e = bench::run(&tiny(&data, &out, "3"), cwd)

@@ -9,10 +9,12 @@ use firm_shared::fsutil::write_atomic;
 use firm_shared::score::{self, ScoreSpec};
 use serde::{Deserialize, Serialize};
 
+use super::geometry::{self, Geometry};
 use super::plan::{Cell, Plan};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalImages};
 use crate::loss::LossKind;
+use crate::outliers::OutlierSpec;
 use crate::report;
 use crate::run::RunDir;
 use crate::train::{self, Outcome};
@@ -44,6 +46,11 @@ pub struct CellResult {
     /// Training wall time (all sessions of the run) and final scoring time, seconds.
     pub train_s: f64,
     pub score_s: f64,
+    /// Similarities of good images and synthetic outliers (the paper's Figure 2 axes) at the
+    /// final checkpoint; `None` for OE-only runs, and in results written before it was measured
+    /// (filled in by [`backfill`]).
+    #[serde(default)]
+    pub geometry: Option<Geometry>,
 }
 
 /// The saved result of a finished cell, if there is one.
@@ -83,6 +90,7 @@ pub fn run_cell(plan: &Plan, c: &Cell, cwd: &Path) -> Result<Option<CellResult>>
     let model = report::load_model(&cfg, &run, &ckpt)?;
     let ds = cfg.data.open(cwd)?;
     let imgs = EvalImages::for_run(&ds, &cfg)?;
+    let geometry = measure_geometry(&model, &imgs, &cfg)?;
     let specs: Vec<ScoreSpec> = SCORES.iter().map(|s| s.parse().expect("valid")).collect();
     let results = eval::evaluate(
         &model,
@@ -124,6 +132,7 @@ pub fn run_cell(plan: &Plan, c: &Cell, cwd: &Path) -> Result<Option<CellResult>>
         n_test: imgs.test.len(),
         train_s: state.elapsed_s,
         score_s: t.elapsed().as_secs_f64(),
+        geometry,
     };
     write_atomic(
         &dir.join(RESULT),
@@ -133,6 +142,45 @@ pub fn run_cell(plan: &Plan, c: &Cell, cwd: &Path) -> Result<Option<CellResult>>
     run.remove_checkpoints_except(&ckpt)?;
     tracing::debug!("cell {} {} done", c.class_name, c.loss.to_string());
     Ok(Some(r))
+}
+
+fn measure_geometry(
+    model: &firm_shared::model::FirmModel,
+    imgs: &EvalImages,
+    cfg: &crate::config::FitConfig,
+) -> Result<Option<Geometry>> {
+    let spec: OutlierSpec = cfg.outliers.parse()?;
+    geometry::measure(
+        model,
+        &imgs.train,
+        &spec,
+        cfg.size,
+        cfg.model.encoder.normalization(),
+        cfg.seed,
+    )
+}
+
+/// A result written before the geometry was measured gets it from the cell's final checkpoint
+/// (kept for this), and is saved again.
+pub fn backfill(plan: &Plan, c: &Cell, cwd: &Path, mut r: CellResult) -> Result<CellResult> {
+    let dir = plan.cell_dir(c);
+    if r.geometry.is_some() {
+        return Ok(r);
+    }
+    let run = RunDir::open(&dir)?;
+    let cfg = run.read_config()?;
+    if cfg.outliers.parse::<OutlierSpec>()?.generators.is_empty() {
+        return Ok(r);
+    }
+    let ckpt = run.checkpoint_or_latest(None)?;
+    let model = report::load_model(&cfg, &run, &ckpt)?;
+    let imgs = EvalImages::for_run(&cfg.data.open(cwd)?, &cfg)?;
+    r.geometry = measure_geometry(&model, &imgs, &cfg)?;
+    write_atomic(
+        &dir.join(RESULT),
+        &serde_json::to_vec_pretty(&r).expect("result serialises"),
+    )?;
+    Ok(r)
 }
 
 /// cos_1 AUROC per evaluation of the run: `init` at epoch 0, then every checkpoint.

@@ -12,6 +12,7 @@
 //! (finished cells are read back, an interrupted one resumes from its last checkpoint).
 
 mod cell;
+pub mod geometry;
 mod plan;
 mod table;
 
@@ -54,7 +55,7 @@ pub fn run(args: &BenchArgs, cwd: &Path) -> Result<BenchOutcome> {
     let mut trained_here = 0usize;
     for (i, c) in cells.iter().enumerate() {
         if let Some(r) = cell::read_result(&plan, c)? {
-            results.push(r);
+            results.push(cell::backfill(&plan, c, cwd, r)?);
             continue;
         }
         let eta = (trained_here > 0).then(|| {

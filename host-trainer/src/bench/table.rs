@@ -62,13 +62,37 @@ pub struct Summary {
     pub train_s: f64,
 }
 
-fn metrics_of(r: &CellResult) -> Vec<(String, f64)> {
-    let mut v: Vec<(String, f64)> = SCORES
+/// Geometry metrics: similarities in the projection (`z-`) and feature (`f-`) spaces.
+pub const GEOMETRY_METRICS: [&str; 6] = [
+    "z-inlier",
+    "z-outlier",
+    "z-cross",
+    "f-inlier",
+    "f-outlier",
+    "f-cross",
+];
+
+/// Every metric of a cell, by key: the scores of [`SCORES`], "aulc" and [`GEOMETRY_METRICS`].
+fn metric(r: &CellResult, key: &str) -> Option<f64> {
+    let g = r.geometry.as_ref();
+    match key {
+        "aulc" => Some(r.aulc),
+        "z-inlier" => g.map(|g| g.projection.inlier),
+        "z-outlier" => g.map(|g| g.projection.outlier),
+        "z-cross" => g.map(|g| g.projection.cross),
+        "f-inlier" => g.map(|g| g.features.inlier),
+        "f-outlier" => g.map(|g| g.features.outlier),
+        "f-cross" => g.map(|g| g.features.cross),
+        score => r.auroc.get(score).copied(),
+    }
+}
+
+fn metric_keys() -> impl Iterator<Item = &'static str> {
+    SCORES
         .iter()
-        .map(|s| (s.to_string(), r.auroc[*s]))
-        .collect();
-    v.push(("aulc".into(), r.aulc));
-    v
+        .copied()
+        .chain(["aulc"])
+        .chain(GEOMETRY_METRICS)
 }
 
 pub fn summarize(plan: &Plan, results: &[CellResult]) -> Summary {
@@ -77,22 +101,15 @@ pub fn summarize(plan: &Plan, results: &[CellResult]) -> Summary {
         let mine: Vec<&CellResult> = results.iter().filter(|r| r.loss == loss).collect();
         let mut per_class = BTreeMap::new();
         for c in &plan.classes {
-            let cell: Vec<&&CellResult> =
-                mine.iter().filter(|r| r.class_index == c.index).collect();
             let mut m = BTreeMap::new();
-            for key in SCORES.iter().map(|s| s.to_string()).chain(["aulc".into()]) {
-                let v: Vec<f64> = cell
+            for key in metric_keys() {
+                let v: Vec<f64> = mine
                     .iter()
-                    .map(|r| {
-                        metrics_of(r)
-                            .into_iter()
-                            .find(|(k, _)| *k == key)
-                            .expect("key")
-                            .1
-                    })
+                    .filter(|r| r.class_index == c.index)
+                    .filter_map(|r| metric(r, key))
                     .collect();
                 if let Some(s) = Stat::of(&v) {
-                    m.insert(key, s);
+                    m.insert(key.to_string(), s);
                 }
             }
             if !m.is_empty() {
@@ -100,7 +117,8 @@ pub fn summarize(plan: &Plan, results: &[CellResult]) -> Summary {
             }
         }
         let mut mean = BTreeMap::new();
-        for key in SCORES.iter().map(|s| s.to_string()).chain(["aulc".into()]) {
+        for key in metric_keys() {
+            // Per seed, the mean over classes (only seeds that have every class).
             let per_seed: Vec<f64> = (0..plan.seeds)
                 .filter_map(|seed| {
                     let v: Vec<f64> = plan
@@ -109,20 +127,14 @@ pub fn summarize(plan: &Plan, results: &[CellResult]) -> Summary {
                         .filter_map(|c| {
                             mine.iter()
                                 .find(|r| r.seed == seed && r.class_index == c.index)
-                                .map(|r| {
-                                    metrics_of(r)
-                                        .into_iter()
-                                        .find(|(k, _)| *k == key)
-                                        .expect("key")
-                                        .1
-                                })
+                                .and_then(|r| metric(r, key))
                         })
                         .collect();
                     (v.len() == plan.classes.len()).then(|| v.iter().sum::<f64>() / v.len() as f64)
                 })
                 .collect();
             if let Some(s) = Stat::of(&per_seed) {
-                mean.insert(key, s);
+                mean.insert(key.to_string(), s);
             }
         }
         losses.push(LossSummary {
@@ -217,6 +229,39 @@ pub fn markdown(s: &Summary) -> String {
             .map(|k| pct(l.mean.get(k)))
             .collect();
         let _ = writeln!(out, "| {} | {} |", l.loss, cells.join(" | "));
+    }
+    if s.losses.iter().any(|l| l.mean.contains_key("z-inlier")) {
+        let _ = writeln!(
+            out,
+            "\n## Where good images and synthetic outliers lie (Figure 2's axes)\n\n\
+             Mean cosine similarity between two good training images (inlier), two synthetic \
+             outliers made from them (outlier), and a good image and an outlier (cross), at the \
+             final checkpoint, mean over classes; in the projection space the loss shapes and \
+             the encoder feature space the score uses. A collapse shows as outlier similarity \
+             near 1.\n"
+        );
+        let cols: Vec<String> = [
+            "z inlier",
+            "z outlier",
+            "z cross",
+            "features inlier",
+            "features outlier",
+            "features cross",
+        ]
+        .map(String::from)
+        .to_vec();
+        header(&mut out, "loss", &cols);
+        for l in &s.losses {
+            let cells: Vec<String> = GEOMETRY_METRICS
+                .iter()
+                .map(|k| match l.mean.get(*k) {
+                    Some(st) if st.n > 1 => format!("{:.3} ± {:.3}", st.mean, st.std),
+                    Some(st) => format!("{:.3}", st.mean),
+                    None => "–".into(),
+                })
+                .collect();
+            let _ = writeln!(out, "| {} | {} |", l.loss, cells.join(" | "));
+        }
     }
     out
 }
