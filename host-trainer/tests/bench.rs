@@ -182,6 +182,17 @@ fn a_grid_continues_where_it_stopped_and_its_table_matches_its_cells() {
         assert_eq!(got.n, 2);
         assert_eq!(l.per_class["stripes"]["aulc"].n, 2);
     }
+    // Identical conditions: per class and seed, every loss starts from the same weights on the
+    // same data, so the AUROC before training is the same number for each.
+    for c in &cells {
+        let twin = cells
+            .iter()
+            .find(|o| o.class_index == c.class_index && o.seed == c.seed && o.loss != c.loss)
+            .unwrap();
+        assert_eq!(c.curve[0], twin.curve[0], "{c:?}");
+    }
+    let init = |l: &str| summary.losses.iter().find(|x| x.loss == l).unwrap().mean["init"];
+    assert_eq!(init("firm"), init("supcon"));
     let md = std::fs::read_to_string(out.join("table.md")).unwrap();
     assert_eq!(md, bench::markdown(&summary));
     for needle in [
@@ -189,6 +200,7 @@ fn a_grid_continues_where_it_stopped_and_its_table_matches_its_cells() {
         "| firm |",
         "| supcon |",
         "Figure 2's axes",
+        "cos_1 before training",
     ] {
         assert!(md.contains(needle), "{needle} missing in\n{md}");
     }

@@ -72,11 +72,13 @@ pub const GEOMETRY_METRICS: [&str; 6] = [
     "f-cross",
 ];
 
-/// Every metric of a cell, by key: the scores of [`SCORES`], "aulc" and [`GEOMETRY_METRICS`].
+/// Every metric of a cell, by key: the scores of [`SCORES`], "aulc", "init" (cos_1 before
+/// training) and [`GEOMETRY_METRICS`].
 fn metric(r: &CellResult, key: &str) -> Option<f64> {
     let g = r.geometry.as_ref();
     match key {
         "aulc" => Some(r.aulc),
+        "init" => r.curve.first().filter(|p| p.0 == 0).map(|p| p.1),
         "z-inlier" => g.map(|g| g.projection.inlier),
         "z-outlier" => g.map(|g| g.projection.outlier),
         "z-cross" => g.map(|g| g.projection.cross),
@@ -91,7 +93,7 @@ fn metric_keys() -> impl Iterator<Item = &'static str> {
     SCORES
         .iter()
         .copied()
-        .chain(["aulc"])
+        .chain(["aulc", "init"])
         .chain(GEOMETRY_METRICS)
 }
 
@@ -218,14 +220,14 @@ pub fn markdown(s: &Summary) -> String {
     let cols: Vec<String> = SCORES
         .iter()
         .map(|s| s.to_string())
-        .chain(["AULC".into()])
+        .chain(["AULC".into(), "cos_1 before training".into()])
         .collect();
     header(&mut out, "loss", &cols);
     for l in &s.losses {
         let cells: Vec<String> = SCORES
             .iter()
             .copied()
-            .chain(["aulc"])
+            .chain(["aulc", "init"])
             .map(|k| pct(l.mean.get(k)))
             .collect();
         let _ = writeln!(out, "| {} | {} |", l.loss, cells.join(" | "));
