@@ -221,6 +221,17 @@ pub struct Cell {
     pub seed: u64,
 }
 
+/// `v` without repeats, in the order first given (`--losses firm,ntxent,firm` is two cells).
+fn first_occurrences<T: PartialEq + Clone>(v: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = Vec::new();
+    for x in v {
+        if !out.contains(x) {
+            out.push(x.clone());
+        }
+    }
+    out
+}
+
 #[derive(Parser)]
 #[command(no_binary_name = true)]
 struct FitWrap {
@@ -239,8 +250,7 @@ impl Plan {
         if args.losses.is_empty() {
             return Err(Error::invalid("--losses", "name at least one loss"));
         }
-        let mut losses = args.losses.clone();
-        losses.dedup();
+        let losses = first_occurrences(&args.losses);
         let splits = OnceLock::new();
         let classes = match &dataset {
             DatasetSpec::Mvtec { class, .. } => {
@@ -268,7 +278,7 @@ impl Plan {
                 let idx: Vec<usize> = if args.classes.is_empty() {
                     (0..names.len()).collect()
                 } else {
-                    args.classes.clone()
+                    first_occurrences(&args.classes)
                 };
                 let mut classes = Vec::new();
                 for i in idx {
@@ -477,6 +487,15 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repeated_classes_and_losses_count_once_in_order() {
+        assert_eq!(first_occurrences(&[2, 0, 2, 6, 0]), vec![2, 0, 6]);
+        assert_eq!(
+            first_occurrences(&[LossKind::Firm, LossKind::SupCon, LossKind::Firm]),
+            vec![LossKind::Firm, LossKind::SupCon]
+        );
+    }
 
     #[test]
     fn dataset_specs_resolve_relative_paths_and_split_mvtec_root_and_class() {
