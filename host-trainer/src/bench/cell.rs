@@ -71,11 +71,10 @@ pub fn run_cell(plan: &Plan, c: &Cell, cwd: &Path) -> Result<Option<CellResult>>
     let dir = plan.cell_dir(c);
     // A fresh cell materialises its split; a started one re-reads the config it was planned with
     // (its split is written again if it is missing).
-    let (_, _) = plan.data_for(c)?;
+    let (root, _) = plan.data_for(c)?;
     let args = if dir.join("config.json").is_file() {
         plan.resume_args(c)
     } else {
-        let (root, _) = plan.data_for(c)?;
         plan.fit_args(c, &root)?
     };
     let run_path = match train::fit(&args, cwd)? {
