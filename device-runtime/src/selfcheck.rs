@@ -26,9 +26,10 @@ pub struct SelfcheckArgs {
     /// Frames to time (after one warm-up frame).
     #[arg(long, default_value_t = 20)]
     pub frames: usize,
-    /// Camera frame size (width x height), resized and centre-cropped to the model input.
+    /// Camera frame width in pixels; frames are resized and centre-cropped to the model input.
     #[arg(long, default_value_t = 640)]
     pub frame_width: u32,
+    /// Camera frame height in pixels.
     #[arg(long, default_value_t = 480)]
     pub frame_height: u32,
 }

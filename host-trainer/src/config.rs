@@ -208,6 +208,8 @@ pub struct FitArgs {
     /// config.json).
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     pub resume: Option<PathBuf>,
+    /// Seed of the initial weights, the batches, the views and the synthetic outliers: the same
+    /// seed and settings train the same model.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Encoder network: resnet18 (the paper's) or efficientnet-lite0 (needs --init).

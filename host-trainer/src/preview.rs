@@ -35,6 +35,7 @@ pub struct PreviewArgs {
     /// Good images shown (rows).
     #[arg(long, default_value_t = 4)]
     pub rows: usize,
+    /// Seed of the images drawn, their outliers and their views.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Show the outliers without the view augmentations (both views = the test transform).

@@ -41,8 +41,10 @@ pub struct SmokeArgs {
     /// Encoder width multiplier (1.0 = full ResNet-18).
     #[arg(long, default_value_t = 0.125)]
     pub width: f32,
+    /// Learning rate (SGD, momentum 0.9, weight decay 3e-4).
     #[arg(long, default_value_t = 0.03)]
     pub lr: f64,
+    /// Temperature of the FIRM loss.
     #[arg(long, default_value_t = 0.2)]
     pub tau: f64,
     /// Seed of the data, the initial weights and the augmentations.

@@ -13,6 +13,7 @@ pub struct SynthArgs {
     /// Classes to generate (comma-separated): bottle, weave, grid. Default: all.
     #[arg(long, value_delimiter = ',')]
     pub classes: Vec<String>,
+    /// Seed of the generated parts and defects: the same seed writes the same images.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Image side in pixels.

@@ -48,3 +48,28 @@ pub fn ok(out: Output) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
+
+/// `command subcommand option` for every visible option and argument, in the command or any of
+/// its subcommands, that `--help` leaves unexplained. The programs' own tests call it on their
+/// clap command, so a new flag cannot ship without help.
+pub fn undocumented_args(cmd: &clap::Command) -> Vec<String> {
+    fn walk(cmd: &clap::Command, parent: &str, out: &mut Vec<String>) {
+        let path = if parent.is_empty() {
+            cmd.get_name().to_string()
+        } else {
+            format!("{parent} {}", cmd.get_name())
+        };
+        out.extend(
+            cmd.get_arguments()
+                .filter(|a| !a.is_hide_set())
+                .filter(|a| a.get_help().is_none() && a.get_long_help().is_none())
+                .map(|a| format!("{path} {}", a.get_id())),
+        );
+        for sub in cmd.get_subcommands() {
+            walk(sub, &path, out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(cmd, "", &mut out);
+    out
+}

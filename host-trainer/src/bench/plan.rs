@@ -66,10 +66,13 @@ pub struct BenchArgs {
     /// ResNet stem: cifar or imagenet.
     #[arg(long)]
     pub stem: Option<String>,
+    /// Good images per step: each brings its outliers and two views of everything.
     #[arg(long)]
     pub batch: Option<String>,
+    /// Peak learning rate of the one-cycle schedule (SGD, momentum 0.9, weight decay 3e-4).
     #[arg(long)]
     pub lr: Option<String>,
+    /// Temperature of the contrastive loss.
     #[arg(long)]
     pub tau: Option<String>,
     /// View augmentation: simclr, light or none.
