@@ -8,7 +8,7 @@ use firm_shared::fsutil::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use super::cell::{CellResult, SCORES};
-use super::plan::Plan;
+use super::plan::{Plan, PlanClass};
 use crate::error::Result;
 use crate::plots::{self, Series};
 
@@ -338,16 +338,21 @@ pub fn write_outputs(plan: &Plan, results: &[CellResult]) -> Result<Summary> {
         &plan.out.join("table.json"),
         &serde_json::to_vec_pretty(&json).expect("serialises"),
     )?;
+    let class_title =
+        |c: &PlanClass| format!("{}: normal class {} ({})", s.dataset, c.index, c.name);
     let mut plots_to_draw: Vec<(std::path::PathBuf, String, Option<usize>)> = vec![(
         plan.out.join("curves.png"),
-        format!("{}: cos_1 AUROC, mean over classes", s.dataset),
+        match plan.classes.as_slice() {
+            [only] => class_title(only),
+            _ => format!("{}: cos_1 AUROC, mean over classes", s.dataset),
+        },
         None,
     )];
     if plan.classes.len() > 1 {
         for c in &plan.classes {
             plots_to_draw.push((
                 plan.out.join(format!("curves-{}.png", c.name)),
-                format!("{}: normal class {} ({})", s.dataset, c.index, c.name),
+                class_title(c),
                 Some(c.index),
             ));
         }
