@@ -576,13 +576,15 @@ where
 
 static FONT_REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
 
-/// A drawing backend that draws text glyph by glyph at the right place.
+/// A drawing backend that draws text glyph by glyph at the right place, and wide lines
+/// equally wide.
 ///
 /// Plotters 0.3.7 with `ab_glyph` draws each glyph at the pen position but ignores the glyph's
 /// left side bearing, so letters like "i", "l" and "1" shift left and words look unevenly
-/// spaced. This wrapper delegates everything to the inner backend except text, which it draws
-/// one character at a time with plotters' own rasteriser, offset by the bearing read from the
-/// embedded font (read with ab_glyph). Anchors and rotation are handled as plotters does.
+/// spaced. This wrapper delegates everything to the inner backend except text and wide paths.
+/// Text it draws one character at a time with plotters' own rasteriser, at a pen moved by the
+/// advance widths and offset by the bearing, both read from the embedded font (with ab_glyph).
+/// Anchors and rotation are handled as plotters does.
 struct GlyphFix<B>(B);
 
 impl<B: DrawingBackend> GlyphFix<B> {
@@ -771,30 +773,33 @@ impl<B: DrawingBackend> DrawingBackend for GlyphFix<B> {
         };
         let inner = &mut self.0;
         let mut buf = [0u8; 4];
-        for (i, c) in text.char_indices() {
-            let pen = if i == 0 {
-                0
-            } else {
-                let ((a, _), (b, _)) = style.layout_box(&text[..i]).map_err(font_err)?;
-                b - a
+        // The pen moves by each glyph's advance width (kept fractional, rounded where a glyph
+        // is placed); a character the font lacks advances by its width in plotters' layout.
+        let mut pen = 0.0_f64;
+        for c in text.chars() {
+            let x = pen.round() as i32;
+            pen += match metrics.and_then(|m| m.advance(c)) {
+                Some(adv) if px_per_unit > 0.0 => f64::from(adv) * px_per_unit,
+                _ => {
+                    let ((a, _), (b, _)) = style
+                        .layout_box(c.encode_utf8(&mut buf))
+                        .map_err(font_err)?;
+                    f64::from(b - a)
+                }
             };
             let bearing = metrics
                 .and_then(|m| m.left_side_bearing(c))
                 .map_or(0, |lsb| (f64::from(lsb) * px_per_unit).round() as i32);
             let drawn = style
-                .draw(
-                    c.encode_utf8(&mut buf),
-                    (pen + bearing, 0),
-                    |x, y, color| {
-                        let (x, y) = trans.transform(x + dx - min_x, y + dy - min_y);
-                        let (x, y) = (pos.0 + x, pos.1 + y);
-                        if x >= 0 && x < w as i32 && y >= 0 && y < h as i32 {
-                            inner.draw_pixel((x, y), color)
-                        } else {
-                            Ok(())
-                        }
-                    },
-                )
+                .draw(c.encode_utf8(&mut buf), (x + bearing, 0), |x, y, color| {
+                    let (x, y) = trans.transform(x + dx - min_x, y + dy - min_y);
+                    let (x, y) = (pos.0 + x, pos.1 + y);
+                    if x >= 0 && x < w as i32 && y >= 0 && y < h as i32 {
+                        inner.draw_pixel((x, y), color)
+                    } else {
+                        Ok(())
+                    }
+                })
                 .map_err(font_err)?;
             drawn?;
         }
