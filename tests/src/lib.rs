@@ -49,6 +49,14 @@ pub fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
+/// Panics, naming them, when options of `cmd` or its subcommands have no `--help` text; also
+/// runs clap's own consistency checks on the command.
+pub fn assert_every_option_is_explained(cmd: clap::Command) {
+    cmd.clone().debug_assert();
+    let missing = undocumented_args(&cmd);
+    assert!(missing.is_empty(), "options without help: {missing:#?}");
+}
+
 /// `command subcommand option` for every visible option and argument, in the command or any of
 /// its subcommands, that `--help` leaves unexplained. The programs' own tests call it on their
 /// clap command, so a new flag cannot ship without help.
