@@ -602,7 +602,7 @@ impl<B: DrawingBackend> GlyphFix<B> {
         if (dx, dy) == (0, 0) {
             return Ok(());
         }
-        // Work in (major, minor) coordinates; `put` maps back to (x, y).
+        // Work in (major, minor) coordinates; `p` below maps back to (x, y).
         let steep = dy.abs() > dx.abs();
         let (a_major, a_minor, d_major, d_minor) = if steep {
             (a.1, a.0, dy, dx)
