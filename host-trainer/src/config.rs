@@ -14,6 +14,7 @@ use firm_shared::score::ScoreSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::Augmentation;
+use crate::compute::DeviceSpec;
 use crate::data::{DataArgs, DataSource};
 use crate::error::{Error, Result};
 use crate::loss::LossKind;
@@ -268,6 +269,10 @@ pub struct FitArgs {
     /// Number of evaluations/checkpoints over the run.
     #[arg(long)]
     pub checkpoints: Option<usize>,
+    /// Where to train and evaluate: cpu, or cuda / cuda:N (a build with --features cuda). Not
+    /// part of the run's config: a run may be resumed on another device.
+    #[arg(long, default_value = "cpu", env = "FIRM_DEVICE")]
+    pub device: DeviceSpec,
 }
 
 impl FitArgs {

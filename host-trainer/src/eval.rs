@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use candle_core::Device;
 use firm_shared::model::FirmModel;
 use firm_shared::preprocess::{self, Normalization, PreprocessSpec, ResizeFilter};
 use firm_shared::score::{self, Bank, ScoreSpec};
@@ -128,10 +127,10 @@ pub struct ScoreResult {
 
 /// Encoder features of images in eval mode, `EMBED_BATCH` at a time.
 pub fn embed(model: &FirmModel, size: u32, inputs: &[Vec<f32>]) -> Result<Vec<f32>> {
-    let dev = Device::Cpu;
+    let dev = model.device();
     let mut out = Vec::with_capacity(inputs.len() * model.encoder.feature_dim());
     for chunk in inputs.chunks(EMBED_BATCH) {
-        let x = preprocess::batch_tensor(chunk, size, &dev)?;
+        let x = preprocess::batch_tensor(chunk, size, dev)?;
         let f: Vec<f32> = model
             .encoder
             .forward_t(&x, false)?

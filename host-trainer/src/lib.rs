@@ -17,6 +17,7 @@ pub mod augment;
 pub mod batch;
 pub mod bench;
 pub mod bundle_cmd;
+pub mod compute;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -103,6 +103,7 @@ fn main() -> ExitCode {
                     run,
                     json: false,
                     checkpoint: None,
+                    device: args.device,
                 };
                 report::evaluate_run(&eval, &cwd).map(|r| report::print_summary(&r))
             }

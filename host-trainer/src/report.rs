@@ -13,6 +13,7 @@ use firm_shared::model::FirmModel;
 use firm_shared::score;
 use serde::{Deserialize, Serialize};
 
+use crate::compute::DeviceSpec;
 use crate::config::FitConfig;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalImages, ScoreResult};
@@ -30,6 +31,9 @@ pub struct EvalArgs {
     /// Checkpoint to evaluate (default: the latest).
     #[arg(long, value_name = "NAME")]
     pub checkpoint: Option<String>,
+    /// Where to embed the images: cpu, or cuda / cuda:N (a build with --features cuda).
+    #[arg(long, default_value = "cpu", env = "FIRM_DEVICE")]
+    pub device: DeviceSpec,
 }
 
 /// AUROC of one score, without the per-image values.
@@ -68,11 +72,16 @@ pub struct EvalReport {
 }
 
 /// Rebuild the run's model and load a checkpoint's weights.
-pub fn load_model(cfg: &FitConfig, run: &RunDir, checkpoint: &str) -> Result<FirmModel> {
+pub fn load_model(
+    cfg: &FitConfig,
+    run: &RunDir,
+    checkpoint: &str,
+    device: &Device,
+) -> Result<FirmModel> {
     let varmap = VarMap::new();
     let model = FirmModel::new(
         &cfg.model,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
     )?;
     firm_shared::model::params::load(
         &varmap,
@@ -84,11 +93,12 @@ pub fn load_model(cfg: &FitConfig, run: &RunDir, checkpoint: &str) -> Result<Fir
 
 /// Evaluate a run's checkpoint and write RUN/eval/.
 pub fn evaluate_run(args: &EvalArgs, cwd: &Path) -> Result<EvalReport> {
+    let device = args.device.open()?;
     let run = RunDir::open(&args.run)?;
     let cfg = run.read_config()?;
     let checkpoint = run.checkpoint_or_latest(args.checkpoint.as_deref())?;
     let state = run.read_state(&checkpoint)?;
-    let model = load_model(&cfg, &run, &checkpoint)?;
+    let model = load_model(&cfg, &run, &checkpoint, &device)?;
     let ds = cfg.data.open(cwd)?;
     let imgs = EvalImages::for_run(&ds, &cfg)?;
     if imgs.test.is_empty() {

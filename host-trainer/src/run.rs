@@ -217,13 +217,18 @@ impl RunDir {
     ) -> Result<TrainState> {
         params::load(varmap, &self.weights(name), Part::All)?;
         if let Some(opt) = opt {
+            // The momentum buffers go where the parameters are.
+            let device = varmap
+                .all_vars()
+                .first()
+                .map_or(Device::Cpu, |v| v.device().clone());
             let p = self
                 .checkpoints_dir()
                 .join(name)
                 .join("optimizer.safetensors");
             let bytes = std::fs::read(&p).map_err(Error::io("read", &p))?;
             let buffers: HashMap<String, Tensor> =
-                candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).map_err(|e| {
+                candle_core::safetensors::load_buffer(&bytes, &device).map_err(|e| {
                     Error::invalid("optimizer state", format!("{}: {e}", p.display()))
                 })?;
             opt.set_buffers(buffers);

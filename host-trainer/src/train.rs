@@ -52,6 +52,8 @@ struct Setup {
     sampler: Arc<Sampler>,
     eval: Option<EvalImages>,
     norm: Normalization,
+    /// Where the model is built and trained.
+    device: Device,
 }
 
 fn load_options(cfg: &FitConfig) -> LoadOptions {
@@ -61,7 +63,7 @@ fn load_options(cfg: &FitConfig) -> LoadOptions {
     }
 }
 
-fn prepare(cfg: FitConfig, run: RunDir, cwd: &Path) -> Result<Setup> {
+fn prepare(cfg: FitConfig, run: RunDir, cwd: &Path, device: Device) -> Result<Setup> {
     let ds = cfg.data.open(cwd)?;
     info!(
         "{}: {} good training images, {} test images ({} defective)",
@@ -104,16 +106,17 @@ fn prepare(cfg: FitConfig, run: RunDir, cwd: &Path) -> Result<Setup> {
         sampler: Arc::new(sampler),
         eval,
         norm,
+        device,
     })
 }
 
 /// A freshly initialised model (deterministic in the seed); with `--init`, the encoder then takes
 /// the given weights (the head stays at its seeded initialisation).
-fn build_model(cfg: &FitConfig) -> Result<(VarMap, FirmModel)> {
+fn build_model(cfg: &FitConfig, device: &Device) -> Result<(VarMap, FirmModel)> {
     let varmap = VarMap::new();
     let model = FirmModel::new(
         &cfg.model,
-        VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+        VarBuilder::from_varmap(&varmap, DType::F32, device),
     )?;
     params::init_params(&varmap, cfg.seed)?;
     if let Some(init) = &cfg.init {
@@ -129,7 +132,7 @@ fn step(
     cfg: &FitConfig,
     batch: &crate::batch::Batch,
 ) -> Result<f64> {
-    let x = batch.tensor(&Device::Cpu)?;
+    let x = batch.tensor(model.device())?;
     let out = model.forward_t(&x, true)?;
     let loss = cfg.loss.loss(&out.z, &batch.labels, cfg.tau)?;
     let value = loss.to_scalar::<f32>()? as f64;
@@ -146,7 +149,7 @@ fn step(
 /// Epochs that fit in the time budget, from a few timed steps (the model is rebuilt afterwards,
 /// so the calibration leaves no trace in the weights).
 fn calibrate(setup: &Setup, max_minutes: f64) -> Result<usize> {
-    let (varmap, model) = build_model(&setup.cfg)?;
+    let (varmap, model) = build_model(&setup.cfg, &setup.device)?;
     let mut opt = Sgd::new(
         params::trainable_vars(&varmap),
         setup.cfg.lr / 25.0,
@@ -223,6 +226,8 @@ fn install_stop_handler() {
 
 /// Run `fit` with the given flags.
 pub fn fit(args: &FitArgs, cwd: &Path) -> Result<Outcome> {
+    // A device that cannot be used is refused before anything is read or written.
+    let device = args.device.open()?;
     install_stop_handler();
     let (setup, resume_from) = match &args.resume {
         Some(dir) => {
@@ -234,7 +239,7 @@ pub fn fit(args: &FitArgs, cwd: &Path) -> Result<Outcome> {
                 dir.display(),
                 latest.as_deref().unwrap_or("(none: from the start)")
             );
-            (prepare(cfg, run, cwd)?, latest)
+            (prepare(cfg, run, cwd, device)?, latest)
         }
         None => {
             let (cfg, settings) = config::resolve(args, cwd)?;
@@ -248,7 +253,7 @@ pub fn fit(args: &FitArgs, cwd: &Path) -> Result<Outcome> {
                 .clone()
                 .unwrap_or_else(|| default_run_dir(cwd, &name));
             let run = RunDir::create(&root)?;
-            let mut setup = prepare(cfg, run, cwd)?;
+            let mut setup = prepare(cfg, run, cwd, device)?;
             let per_epoch = setup.sampler.batches_per_epoch();
             let epochs = match (settings.epochs, settings.max_minutes) {
                 (Some(0), _) => 0,
@@ -280,6 +285,7 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
         sampler,
         eval,
         norm,
+        device,
     } = setup;
     let length = cfg
         .length
@@ -299,7 +305,7 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
             ),
         ));
     }
-    let (varmap, model) = build_model(&cfg)?;
+    let (varmap, model) = build_model(&cfg, &device)?;
     let mut opt = Sgd::new(
         params::trainable_vars(&varmap),
         cfg.lr,

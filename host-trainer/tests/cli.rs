@@ -21,6 +21,60 @@ fn bad_arguments_exit_with_usage_code() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--steps"));
 }
 
+/// `--device` on a build without the `cuda` feature: a GPU is refused with the command that
+/// builds one, before a run folder or a grid is written; an unknown device is a usage error.
+#[test]
+fn a_gpu_device_needs_a_cuda_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let grid = dir.path().join("grid");
+    let cases: [(&[&str], Option<&std::path::Path>); 4] = [
+        (
+            &[
+                "fit", "--demo", "--epochs", "1", "--device", "cuda", "--out",
+            ],
+            Some(&run),
+        ),
+        (
+            &[
+                "bench",
+                "--dataset",
+                "fmnist",
+                "--device",
+                "cuda:1",
+                "--out",
+            ],
+            Some(&grid),
+        ),
+        (&["eval", "--device", "cuda", "--run"], Some(&run)),
+        (&["fit", "--demo", "--device", "metal"], None),
+    ];
+    for (args, path) in cases {
+        if path.is_some() && cfg!(feature = "cuda") {
+            // A CUDA build opens the GPU (or says why not): tests/cuda.rs covers that.
+            continue;
+        }
+        let mut cmd = bin();
+        cmd.current_dir(dir.path()).args(args);
+        if let Some(p) = path {
+            cmd.arg(p);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        if path.is_some() {
+            assert!(err.contains("--features cuda"), "{args:?}: {err}");
+        } else {
+            assert!(
+                err.contains("expected cpu, cuda or cuda:N"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert!(!run.exists() && !grid.exists(), "nothing is written");
+    assert!(!dir.path().join("runs").exists(), "nothing is written");
+}
+
 #[test]
 fn smoke_errors_are_reported_not_panicked() {
     let out = bin()

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::geometry::{self, Geometry};
 use super::plan::{Cell, Plan};
+use crate::compute::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalImages};
 use crate::loss::LossKind;
@@ -67,16 +68,22 @@ pub fn read_result(plan: &Plan, c: &Cell) -> Result<Option<CellResult>> {
 
 /// Train (or resume) and score one cell. `None` when Ctrl-C stopped it (a checkpoint was
 /// written; the next bench run resumes it).
-pub fn run_cell(plan: &Plan, c: &Cell, cwd: &Path) -> Result<Option<CellResult>> {
+pub fn run_cell(
+    plan: &Plan,
+    c: &Cell,
+    cwd: &Path,
+    device: DeviceSpec,
+) -> Result<Option<CellResult>> {
     let dir = plan.cell_dir(c);
     // A fresh cell materialises its split; a started one re-reads the config it was planned with
     // (its split is written again if it is missing).
     let (root, _) = plan.data_for(c)?;
-    let args = if dir.join("config.json").is_file() {
+    let mut args = if dir.join("config.json").is_file() {
         plan.resume_args(c)
     } else {
         plan.fit_args(c, &root)?
     };
+    args.device = device;
     let run_path = match train::fit(&args, cwd)? {
         Outcome::Finished { run } => run,
         Outcome::Interrupted { .. } => return Ok(None),
@@ -86,7 +93,7 @@ pub fn run_cell(plan: &Plan, c: &Cell, cwd: &Path) -> Result<Option<CellResult>>
     let cfg = run.read_config()?;
     let ckpt = run.checkpoint_or_latest(None)?;
     let state = run.read_state(&ckpt)?;
-    let model = report::load_model(&cfg, &run, &ckpt)?;
+    let model = report::load_model(&cfg, &run, &ckpt, &device.open()?)?;
     let ds = cfg.data.open(cwd)?;
     let imgs = EvalImages::for_run(&ds, &cfg)?;
     let geometry = measure_geometry(&model, &imgs, &cfg)?;
@@ -161,7 +168,13 @@ fn measure_geometry(
 
 /// A result written before the geometry was measured gets it from the cell's final checkpoint
 /// (kept for this), and is saved again.
-pub fn backfill(plan: &Plan, c: &Cell, cwd: &Path, mut r: CellResult) -> Result<CellResult> {
+pub fn backfill(
+    plan: &Plan,
+    c: &Cell,
+    cwd: &Path,
+    device: DeviceSpec,
+    mut r: CellResult,
+) -> Result<CellResult> {
     let dir = plan.cell_dir(c);
     if r.geometry.is_some() {
         return Ok(r);
@@ -172,7 +185,7 @@ pub fn backfill(plan: &Plan, c: &Cell, cwd: &Path, mut r: CellResult) -> Result<
         return Ok(r);
     }
     let ckpt = run.checkpoint_or_latest(None)?;
-    let model = report::load_model(&cfg, &run, &ckpt)?;
+    let model = report::load_model(&cfg, &run, &ckpt, &device.open()?)?;
     let imgs = EvalImages::for_run(&cfg.data.open(cwd)?, &cfg)?;
     r.geometry = measure_geometry(&model, &imgs, &cfg)?;
     write_atomic(

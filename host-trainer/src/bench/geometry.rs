@@ -9,7 +9,6 @@
 //! seeded), in eval mode, in the projection space the loss shapes and in the encoder feature
 //! space scoring uses.
 
-use candle_core::Device;
 use firm_shared::model::FirmModel;
 use firm_shared::preprocess::{self, Normalization};
 use image::RgbImage;
@@ -126,7 +125,7 @@ fn embed(
             .iter()
             .map(|i| preprocess::normalize_chw(i, norm))
             .collect();
-        let x = preprocess::batch_tensor(&inputs, size, &Device::Cpu)?;
+        let x = preprocess::batch_tensor(&inputs, size, model.device())?;
         let out = model.forward_t(&x, false)?;
         z.extend(out.z.to_vec2::<f32>()?);
         f.extend(out.features.to_vec2::<f32>()?);

@@ -7,6 +7,7 @@ use std::sync::OnceLock;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 
+use crate::compute::DeviceSpec;
 use crate::config::FitArgs;
 use crate::data::labelled::{self, Splits};
 use crate::error::{Error, Result};
@@ -82,6 +83,10 @@ pub struct BenchArgs {
     /// continue an interrupted grid.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
+    /// Where to train and score the cells: cpu, or cuda / cuda:N (a build with --features
+    /// cuda). Not part of the grid: an interrupted grid may continue on another device.
+    #[arg(long, default_value = "cpu", env = "FIRM_DEVICE")]
+    pub device: DeviceSpec,
 }
 
 /// Where the images come from.

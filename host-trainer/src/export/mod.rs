@@ -305,7 +305,8 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
 
     // 4. Float model on the same images.
     info!("scoring them with the float model");
-    let model = crate::report::load_model(&cfg, &run, &checkpoint)?;
+    // On the CPU: the self-test's reference values must be what the device's CPU path computes.
+    let model = crate::report::load_model(&cfg, &run, &checkpoint, &candle_core::Device::Cpu)?;
     let float = eval::evaluate(&model, enc.normalization(), &imgs, &[cfg.score], cfg.seed)?;
     let f_dist: Vec<f64> = float[&cfg.score.to_string()]
         .scores

@@ -11,7 +11,7 @@ pub mod params;
 pub mod pool;
 pub mod resnet;
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{Backbone, EncoderConfig, HeadConfig, ModelConfig, Stem};
@@ -63,6 +63,8 @@ impl Encoder {
 pub struct FirmModel {
     pub encoder: Encoder,
     pub head: ProjectionHead,
+    /// Where the parameters live (inputs must be put there).
+    device: Device,
 }
 
 /// Output of one forward pass.
@@ -84,7 +86,16 @@ impl FirmModel {
             &cfg.encoder,
             vb.pp(HEAD_PREFIX),
         )?;
-        Ok(Self { encoder, head })
+        Ok(Self {
+            encoder,
+            head,
+            device: vb.device().clone(),
+        })
+    }
+
+    /// The device the parameters live on (the CPU, or a CUDA GPU with the `cuda` feature).
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<FirmOutput> {
