@@ -227,7 +227,12 @@ fn install_stop_handler() {
 /// Run `fit` with the given flags.
 pub fn fit(args: &FitArgs, cwd: &Path) -> Result<Outcome> {
     // A device that cannot be used is refused before anything is read or written.
-    let device = args.device.open()?;
+    fit_on(args, cwd, &args.device.open()?)
+}
+
+/// [`fit`] on a device already opened (`args.device` is not looked at).
+pub fn fit_on(args: &FitArgs, cwd: &Path, device: &Device) -> Result<Outcome> {
+    let device = device.clone();
     install_stop_handler();
     let (setup, resume_from) = match &args.resume {
         Some(dir) => {

@@ -5,13 +5,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
+use candle_core::Device;
 use firm_shared::fsutil::write_atomic;
 use firm_shared::score::{self, ScoreSpec};
 use serde::{Deserialize, Serialize};
 
 use super::geometry::{self, Geometry};
 use super::plan::{Cell, Plan};
-use crate::compute::DeviceSpec;
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalImages};
 use crate::loss::LossKind;
@@ -68,23 +68,17 @@ pub fn read_result(plan: &Plan, c: &Cell) -> Result<Option<CellResult>> {
 
 /// Train (or resume) and score one cell. `None` when Ctrl-C stopped it (a checkpoint was
 /// written; the next bench run resumes it).
-pub fn run_cell(
-    plan: &Plan,
-    c: &Cell,
-    cwd: &Path,
-    device: DeviceSpec,
-) -> Result<Option<CellResult>> {
+pub fn run_cell(plan: &Plan, c: &Cell, cwd: &Path, device: &Device) -> Result<Option<CellResult>> {
     let dir = plan.cell_dir(c);
     // A fresh cell materialises its split; a started one re-reads the config it was planned with
     // (its split is written again if it is missing).
     let (root, _) = plan.data_for(c)?;
-    let mut args = if dir.join("config.json").is_file() {
+    let args = if dir.join("config.json").is_file() {
         plan.resume_args(c)
     } else {
         plan.fit_args(c, &root)?
     };
-    args.device = device;
-    let run_path = match train::fit(&args, cwd)? {
+    let run_path = match train::fit_on(&args, cwd, device)? {
         Outcome::Finished { run } => run,
         Outcome::Interrupted { .. } => return Ok(None),
     };
@@ -93,7 +87,7 @@ pub fn run_cell(
     let cfg = run.read_config()?;
     let ckpt = run.checkpoint_or_latest(None)?;
     let state = run.read_state(&ckpt)?;
-    let model = report::load_model(&cfg, &run, &ckpt, &device.open()?)?;
+    let model = report::load_model(&cfg, &run, &ckpt, device)?;
     let ds = cfg.data.open(cwd)?;
     let imgs = EvalImages::for_run(&ds, &cfg)?;
     let geometry = measure_geometry(&model, &imgs, &cfg)?;
@@ -172,7 +166,7 @@ pub fn backfill(
     plan: &Plan,
     c: &Cell,
     cwd: &Path,
-    device: DeviceSpec,
+    device: &Device,
     mut r: CellResult,
 ) -> Result<CellResult> {
     let dir = plan.cell_dir(c);
@@ -185,7 +179,7 @@ pub fn backfill(
         return Ok(r);
     }
     let ckpt = run.checkpoint_or_latest(None)?;
-    let model = report::load_model(&cfg, &run, &ckpt, &device.open()?)?;
+    let model = report::load_model(&cfg, &run, &ckpt, device)?;
     let imgs = EvalImages::for_run(&cfg.data.open(cwd)?, &cfg)?;
     r.geometry = measure_geometry(&model, &imgs, &cfg)?;
     write_atomic(

@@ -39,8 +39,9 @@ pub enum BenchOutcome {
 
 /// Run (or continue) the grid `args` describes.
 pub fn run(args: &BenchArgs, cwd: &Path) -> Result<BenchOutcome> {
-    // A device that cannot be used is refused before anything is written.
-    args.device.open()?;
+    // A device that cannot be used is refused before anything is written; it is opened once for
+    // the whole grid.
+    let device = args.device.open()?;
     let plan = Plan::resolve(args, cwd)?;
     plan.save_or_check()?;
     let cells = plan.cells();
@@ -57,7 +58,7 @@ pub fn run(args: &BenchArgs, cwd: &Path) -> Result<BenchOutcome> {
     let mut trained_here = 0usize;
     for (i, c) in cells.iter().enumerate() {
         if let Some(r) = cell::read_result(&plan, c)? {
-            results.push(cell::backfill(&plan, c, cwd, args.device, r)?);
+            results.push(cell::backfill(&plan, c, cwd, &device, r)?);
             continue;
         }
         let eta = (trained_here > 0).then(|| {
@@ -73,7 +74,7 @@ pub fn run(args: &BenchArgs, cwd: &Path) -> Result<BenchOutcome> {
             c.seed,
             eta.map_or(String::new(), |s| format!(", grid ETA {:.0} min", s / 60.0))
         );
-        match cell::run_cell(&plan, c, cwd, args.device)? {
+        match cell::run_cell(&plan, c, cwd, &device)? {
             Some(r) => {
                 info!(
                     "cell {}/{} done: {}",
