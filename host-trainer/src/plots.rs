@@ -877,10 +877,9 @@ impl FontMetrics {
     ///
     /// Plotters places a glyph's top row at `(size / 2 + top) as i32`, `top` being the
     /// (whole, negative) pixel row of the glyph's top relative to the baseline. The cast
-    /// truncates towards zero, so at odd sizes a glyph whose top lands just above that zero
-    /// crossing is drawn a row lower than the rest (or the rest a row higher: the "x" of a
-    /// 17 px "ntxent" stood a pixel above its "n"s). Flooring instead keeps every glyph on
-    /// `floor(size / 2)`.
+    /// truncates towards zero, so at odd sizes glyphs with `size / 2 + top` just below zero
+    /// land a row lower than the others (at 17 px the "n"s of "ntxent" sat a row below its
+    /// "x"). Flooring keeps every glyph's baseline at `floor(size / 2)`.
     fn baseline_fix(&self, c: char, size: f64) -> i32 {
         use ab_glyph::{Font, ScaleFont};
         let font = self.font.as_scaled(size as f32);
