@@ -14,6 +14,7 @@
 pub mod bundle;
 pub mod calibrate;
 pub mod error;
+pub mod exec;
 pub mod fsutil;
 pub mod model;
 pub mod preprocess;

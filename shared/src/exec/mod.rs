@@ -1,0 +1,5 @@
+//! The device's CPU executor of the encoder graph ([`crate::model::graph`]): weights packed when
+//! a bundle loads, activations in an arena allocated then, fused epilogues, int8 where it is
+//! faster, both cores. Kernels: [`kernels`].
+
+pub mod kernels;
