@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use firm_shared::detect::Backend;
 use serde::{Deserialize, Serialize};
 
 /// The config schema this build reads.
@@ -83,8 +84,9 @@ impl Default for SourceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct InferenceConfig {
-    /// `cpu` (the bundle's CPU path).
-    pub backend: String,
+    /// Where the bundle's encoder runs: `cpu` (the CPU executor). The flash self-test runs on
+    /// the same backend.
+    pub backend: Backend,
     /// Named operating point of the bundle (`calibrated`, `f1-optimal`, ...).
     pub operating_point: String,
     /// A distance threshold that replaces the operating point (moves it without retraining).
@@ -94,7 +96,7 @@ pub struct InferenceConfig {
 impl Default for InferenceConfig {
     fn default() -> Self {
         Self {
-            backend: "cpu".into(),
+            backend: Backend::Cpu,
             operating_point: "calibrated".into(),
             threshold: None,
         }
@@ -259,12 +261,6 @@ impl DeviceConfig {
     fn check(&self) -> Result<(), String> {
         if self.bundles.trusted_keys.is_empty() {
             return Err("bundles.trusted-keys is empty: no bundle could be installed".into());
-        }
-        if self.inference.backend != "cpu" {
-            return Err(format!(
-                "inference.backend `{}` is not available in this build (expected cpu)",
-                self.inference.backend
-            ));
         }
         if let Some(t) = self.inference.threshold
             && !t.is_finite()

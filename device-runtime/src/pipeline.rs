@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
-use firm_shared::bundle::{Bundle, CpuEmbedder, Detector};
+use firm_shared::bundle::Bundle;
+use firm_shared::detect::{Detector, Embedder};
 use tracing::{info, warn};
 
 use crate::alerts::AlertSink;
@@ -97,7 +98,7 @@ impl Pipeline {
 }
 
 struct Scorer {
-    detector: Detector<CpuEmbedder>,
+    detector: Detector<Box<dyn Embedder + Send>>,
     threshold: f64,
     sources: Vec<String>,
 }
@@ -105,7 +106,7 @@ struct Scorer {
 impl Scorer {
     fn new(shared: &Shared, l: &Loaded, cfg: &InferenceConfig) -> Result<Self, String> {
         let (threshold, point) = threshold(&l.bundle, cfg)?;
-        let detector = Detector::cpu(&l.bundle).map_err(|e| e.to_string())?;
+        let detector = Detector::on(&l.bundle, cfg.backend).map_err(|e| e.to_string())?;
         let n = l.bundle.bank.len();
         *shared.thumbnails.write().expect("state lock") =
             (0..n).filter_map(|i| l.bundle.bank.thumbnail(i)).collect();

@@ -40,7 +40,8 @@ pub fn open_slots(cfg: &DeviceConfig) -> anyhow::Result<Slots> {
         .map(|p| slots::read_public_key(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("bundles.trusted-keys: {e}"))?;
-    Ok(Slots::new(&cfg.slots_dir(), keys, cfg.bundles.max_bytes)?)
+    Ok(Slots::new(&cfg.slots_dir(), keys, cfg.bundles.max_bytes)?
+        .with_backend(cfg.inference.backend))
 }
 
 fn capture_options(cfg: &DeviceConfig) -> anyhow::Result<CaptureOptions> {

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::{Result, ensure};
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use firm_shared::model::{EncoderConfig, ResNet18, Stem, params};
+use firm_shared::model::{ResNet18, Stem, params};
 use firm_shared::preprocess::{self, PreprocessSpec};
 use firm_shared::score::{Bank, ScoreFn};
 use image::{Rgb, RgbImage};
@@ -44,7 +44,11 @@ pub fn run(a: &SelfcheckArgs) -> Result<()> {
     let dev = Device::Cpu;
     let vm = VarMap::new();
     let enc = ResNet18::new(
-        &EncoderConfig::new(stem, a.width),
+        &firm_shared::model::ResNetConfig {
+            stem,
+            width: a.width,
+            ..Default::default()
+        },
         VarBuilder::from_varmap(&vm, DType::F32, &dev),
     )?;
     params::init_params(&vm, 0)?;

@@ -26,7 +26,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
-use firm_shared::bundle::{Bundle, BundleError, Detector, Limits, container, sha256_hex};
+use firm_shared::bundle::{Bundle, BundleError, Limits, container, sha256_hex};
+use firm_shared::detect::{Backend, Detector};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -192,6 +193,8 @@ pub struct Slots {
     dir: PathBuf,
     keys: Vec<VerifyingKey>,
     limits: Limits,
+    /// The backend self-tests run on.
+    backend: Backend,
 }
 
 fn stall_if(step: FlashStep) {
@@ -249,7 +252,18 @@ impl Slots {
                 max_total: max_bytes,
                 ..Limits::default()
             },
+            backend: Backend::default(),
         })
+    }
+
+    /// Self-test bundles on `backend` (the one the pipeline will run them on).
+    pub fn with_backend(mut self, backend: Backend) -> Self {
+        self.backend = backend;
+        self
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     pub fn bundle_path(&self, slot: Slot) -> PathBuf {
@@ -296,8 +310,8 @@ impl Slots {
         Ok((b, bytes))
     }
 
-    fn self_test(b: &Bundle) -> Result<f64, String> {
-        let r = Detector::cpu(b)
+    fn self_test(&self, b: &Bundle) -> Result<f64, String> {
+        let r = Detector::on(b, self.backend)
             .and_then(|mut d| d.self_test(b))
             .map_err(|e| e.to_string())?;
         r.check().map_err(|e| e.to_string())?;
@@ -367,7 +381,9 @@ impl Slots {
             ));
         }
         stall_if(FlashStep::SelfTest);
-        let err = Self::self_test(&loaded).map_err(|why| fail(FlashStep::SelfTest, why))?;
+        let err = self
+            .self_test(&loaded)
+            .map_err(|why| fail(FlashStep::SelfTest, why))?;
         stall_if(FlashStep::Switch);
         self.set_active(target)
             .map_err(|e| fail(FlashStep::Switch, e.to_string()))?;
@@ -398,7 +414,7 @@ impl Slots {
             slot: target,
             why: format!("does not hold a usable bundle: {why}"),
         })?;
-        Self::self_test(&b).map_err(|why| SlotError::Rollback {
+        self.self_test(&b).map_err(|why| SlotError::Rollback {
             slot: target,
             why: format!("fails its self-test: {why}"),
         })?;
@@ -433,7 +449,7 @@ impl Slots {
         for slot in order {
             let checked = self
                 .read_slot(slot)
-                .and_then(|(b, bytes)| Self::self_test(&b).map(|_| (b, bytes)));
+                .and_then(|(b, bytes)| self.self_test(&b).map(|_| (b, bytes)));
             match checked {
                 Ok((b, bytes)) => {
                     let switched = Some(slot) != active;

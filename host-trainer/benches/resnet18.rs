@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use firm_shared::model::{EncoderConfig, ResNet18, Stem, params};
+use firm_shared::model::{ResNet18, Stem, params};
 use host_trainer::optim::Sgd;
 
 struct Opts {
@@ -106,7 +106,10 @@ fn main() {
     );
     let vm = VarMap::new();
     let enc = ResNet18::new(
-        &EncoderConfig::new(o.stem, 1.0),
+        &firm_shared::model::ResNetConfig {
+            stem: o.stem,
+            ..Default::default()
+        },
         VarBuilder::from_varmap(&vm, DType::F32, &dev),
     )
     .unwrap();

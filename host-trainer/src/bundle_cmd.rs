@@ -157,8 +157,39 @@ pub fn summary(
     let e = &m.model.encoder;
     let _ = writeln!(
         s,
-        "  model            {} ({} stem, width {}), {}-d features, {} px input",
-        e.backbone, e.stem, e.width, m.model.feature_dim, m.model.input_size
+        "  model            {}, {}-d features, {} px input",
+        e.describe(),
+        m.model.feature_dim,
+        m.model.input_size
+    );
+    let g = &m.model.graph;
+    let convs: Vec<_> = g.convs().collect();
+    let depthwise = convs.iter().filter(|c| c.is_depthwise()).count();
+    let side = m.model.input_size as usize;
+    let _ = writeln!(
+        s,
+        "  graph            {} ops: {} convolutions ({} depthwise), {:.3} GMAC per image; taps: {}",
+        g.ops.len(),
+        convs.len(),
+        depthwise,
+        g.macs(side, side).unwrap_or(0) as f64 / 1e9,
+        g.taps
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let _ = writeln!(
+        s,
+        "  activations      {}",
+        if m.model.activations.is_empty() {
+            "f32 everywhere".to_string()
+        } else {
+            format!(
+                "u8 (per-tensor scale and zero point) at the input of {} tensors",
+                m.model.activations.len()
+            )
+        }
     );
     let w = &m.model.weights;
     let _ = writeln!(

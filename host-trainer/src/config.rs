@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use firm_shared::model::{Backbone, ModelConfig, Stem};
+use firm_shared::model::{Backbone, EfficientNetConfig, EncoderConfig, ModelConfig, Stem};
 use firm_shared::score::ScoreSpec;
 use serde::{Deserialize, Serialize};
 
@@ -440,9 +440,8 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
     if batch == 0 {
         return Err(Error::invalid("--batch", "must be at least 1"));
     }
-    let mut model = ModelConfig::default();
-    model.encoder.backbone = s.backbone.expect("default");
-    if model.encoder.backbone == Backbone::EfficientnetLite0 && args.init.is_none() {
+    let backbone = s.backbone.expect("default");
+    if backbone == Backbone::EfficientnetLite0 && args.init.is_none() {
         return Err(Error::invalid(
             "--backbone",
             "efficientnet-lite0 is for fine-tuning ImageNet weights: give them with --init FILE \
@@ -457,10 +456,31 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
             expected: "a safetensors file of encoder weights (--init)".into(),
         });
     }
-    model.encoder.stem = s.stem.expect("default");
-    model.encoder.width = s.width.expect("default");
-    model.encoder.frozen_stages = s.freeze_stages.expect("default");
-    model.encoder.frozen_bn = s.freeze_bn.expect("default");
+    let (frozen_stages, frozen_bn) = (
+        s.freeze_stages.expect("default"),
+        s.freeze_bn.expect("default"),
+    );
+    let encoder = match backbone {
+        Backbone::Resnet18 => {
+            if frozen_stages > 0 || frozen_bn {
+                return Err(Error::invalid(
+                    "--freeze-stages",
+                    "applies to efficientnet-lite0 fine-tuning only",
+                ));
+            }
+            EncoderConfig::new(s.stem.expect("default"), s.width.expect("default"))
+        }
+        // The profile's stem and width describe a ResNet; the pretrained network has its own.
+        Backbone::EfficientnetLite0 => EncoderConfig::EfficientnetLite0(EfficientNetConfig {
+            frozen_stages,
+            frozen_bn,
+            ..EfficientNetConfig::default()
+        }),
+    };
+    let mut model = ModelConfig {
+        encoder,
+        ..ModelConfig::default()
+    };
     model.head.hidden = s.head_hidden.expect("default");
     model.head.layers = s.head_layers.expect("default");
     model.validate()?;

@@ -106,7 +106,7 @@ pub fn run(args: &SmokeArgs) -> Result<SmokeReport> {
     let is_normal: Vec<bool> = test.iter().map(|(_, d)| d.is_none()).collect();
 
     let mut cfg = ModelConfig::tiny(Stem::Cifar);
-    cfg.encoder.width = args.width;
+    cfg.encoder = firm_shared::model::EncoderConfig::new(Stem::Cifar, args.width);
     cfg.validate()?;
     let varmap = VarMap::new();
     let model = FirmModel::new(&cfg, VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;

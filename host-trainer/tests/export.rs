@@ -132,6 +132,8 @@ fn exported_bundle_verifies_inspects_and_reports() {
         "product class    grid",
         "bundle version   42",
         "int8-symmetric-per-output-channel",
+        "graph            22 ops: 20 convolutions (0 depthwise)",
+        "taps: stem, layer1, layer2, layer3, layer4",
         "calibrated",
         "f1-optimal",
         "dataset sha256",
@@ -152,7 +154,12 @@ fn exported_bundle_verifies_inspects_and_reports() {
     assert!(s.contains("signature        valid"), "{s}");
 
     let m = manifest(&file);
-    assert_eq!(m["schema-version"], 1);
+    assert_eq!(m["schema-version"], 2);
+    // The manifest carries the graph the weights belong to, emitted from the trained encoder.
+    let g = &m["model"]["graph"];
+    assert_eq!(g["ops"].as_array().unwrap().len(), 22, "{g}");
+    assert_eq!(g["taps"][4]["name"], "layer4");
+    assert_eq!(m["model"]["encoder"]["backbone"], "resnet18");
     assert_eq!(m["bundle-version"], 42);
     assert_eq!(m["model"]["weights"]["head-exported"], false);
     assert_eq!(m["score"]["spec"], "cos_1");

@@ -14,8 +14,15 @@
 //!   computes the same function as the folded int8 graph. Channels with `f_c = 0` have all-zero
 //!   folded weights, so any weight is right there; the original one is kept.
 //!
+//! * **Activations** ([`ActivationQuant`]): affine u8 per tensor, `q = clamp(round(x / s) + zp,
+//!   0, 255)` with ties to even, `x ~ (q - zp) * s`. The range always includes 0, so zero (the
+//!   convolutions' padding) is exact. The exporter calibrates `s` and `zp` on the good training
+//!   images; executors and the reference path use [`ActivationQuant::quantize`]'s arithmetic.
+//!
 //! All functions take row-major `[c_out, rest]` weights (a `[c_out, c_in, k, k]` convolution is
 //! `rest = c_in * k * k` values per channel).
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -179,6 +186,72 @@ pub fn unfold(folded: &[f32], bn: &BnParams, original: &[f32]) -> Result<Vec<f32
     Ok(out)
 }
 
+/// The accumulator multiplier of an int8 convolution: weight scale times input scale, one f32
+/// multiply (every executor and the reference path use this, so their products are identical).
+pub fn combined_scale(weight_scale: f32, input_scale: f32) -> f32 {
+    weight_scale * input_scale
+}
+
+/// Affine u8 quantization of one activation tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ActivationQuant {
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+impl ActivationQuant {
+    /// The parameters that map `[min, max]` (widened to include 0) onto 0..=255.
+    pub fn from_range(min: f32, max: f32) -> Result<Self> {
+        if !(min.is_finite() && max.is_finite()) || min > max {
+            return Err(Error::invalid(
+                "activation range",
+                format!("[{min}, {max}] is not a finite interval"),
+            ));
+        }
+        let (lo, hi) = (min.min(0.0), max.max(0.0));
+        if hi == lo {
+            return Ok(Self {
+                scale: 1.0,
+                zero_point: 0,
+            });
+        }
+        let scale = (hi - lo) / 255.0;
+        let zero_point = (-lo / scale).round().clamp(0.0, 255.0) as u8;
+        Ok(Self { scale, zero_point })
+    }
+
+    /// `1 / scale` as every quantizer multiplies with it.
+    pub fn inv_scale(&self) -> f32 {
+        1.0 / self.scale
+    }
+
+    /// `clamp(round_ties_even(x * (1 / s)) + zp, 0, 255)`; NaN gives `zp`.
+    pub fn quantize(&self, x: f32) -> u8 {
+        let r = (x * self.inv_scale()).round_ties_even() + self.zero_point as f32;
+        if r.is_nan() {
+            self.zero_point
+        } else {
+            r.clamp(0.0, 255.0) as u8
+        }
+    }
+
+    /// `(q - zp) * s`.
+    pub fn dequantize(&self, q: u8) -> f32 {
+        (q as f32 - self.zero_point as f32) * self.scale
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !(self.scale > 0.0 && self.scale.is_finite()) {
+            return Err(Error::invalid(
+                "activation quantization",
+                format!("scale {} is not positive and finite", self.scale),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +334,34 @@ mod tests {
         let mut p = bn(2, &mut rng());
         p.running_var[1] = -1.0;
         assert!(fold(&[1.0, 2.0], &p).is_err());
+    }
+
+    #[test]
+    fn activation_quant_keeps_zero_exact_and_rounds_to_even() {
+        let q = ActivationQuant::from_range(0.0, 5.1).unwrap();
+        assert_eq!(q.zero_point, 0);
+        assert_eq!(q.quantize(0.0), 0);
+        assert_eq!(q.quantize(5.1), 255);
+        assert_eq!(q.quantize(100.0), 255);
+        assert_eq!(q.quantize(-1.0), 0);
+        assert_eq!(q.quantize(f32::NAN), 0);
+        let q = ActivationQuant::from_range(-2.0, 3.1).unwrap();
+        assert_eq!(q.dequantize(q.quantize(0.0)), 0.0);
+        // Half a step rounds to the even neighbour.
+        let h = ActivationQuant {
+            scale: 1.0,
+            zero_point: 10,
+        };
+        assert_eq!(h.quantize(0.5), 10);
+        assert_eq!(h.quantize(1.5), 12);
+        assert_eq!(h.quantize(-0.5), 10);
+        // Every value is within half a step after the round trip.
+        for i in 0..200 {
+            let x = -2.0 + 5.1 * i as f32 / 199.0;
+            assert!((q.dequantize(q.quantize(x)) - x).abs() <= q.scale * 0.5 + 1e-6);
+        }
+        assert!(ActivationQuant::from_range(1.0, 0.0).is_err());
+        assert_eq!(ActivationQuant::from_range(0.0, 0.0).unwrap().scale, 1.0);
     }
 
     #[test]

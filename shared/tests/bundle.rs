@@ -12,11 +12,12 @@ use firm_shared::bundle::manifest::{
     SelfTestSection, ThresholdSection, Tolerance, WeightsSection,
 };
 use firm_shared::bundle::{
-    BankData, Bundle, BundleError, ContainerError, CpuEmbedder, Detector, EncoderWeights, Limits,
-    Member, SelfTestData, container, weights,
+    BankData, Bundle, BundleError, ContainerError, EncoderWeights, Limits, Member, SelfTestData,
+    container, weights,
 };
 use firm_shared::calibrate::{self, CalibrationSpec};
-use firm_shared::model::{EncoderConfig, ResNet18, Stem, params};
+use firm_shared::detect::{CpuEmbedder, Detector, Embedder};
+use firm_shared::model::{Encoder, EncoderConfig, Stem, params};
 use firm_shared::preprocess::PreprocessSpec;
 use firm_shared::score::ScoreSpec;
 use image::RgbImage;
@@ -60,8 +61,9 @@ impl Default for Spec {
 /// are about the format; the exporter's tests check the independent reference path).
 fn make(spec: &Spec) -> Bundle {
     let enc = EncoderConfig::new(Stem::Imagenet, 1.0 / 16.0);
+    let graph = enc.graph();
     let vm = VarMap::new();
-    ResNet18::new(&enc, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
+    Encoder::new(&enc, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
     params::init_params(&vm, spec.seed).unwrap();
     params::randomize_batchnorm(&vm, spec.seed + 1).unwrap();
     let get = |name: &str| -> firm_shared::Result<Vec<f32>> {
@@ -71,12 +73,12 @@ fn make(spec: &Spec) -> Bundle {
             .flatten_all()?
             .to_vec1()?)
     };
-    let (w, _) = EncoderWeights::fold_and_quantize(&enc, get, &spec.float_layers).unwrap();
+    let (w, _) = EncoderWeights::fold_and_quantize(&graph, get, &spec.float_layers).unwrap();
     let score: ScoreSpec = spec.score.parse().unwrap();
     let angles = score.ensemble.angles();
     let pre = PreprocessSpec::new(SIZE);
     let train = images(spec.bank, spec.seed + 2);
-    let mut emb = CpuEmbedder::from_weights(&w, &enc, SIZE).unwrap();
+    let mut emb = CpuEmbedder::from_weights(&graph, &w, &Default::default(), SIZE).unwrap();
     let raw: Vec<Vec<f32>> = angles
         .iter()
         .map(|&a| {
@@ -84,7 +86,7 @@ fn make(spec: &Spec) -> Bundle {
                 .iter()
                 .flat_map(|i| pre.normalize(&firm_shared::preprocess::rotate(i, a)))
                 .collect();
-            firm_shared::bundle::Embedder::embed(&mut emb, &x, train.len()).unwrap()
+            emb.embed(&x, train.len()).unwrap()
         })
         .collect();
     let thumbs: Vec<RgbImage> = train
@@ -105,6 +107,7 @@ fn make(spec: &Spec) -> Bundle {
         created: "2026-12-01T00:00:00Z".into(),
         model: ModelSection {
             encoder: enc.clone(),
+            graph,
             feature_dim: dim,
             input_size: SIZE,
             weights: WeightsSection {
@@ -114,6 +117,7 @@ fn make(spec: &Spec) -> Bundle {
                 float_layers_reason: "test".into(),
                 head_exported: false,
             },
+            activations: vec![],
         },
         preprocess: pre,
         score: ScoreSection::new(score),
@@ -427,15 +431,66 @@ fn wrong_key_missing_signature_and_size_limits() {
 fn signed_but_wrong_contents_are_refused_specifically() {
     let bytes = bytes_of(&make(&Spec::default()));
     // Unknown schema version, missing or malformed version.
-    let e = open(&edit_manifest(&bytes, |v| v["schema-version"] = 2.into())).unwrap_err();
+    let e = open(&edit_manifest(&bytes, |v| v["schema-version"] = 3.into())).unwrap_err();
     assert_eq!(
         e,
         BundleError::UnknownSchema {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }
     );
-    assert!(e.to_string().contains("schema-version 2"), "{e}");
+    assert!(e.to_string().contains("schema-version 3"), "{e}");
+    // A bundle of the previous schema (no graph) is refused with the way to re-export it.
+    let e = open(&edit_manifest(&bytes, |v| v["schema-version"] = 1.into())).unwrap_err();
+    assert_eq!(
+        e,
+        BundleError::OutdatedSchema {
+            found: 1,
+            supported: 2
+        }
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("schema-version 1") && msg.contains("host-trainer export --run"),
+        "{msg}"
+    );
+    // The graph is checked: a convolution that reads a tensor of other channels, a residual
+    // from the future, a graph too deep for the input size, a quantized tensor that does not
+    // exist, a layer the weights member lacks.
+    let e = open(&edit_manifest(&bytes, |v| {
+        v["model"]["graph"]["ops"][2]["c-in"] = 5.into()
+    }))
+    .unwrap_err();
+    assert!(e.to_string().contains("c-in 5"), "{e}");
+    let e = open(&edit_manifest(&bytes, |v| {
+        v["model"]["graph"]["ops"][3]["residual"] =
+            serde_json::json!({"tensor": 40, "before-activation": true})
+    }))
+    .unwrap_err();
+    assert!(e.to_string().contains("not written before"), "{e}");
+    let e = open(&edit_manifest(&bytes, |v| {
+        // The last convolution (layer4.1.conv2) sees a 1x1 map at 16 px: unpadded it has no output.
+        let ops = v["model"]["graph"]["ops"].as_array_mut().unwrap();
+        let last = ops.len() - 2;
+        ops[last]["padding"] = 0.into();
+    }))
+    .unwrap_err();
+    assert!(e.to_string().contains("model.graph at 16 px"), "{e}");
+    let e =
+        open(&edit_manifest(
+            &bytes,
+            |v| {
+                v["model"]["activations"] =
+                    serde_json::json!([{"tensor": 999, "scale": 0.1, "zero-point": 0}])
+            },
+        ))
+        .unwrap_err();
+    assert!(e.to_string().contains("model.activations"), "{e}");
+    let e = open(&edit_manifest(&bytes, |v| {
+        v["model"]["graph"]["ops"][0]["name"] = "stem".into()
+    }))
+    .unwrap_err();
+    assert!(e.to_string().contains("stem.weight"), "{e}");
     let e = open(&edit_manifest(&bytes, |v| {
         v.as_object_mut().unwrap().remove("schema-version");
     }))

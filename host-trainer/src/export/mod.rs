@@ -14,6 +14,7 @@
 //! 6. Sign, then read the bytes back, verify them and run the self-test on the CPU path exactly as
 //!    a device would; only then write the file (atomically), and the report beside the run.
 
+mod activations;
 pub mod provenance;
 pub mod reference;
 mod report;
@@ -25,11 +26,9 @@ use firm_shared::bundle::manifest::{
     self, BankSection, Manifest, ModelSection, Provenance, ScoreSection, SelfTestCase,
     SelfTestSection, TestMetrics, ThresholdSection, Tolerance, WeightsSection,
 };
-use firm_shared::bundle::{
-    BankData, Bundle, CpuEmbedder, Detector, EncoderWeights, Limits, SelfTestData, weights,
-};
+use firm_shared::bundle::{BankData, Bundle, EncoderWeights, Limits, SelfTestData, weights};
 use firm_shared::calibrate::{self, CalibrationSpec};
-use firm_shared::model::Backbone;
+use firm_shared::detect::{CpuEmbedder, Detector, Embedder};
 use firm_shared::preprocess::{self, PreprocessSpec, ResizeFilter};
 use firm_shared::score;
 use image::RgbImage;
@@ -86,12 +85,25 @@ pub struct ExportArgs {
     /// Layers to keep in f32 instead of int8, comma-separated convolution names (e.g. conv1).
     #[arg(long, value_delimiter = ',', value_name = "LAYERS")]
     pub float_layers: Option<Vec<String>>,
+    /// Activations the convolutions read: int8 (u8 per tensor, calibrated on the good training
+    /// images; the device's int8 kernels) or f32.
+    #[arg(long, value_enum, default_value_t = Activations::F32, value_name = "TYPE")]
+    pub activations: Activations,
     /// Images in the self-test (at least 8).
     #[arg(long, default_value_t = 8, value_name = "N")]
     pub selftest: usize,
     /// Side of the thumbnail stored per bank entry, in pixels.
     #[arg(long, default_value_t = 64, value_name = "PX")]
     pub thumbnail: u32,
+}
+
+/// What the convolutions' inputs are stored as on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Activations {
+    /// u8 with a per-tensor scale and zero point, wherever an int8-weight convolution reads.
+    Int8,
+    /// f32 everywhere.
+    F32,
 }
 
 /// Indices spread evenly over `0..n`, at most `k` of them.
@@ -166,15 +178,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     let run = RunDir::open(&args.run)?;
     let cfg = run.read_config()?;
     let enc = cfg.model.encoder.clone();
-    if enc.backbone != Backbone::Resnet18 {
-        return Err(Error::invalid(
-            "export",
-            format!(
-                "bundles hold resnet18 encoders; this run trained {}",
-                enc.backbone
-            ),
-        ));
-    }
+    let graph = enc.graph();
     if cfg.score.ensemble.uses_crops() {
         return Err(Error::invalid(
             "export",
@@ -211,7 +215,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
             .to_dtype(candle_core::DType::F32)?
             .to_vec1()?)
     };
-    let (qweights, floats) = EncoderWeights::fold_and_quantize(&enc, get, &float_layers)?;
+    let (qweights, floats) = EncoderWeights::fold_and_quantize(&graph, get, &float_layers)?;
 
     // 2. Data, bank and thumbnails on the quantized path.
     let ds = cfg.data.open(cwd)?;
@@ -244,7 +248,18 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         ..PreprocessSpec::new(cfg.size)
     };
     let angles = cfg.score.ensemble.angles();
-    let mut quantized = CpuEmbedder::from_weights(&qweights, &enc, cfg.size)?;
+    let activations = match args.activations {
+        Activations::Int8 => {
+            info!(
+                "calibrating u8 activations on {} good training images",
+                imgs.train.len()
+            );
+            activations::calibrate(&graph, &qweights, &pre, &imgs.train, angles)?
+        }
+        Activations::F32 => Vec::new(),
+    };
+    let act_quant = activations.iter().map(|a| (a.tensor, a.quant())).collect();
+    let mut quantized = CpuEmbedder::from_weights(&graph, &qweights, &act_quant, cfg.size)?;
     info!(
         "bank: {} good training images x {} angle(s) on the int8 path",
         imgs.train.len(),
@@ -257,11 +272,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
             .iter()
             .flat_map(|i| pre.normalize(&preprocess::rotate(i, a)))
             .collect();
-        raw.push(firm_shared::bundle::Embedder::embed(
-            &mut quantized,
-            &inputs,
-            imgs.train.len(),
-        )?);
+        raw.push(quantized.embed(&inputs, imgs.train.len())?);
     }
     let thumb = args.thumbnail;
     let thumbs: Vec<RgbImage> = imgs
@@ -334,7 +345,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     let cases = selftest_cases(&imgs, args.selftest, &rel);
     let case_imgs: Vec<RgbImage> = cases.iter().map(|c| c.0.clone()).collect();
     let mut refe =
-        reference::ReferenceEmbedder::new(&enc, cfg.size, &weights_path, &qweights, &floats)?;
+        reference::ReferenceEmbedder::new(&graph, cfg.size, &qweights, &floats, &act_quant)?;
     let mut ref_det = Detector::from_parts(pre.clone(), cfg.score, &bank, &mut refe)?;
     let (ref_scored, ref_feats) = ref_det.score_preprocessed(&case_imgs)?;
     let selftest = SelfTestData {
@@ -365,6 +376,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
         model: ModelSection {
             encoder: enc.clone(),
+            graph: graph.clone(),
             feature_dim: dim,
             input_size: cfg.size,
             weights: WeightsSection {
@@ -378,6 +390,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
                 float_layers,
                 head_exported: false,
             },
+            activations,
         },
         preprocess: pre,
         score: ScoreSection::new(cfg.score),
@@ -404,7 +417,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         selftest: SelfTestSection {
             cases: cases.into_iter().map(|c| c.1).collect(),
             tolerance,
-            reference: "host: unfolded float graph (convolution + BatchNorm) with the dequantized weights unfolded again".into(),
+            reference: "host: the graph unfolded on candle (convolution, then BatchNorm) with the dequantized weights unfolded again".into(),
         },
         provenance: Provenance {
             dataset: ds.origin.clone(),

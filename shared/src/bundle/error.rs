@@ -17,6 +17,12 @@ pub enum BundleError {
          (update the runtime, or export with a matching trainer)"
     )]
     UnknownSchema { found: u64, supported: u32 },
+    #[error(
+        "manifest.json has schema-version {found}, written before bundles carried the encoder \
+         graph; this build reads schema-version {supported}. Export the run again with this \
+         trainer: host-trainer export --run RUN --key KEY --out FILE"
+    )]
+    OutdatedSchema { found: u64, supported: u32 },
     #[error("member {name:?} is missing")]
     MissingMember { name: String },
     #[error("member {name:?} is not part of the bundle format")]

@@ -9,11 +9,14 @@ use serde::{Deserialize, Serialize};
 use super::BundleError;
 use crate::calibrate::{ConformalThreshold, Confusion, F1Point};
 use crate::model::EncoderConfig;
+use crate::model::graph::{Graph, TensorId};
 use crate::preprocess::PreprocessSpec;
+use crate::quant::ActivationQuant;
 use crate::score::{Ensemble, ScoreFn, ScoreSpec};
 
-/// The manifest schema this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The manifest schema this build writes and reads. 2: the model section carries the encoder
+/// graph, per-backbone encoder settings and the activation quantization.
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -39,11 +42,43 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ModelSection {
-    /// Backbone, stem, width, BatchNorm eps: the graph the weights belong to.
+    /// The trained encoder's settings (backbone and its own fields), for reports.
     pub encoder: EncoderConfig,
+    /// The folded encoder every executor runs ([`crate::model::graph`]); the weights member holds
+    /// exactly its convolutions.
+    pub graph: Graph,
     pub feature_dim: usize,
     pub input_size: u32,
     pub weights: WeightsSection,
+    /// Tensors quantized to u8 where a dense convolution reads them (the int8 path), calibrated
+    /// on the good training images; empty: every convolution reads f32 activations.
+    pub activations: Vec<TensorQuant>,
+}
+
+/// The u8 quantization of one tensor of the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TensorQuant {
+    pub tensor: TensorId,
+    pub scale: f32,
+    pub zero_point: u8,
+}
+
+impl TensorQuant {
+    pub fn new(tensor: TensorId, q: ActivationQuant) -> Self {
+        Self {
+            tensor,
+            scale: q.scale,
+            zero_point: q.zero_point,
+        }
+    }
+
+    pub fn quant(&self) -> ActivationQuant {
+        ActivationQuant {
+            scale: self.scale,
+            zero_point: self.zero_point,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -209,6 +244,12 @@ impl Manifest {
         let found = version
             .as_u64()
             .ok_or_else(|| BundleError::manifest("`schema-version` is not a whole number"))?;
+        if found < SCHEMA_VERSION as u64 {
+            return Err(BundleError::OutdatedSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
         if found != SCHEMA_VERSION as u64 {
             return Err(BundleError::UnknownSchema {
                 found,
@@ -252,6 +293,33 @@ impl Manifest {
                 self.preprocess.size, self.model.input_size
             ));
         }
+        let g = &self.model.graph;
+        match g.feature_dim() {
+            Ok(d) if d == self.model.feature_dim => {}
+            Ok(d) => {
+                return bad(format!(
+                    "model.feature-dim {} differs from the graph's output ({d})",
+                    self.model.feature_dim
+                ));
+            }
+            Err(e) => return bad(format!("model.graph: {e}")),
+        }
+        let side = self.model.input_size as usize;
+        if let Err(e) = g.shapes(side, side) {
+            return bad(format!("model.graph at {side} px: {e}"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for a in &self.model.activations {
+            if a.tensor >= g.tensors() || !seen.insert(a.tensor) {
+                return bad(format!(
+                    "model.activations: tensor {} is repeated or not in the graph",
+                    a.tensor
+                ));
+            }
+            if let Err(e) = a.quant().validate() {
+                return bad(format!("model.activations, tensor {}: {e}", a.tensor));
+            }
+        }
         if self.model.feature_dim != self.model.encoder.feature_dim() {
             return bad(format!(
                 "model.feature-dim {} does not match the encoder ({})",
@@ -291,6 +359,15 @@ impl Manifest {
             return bad("selftest.tolerance values must be positive".into());
         }
         Ok(())
+    }
+
+    /// The activation quantization by tensor.
+    pub fn activation_quant(&self) -> std::collections::BTreeMap<TensorId, ActivationQuant> {
+        self.model
+            .activations
+            .iter()
+            .map(|a| (a.tensor, a.quant()))
+            .collect()
     }
 
     /// The ensembles and score as a spec.

@@ -13,13 +13,13 @@
 //!
 //! [`Bundle::open`] verifies the signature before it parses a single member; the members are then
 //! checked against the manifest (size, SHA-256, dtypes, shapes, exactly the expected tensors).
-//! [`infer::Detector`] runs a bundle; its `self_test` must reproduce the expected values within
-//! the manifest's tolerance before a device uses the bundle.
+//! Running a bundle is not this module's job: [`crate::detect::Detector`] does, and its
+//! `self_test` must reproduce the expected values within the manifest's tolerance before a device
+//! uses the bundle.
 
 pub mod bank;
 pub mod container;
 pub mod error;
-pub mod infer;
 pub mod manifest;
 pub mod selftest;
 pub mod tensors;
@@ -33,7 +33,6 @@ use sha2::{Digest, Sha256};
 pub use bank::BankData;
 pub use container::{Container, ContainerError, Limits, Member};
 pub use error::BundleError;
-pub use infer::{CpuEmbedder, Detector, Embedder, Scored};
 pub use manifest::{Manifest, MemberInfo};
 pub use selftest::{SelfTestData, SelfTestReport};
 pub use weights::EncoderWeights;
@@ -147,12 +146,24 @@ impl Bundle {
             )));
         }
         let m = &manifest;
-        let encoder = EncoderWeights::from_safetensors(get(weights::MEMBER)?, &m.model.encoder)?;
+        let encoder = EncoderWeights::from_safetensors(get(weights::MEMBER)?, &m.model.graph)?;
         let float = encoder.float_layers();
         if float != m.model.weights.float_layers {
             return Err(BundleError::inconsistent(format!(
                 "layers stored in f32 {float:?}; the manifest lists {:?}",
                 m.model.weights.float_layers
+            )));
+        }
+        let allowed = encoder.int8_inputs(&m.model.graph);
+        if let Some(a) = m
+            .model
+            .activations
+            .iter()
+            .find(|a| !allowed.contains(&a.tensor))
+        {
+            return Err(BundleError::inconsistent(format!(
+                "model.activations quantizes tensor {}, which is not read by int8 convolutions only",
+                a.tensor
             )));
         }
         let bank = BankData::from_safetensors(
@@ -176,8 +187,16 @@ impl Bundle {
         })
     }
 
-    /// Load the bundle on the CPU path and run its self-test there.
+    /// Load the bundle on the CPU backend and run its self-test there.
     pub fn self_test_cpu(&self) -> Result<SelfTestReport, BundleError> {
-        Detector::cpu(self)?.self_test(self)
+        self.self_test_on(crate::detect::Backend::Cpu)
+    }
+
+    /// Load the bundle on `backend` and run its self-test there.
+    pub fn self_test_on(
+        &self,
+        backend: crate::detect::Backend,
+    ) -> Result<SelfTestReport, BundleError> {
+        crate::detect::Detector::on(self, backend)?.self_test(self)
     }
 }

@@ -306,6 +306,141 @@ impl EfficientNetLite0 {
     }
 }
 
+/// The folded inference graph of EfficientNet-Lite0 up to `features` (names as
+/// [`EfficientNetLite0`]'s parameters): stem (+ ReLU6); per MBConv block the 1x1 expansion
+/// (+ ReLU6, absent in block 0), the kxk depthwise convolution (+ ReLU6) and the 1x1 projection,
+/// with the block input added after it when the shapes allow; the 1x1 head (+ ReLU6) for
+/// [`Features::Head`]; the global average pool. Taps: `stem`, `stage1`..`stage7` (each stage's
+/// output, as far as built) and `head`.
+pub fn graph(features: Features) -> super::graph::Graph {
+    use super::graph::{Activation, ConvSpec, GraphBuilder, Residual};
+    let spec = |name: &str,
+                bn: &str,
+                c_out,
+                kernel,
+                stride,
+                activation|
+     -> (String, String, usize, usize, usize, Activation) {
+        (
+            name.to_string(),
+            bn.to_string(),
+            c_out,
+            kernel,
+            stride,
+            activation,
+        )
+    };
+    let mut g = GraphBuilder::new(3);
+    let conv = |g: &mut GraphBuilder,
+                x,
+                (name, bn, c_out, kernel, stride, activation): (
+        String,
+        String,
+        usize,
+        usize,
+        usize,
+        Activation,
+    ),
+                depthwise: bool,
+                residual: Option<Residual>| {
+        g.conv(
+            x,
+            ConvSpec {
+                name: &name,
+                bn: &bn,
+                eps: BN_EPS,
+                c_out,
+                kernel,
+                stride,
+                depthwise,
+                activation,
+                residual,
+            },
+        )
+    };
+    let mut x = conv(
+        &mut g,
+        0,
+        spec("_conv_stem", "_bn0", STEM_CHANNELS, 3, 2, Activation::Relu6),
+        false,
+        None,
+    );
+    g.tap("stem", x);
+    let mut c_in = STEM_CHANNELS;
+    let mut block = 0;
+    for (si, st) in STAGES[..features.stages()].iter().enumerate() {
+        for r in 0..st.repeats {
+            let p = format!("_blocks.{block}");
+            let stride = if r == 0 { st.stride } else { 1 };
+            let c_mid = c_in * st.expand;
+            let input = x;
+            let mut y = x;
+            if st.expand != 1 {
+                y = conv(
+                    &mut g,
+                    y,
+                    spec(
+                        &format!("{p}._expand_conv"),
+                        &format!("{p}._bn0"),
+                        c_mid,
+                        1,
+                        1,
+                        Activation::Relu6,
+                    ),
+                    false,
+                    None,
+                );
+            }
+            y = conv(
+                &mut g,
+                y,
+                spec(
+                    &format!("{p}._depthwise_conv"),
+                    &format!("{p}._bn1"),
+                    c_mid,
+                    st.kernel,
+                    stride,
+                    Activation::Relu6,
+                ),
+                true,
+                None,
+            );
+            let residual = (stride == 1 && c_in == st.out).then_some(Residual {
+                tensor: input,
+                before_activation: false,
+            });
+            x = conv(
+                &mut g,
+                y,
+                spec(
+                    &format!("{p}._project_conv"),
+                    &format!("{p}._bn2"),
+                    st.out,
+                    1,
+                    1,
+                    Activation::None,
+                ),
+                false,
+                residual,
+            );
+            c_in = st.out;
+            block += 1;
+        }
+        g.tap(&format!("stage{}", si + 1), x);
+    }
+    if features == Features::Head {
+        x = conv(
+            &mut g,
+            x,
+            spec("_conv_head", "_bn1", HEAD_CHANNELS, 1, 1, Activation::Relu6),
+            false,
+            None,
+        );
+        g.tap("head", x);
+    }
+    g.finish(x)
+}
+
 /// Depthwise convolution: `x` `[B, C, H, W]`, `w` `[C, 1, k, k]`, zero padding `pad` on every side;
 /// the same as `x.conv2d(w, pad, stride, 1, C)`, through the project's fast custom op
 /// ([`super::conv::depthwise_conv2d`]; candle's grouped conv is about 10x slower on the CPU).

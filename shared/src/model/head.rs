@@ -36,14 +36,14 @@ impl ProjectionHead {
             let vb_bn = vb.pp((3 * i + 1).to_string());
             let norm = if last {
                 let c = BatchNormConfig {
-                    eps: enc.bn_eps,
+                    eps: enc.bn_eps(),
                     remove_mean: true,
                     affine: false,
-                    momentum: enc.bn_momentum,
+                    momentum: enc.bn_momentum(),
                 };
                 norm::batch_norm(d_out, c, vb_bn)?
             } else {
-                bn(d_out, enc, vb_bn)?
+                bn(d_out, enc.bn_eps(), enc.bn_momentum(), vb_bn)?
             };
             layers.push((linear, norm));
             d_in = d_out;

@@ -4,7 +4,7 @@
 pub mod config;
 pub mod conv;
 pub mod efficientnet;
-pub mod folded;
+pub mod graph;
 pub mod head;
 pub mod norm;
 pub mod params;
@@ -14,7 +14,9 @@ pub mod resnet;
 use candle_core::{Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-pub use config::{Backbone, EncoderConfig, HeadConfig, ModelConfig, Stem};
+pub use config::{
+    Backbone, EfficientNetConfig, EncoderConfig, HeadConfig, ModelConfig, ResNetConfig, Stem,
+};
 pub use efficientnet::EfficientNetLite0;
 pub use head::{ProjectionHead, l2_normalize_rows};
 pub use resnet::ResNet18;
@@ -32,12 +34,12 @@ pub enum Encoder {
 impl Encoder {
     /// ResNet-18 parameters carry torchvision's names, EfficientNet-Lite0's the PyTorch port's.
     pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
-        Ok(match cfg.backbone {
-            Backbone::Resnet18 => Encoder::ResNet18(ResNet18::new(cfg, vb)?),
-            Backbone::EfficientnetLite0 => Encoder::EfficientNetLite0(
-                EfficientNetLite0::new(cfg.features, cfg.bn_momentum, vb)?
-                    .freeze_stages(cfg.frozen_stages)?
-                    .freeze_bn(cfg.frozen_bn),
+        Ok(match cfg {
+            EncoderConfig::Resnet18(r) => Encoder::ResNet18(ResNet18::new(r, vb)?),
+            EncoderConfig::EfficientnetLite0(e) => Encoder::EfficientNetLite0(
+                EfficientNetLite0::new(e.features, e.bn_momentum, vb)?
+                    .freeze_stages(e.frozen_stages)?
+                    .freeze_bn(e.frozen_bn),
             ),
         })
     }

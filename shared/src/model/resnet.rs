@@ -15,18 +15,110 @@
 use candle_core::{D, Result, Tensor};
 use candle_nn::{BatchNormConfig, Conv2d, VarBuilder};
 
-use super::config::{EncoderConfig, Stem};
+use super::config::{EncoderConfig, ResNetConfig, Stem};
 use super::conv::{self, conv_no_bias as conv};
+use super::graph::{Activation, ConvSpec, Graph, GraphBuilder, Residual};
 use super::norm::{self, BatchNorm};
 
-pub(crate) fn bn(channels: usize, cfg: &EncoderConfig, vb: VarBuilder) -> Result<BatchNorm> {
+/// An affine BatchNorm with the run's eps and momentum.
+pub(crate) fn bn(channels: usize, eps: f64, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
     let bn_cfg = BatchNormConfig {
-        eps: cfg.bn_eps,
+        eps,
         remove_mean: true,
         affine: true,
-        momentum: cfg.bn_momentum,
+        momentum,
     };
     norm::batch_norm(channels, bn_cfg, vb)
+}
+
+/// Stem kernel and stride.
+fn stem_conv(stem: Stem) -> (usize, usize) {
+    match stem {
+        Stem::Cifar => (3, 1),
+        Stem::Imagenet => (7, 2),
+    }
+}
+
+/// The folded inference graph of ResNet-18 (names as [`ResNet18`]'s parameters): stem conv
+/// (+ ReLU, then the 3x3/2 max-pool for the ImageNet stem), per block `conv1` (+ ReLU), the
+/// shortcut `downsample.0` where the shape changes, and `conv2` with the shortcut added before
+/// its ReLU; the global average pool. Taps: `stem`, `layer1`..`layer4` (each stage's output).
+pub fn graph(cfg: &ResNetConfig) -> Graph {
+    let ch = cfg.stage_channels();
+    let eps = cfg.bn_eps;
+    let conv_spec = |name: &'static str, c_out, kernel, stride, activation| ConvSpec {
+        name,
+        bn: name,
+        eps,
+        c_out,
+        kernel,
+        stride,
+        depthwise: false,
+        activation,
+        residual: None,
+    };
+    let mut g = GraphBuilder::new(3);
+    let (k, s) = stem_conv(cfg.stem);
+    let mut x = g.conv(
+        g.input(),
+        ConvSpec {
+            bn: "bn1",
+            ..conv_spec("conv1", ch[0], k, s, Activation::Relu)
+        },
+    );
+    if cfg.stem == Stem::Imagenet {
+        x = g.max_pool(x, 3, 2, 1);
+    }
+    g.tap("stem", x);
+    let mut c_in = ch[0];
+    for (i, &c_out) in ch.iter().enumerate() {
+        for b in 0..2 {
+            let p = format!("layer{}.{b}", i + 1);
+            let stride = if b == 0 && i > 0 { 2 } else { 1 };
+            let (n1, b1, n2, b2) = (
+                format!("{p}.conv1"),
+                format!("{p}.bn1"),
+                format!("{p}.conv2"),
+                format!("{p}.bn2"),
+            );
+            let y = g.conv(
+                x,
+                ConvSpec {
+                    name: &n1,
+                    bn: &b1,
+                    ..conv_spec("", c_out, 3, stride, Activation::Relu)
+                },
+            );
+            let shortcut = if stride != 1 || c_in != c_out {
+                let (nd, bd) = (format!("{p}.downsample.0"), format!("{p}.downsample.1"));
+                g.conv(
+                    x,
+                    ConvSpec {
+                        name: &nd,
+                        bn: &bd,
+                        ..conv_spec("", c_out, 1, stride, Activation::None)
+                    },
+                )
+            } else {
+                x
+            };
+            x = g.conv(
+                y,
+                ConvSpec {
+                    name: &n2,
+                    bn: &b2,
+                    residual: Some(Residual {
+                        tensor: shortcut,
+                        before_activation: true,
+                    }),
+                    ..conv_spec("", c_out, 3, 1, Activation::Relu)
+                },
+            );
+            c_in = c_out;
+        }
+        g.tap(&format!("layer{}", i + 1), x);
+    }
+    g.finish(x)
 }
 
 /// Two 3x3 convolutions with a residual connection (torchvision `BasicBlock`).
@@ -44,22 +136,23 @@ impl BasicBlock {
         c_in: usize,
         c_out: usize,
         stride: usize,
-        cfg: &EncoderConfig,
+        cfg: &ResNetConfig,
         vb: VarBuilder,
     ) -> Result<Self> {
+        let bn = |c, vb| bn(c, cfg.bn_eps, cfg.bn_momentum, vb);
         let downsample = if stride != 1 || c_in != c_out {
             Some((
                 conv(c_in, c_out, 1, stride, vb.pp("downsample.0"))?,
-                bn(c_out, cfg, vb.pp("downsample.1"))?,
+                bn(c_out, vb.pp("downsample.1"))?,
             ))
         } else {
             None
         };
         Ok(Self {
             conv1: conv(c_in, c_out, 3, stride, vb.pp("conv1"))?,
-            bn1: bn(c_out, cfg, vb.pp("bn1"))?,
+            bn1: bn(c_out, vb.pp("bn1"))?,
             conv2: conv(c_out, c_out, 3, 1, vb.pp("conv2"))?,
-            bn2: bn(c_out, cfg, vb.pp("bn2"))?,
+            bn2: bn(c_out, vb.pp("bn2"))?,
             downsample,
         })
     }
@@ -91,15 +184,14 @@ impl ResNet18 {
     /// Build (or load, depending on the VarBuilder's backend) the encoder. Parameter names are
     /// torchvision's: `conv1.weight`, `bn1.*`, `layer{1..4}.{0,1}.{conv1,bn1,conv2,bn2}.*`,
     /// `layer{2..4}.0.downsample.{0,1}.*`.
-    pub fn new(cfg: &EncoderConfig, vb: VarBuilder) -> Result<Self> {
-        cfg.validate()
+    pub fn new(cfg: &ResNetConfig, vb: VarBuilder) -> Result<Self> {
+        EncoderConfig::Resnet18(cfg.clone())
+            .validate()
             .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let ch = cfg.stage_channels();
-        let conv1 = match cfg.stem {
-            Stem::Cifar => conv(3, ch[0], 3, 1, vb.pp("conv1"))?,
-            Stem::Imagenet => conv(3, ch[0], 7, 2, vb.pp("conv1"))?,
-        };
-        let bn1 = bn(ch[0], cfg, vb.pp("bn1"))?;
+        let (k, s) = stem_conv(cfg.stem);
+        let conv1 = conv(3, ch[0], k, s, vb.pp("conv1"))?;
+        let bn1 = bn(ch[0], cfg.bn_eps, cfg.bn_momentum, vb.pp("bn1"))?;
         let mut layers = Vec::with_capacity(4);
         let mut c_in = ch[0];
         for (i, &c_out) in ch.iter().enumerate() {

@@ -1,29 +1,40 @@
-//! Running a bundle: the [`Embedder`] trait every backend implements, the CPU backend
-//! ([`CpuEmbedder`], the folded graph of [`crate::model::folded`] on candle's CPU device), and the
-//! [`Detector`] that turns an image into a distance from normal, a verdict and the nearest good
-//! image, exactly as the bundle's manifest prescribes.
+//! Running a bundle (DESIGN section 5): the [`Embedder`] trait every backend implements, the
+//! backends ([`Backend`], [`embedder`]; the CPU one in [`cpu`]), and the [`Detector`] that turns
+//! an image into a distance from normal, a verdict and the nearest good image, exactly as the
+//! bundle's manifest prescribes. The trainer's evaluation, the exporter, the benchmark and the
+//! device all score through this one [`Detector`]; running a model is not part of the file
+//! format ([`crate::bundle`]).
 //!
 //! Per image: test transform (when not already applied) -> for each angle of the score's
 //! ensemble: rotate, normalise, embed, score against that angle's bank -> mean over angles ->
 //! distance `1 - score`. The nearest good image is the top cosine of the unrotated view.
 
-use candle_core::{Device, Tensor};
-use image::RgbImage;
+pub mod cpu;
 
-use super::{BankData, Bundle, BundleError, EncoderWeights, SelfTestReport};
-use crate::model::EncoderConfig;
-use crate::model::folded::FoldedResNet18;
+use image::RgbImage;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{BankData, Bundle, BundleError, SelfTestReport};
 use crate::preprocess::{self, PreprocessSpec};
 use crate::score::{Bank, ScoreFn, ScoreSpec};
 
+pub use cpu::CpuEmbedder;
+
 /// A backend that turns normalised model inputs into encoder features.
 pub trait Embedder {
-    /// Short name for reports (`cpu`, `wgpu`, ...).
+    /// Short name for reports (`cpu`, `reference`, ...).
     fn name(&self) -> &str;
     fn feature_dim(&self) -> usize;
-    /// `inputs`: `n` normalised CHW images of the bundle's input size, concatenated.
-    /// Returns `n * feature_dim` raw features.
-    fn embed(&mut self, inputs: &[f32], n: usize) -> Result<Vec<f32>, BundleError>;
+    /// `inputs`: `n` normalised CHW images of the bundle's input size, concatenated; writes
+    /// `n * feature_dim` raw features into `out`.
+    fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError>;
+
+    /// [`Self::embed_into`] into a new vector.
+    fn embed(&mut self, inputs: &[f32], n: usize) -> Result<Vec<f32>, BundleError> {
+        let mut out = vec![0f32; n * self.feature_dim()];
+        self.embed_into(inputs, n, &mut out)?;
+        Ok(out)
+    }
 }
 
 impl<E: Embedder + ?Sized> Embedder for &mut E {
@@ -33,75 +44,73 @@ impl<E: Embedder + ?Sized> Embedder for &mut E {
     fn feature_dim(&self) -> usize {
         (**self).feature_dim()
     }
-    fn embed(&mut self, inputs: &[f32], n: usize) -> Result<Vec<f32>, BundleError> {
-        (**self).embed(inputs, n)
+    fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError> {
+        (**self).embed_into(inputs, n, out)
     }
 }
 
-/// The folded int8 encoder on candle's CPU device (weights dequantized to f32 at load).
-#[derive(Debug)]
-pub struct CpuEmbedder {
-    model: FoldedResNet18,
-    size: usize,
-    device: Device,
-}
-
-impl CpuEmbedder {
-    pub fn new(bundle: &Bundle) -> Result<Self, BundleError> {
-        let m = &bundle.manifest.model;
-        Self::from_weights(&bundle.encoder, &m.encoder, m.input_size)
-    }
-
-    /// From the folded weights alone (the exporter, before the bundle exists).
-    pub fn from_weights(
-        weights: &EncoderWeights,
-        cfg: &EncoderConfig,
-        input_size: u32,
-    ) -> Result<Self, BundleError> {
-        let device = Device::Cpu;
-        Ok(Self {
-            model: weights.build(cfg, &device)?,
-            size: input_size as usize,
-            device,
-        })
-    }
-}
-
-/// Images per forward pass (bounds the activation memory of a large batch).
-const CHUNK: usize = 16;
-
-impl Embedder for CpuEmbedder {
+impl<E: Embedder + ?Sized> Embedder for Box<E> {
     fn name(&self) -> &str {
-        "cpu"
+        (**self).name()
     }
-
     fn feature_dim(&self) -> usize {
-        self.model.feature_dim()
+        (**self).feature_dim()
     }
+    fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError> {
+        (**self).embed_into(inputs, n, out)
+    }
+}
 
-    fn embed(&mut self, inputs: &[f32], n: usize) -> Result<Vec<f32>, BundleError> {
-        let per = 3 * self.size * self.size;
-        if inputs.len() != n * per {
-            return Err(BundleError::runtime(format!(
-                "{} input values for {n} images of 3x{s}x{s}",
-                inputs.len(),
-                s = self.size
-            )));
+/// Where a bundle's encoder runs (the device config's `inference.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    /// The CPU executor ([`cpu`]): int8 kernels where they are faster, both cores.
+    #[default]
+    Cpu,
+}
+
+impl Backend {
+    pub const ALL: [Backend; 1] = [Backend::Cpu];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Cpu => "cpu",
         }
-        let mut out = Vec::with_capacity(n * self.feature_dim());
-        for chunk in inputs.chunks(CHUNK * per) {
-            let b = chunk.len() / per;
-            let x = Tensor::from_slice(chunk, (b, 3, self.size, self.size), &self.device)
-                .map_err(BundleError::runtime)?;
-            let f = self
-                .model
-                .forward(&x)
-                .and_then(|f| f.flatten_all())
-                .and_then(|f| f.to_vec1::<f32>())
-                .map_err(BundleError::runtime)?;
-            out.extend(f);
-        }
-        Ok(out)
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        Backend::ALL
+            .into_iter()
+            .find(|b| b.name() == s)
+            .ok_or_else(|| {
+                crate::Error::invalid(
+                    "backend",
+                    format!(
+                        "`{s}`; expected one of {}",
+                        Backend::ALL.map(Backend::name).join(", ")
+                    ),
+                )
+            })
+    }
+}
+
+/// The bundle's encoder on `backend`: what the pipeline and the flash self-test both run.
+pub fn embedder(
+    bundle: &Bundle,
+    backend: Backend,
+) -> Result<Box<dyn Embedder + Send>, BundleError> {
+    match backend {
+        Backend::Cpu => Ok(Box::new(CpuEmbedder::new(bundle)?)),
     }
 }
 
@@ -125,6 +134,13 @@ pub struct Detector<E> {
     angles: Vec<u8>,
     banks: Vec<Bank<f32>>,
     pub embedder: E,
+}
+
+impl Detector<Box<dyn Embedder + Send>> {
+    /// The bundle on `backend` ([`embedder`]).
+    pub fn on(bundle: &Bundle, backend: Backend) -> Result<Self, BundleError> {
+        Self::new(bundle, embedder(bundle, backend)?)
+    }
 }
 
 impl Detector<CpuEmbedder> {
@@ -230,7 +246,7 @@ impl<E: Embedder> Detector<E> {
                 let score = s / na;
                 Scored {
                     score,
-                    distance: super::manifest::distance_of(score),
+                    distance: crate::bundle::manifest::distance_of(score),
                     nearest: j,
                     nearest_cosine: c,
                 }
