@@ -1,0 +1,89 @@
+//! Per-frame preprocessing time: camera frames -> test transform -> one normalised CHW input, the
+//! allocating reference path (`PreprocessSpec::model_input`: image's `imageops::resize`, crop,
+//! `normalize_chw`) against the device path (`FramePreprocessor` into kept buffers, the same
+//! bytes), in microseconds per frame. Single thread; the best of several timed rounds.
+//!
+//! ```text
+//! cargo bench -p firm-shared --bench preprocess
+//! cargo bench -p firm-shared --bench preprocess -- --rounds 9
+//! ```
+//!
+//! Figures: see the report of the commit that added this file (a 2-core machine shared with
+//! other jobs, so expect noise of tens of percent).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use firm_shared::preprocess::{FramePreprocessor, PreprocessSpec};
+use image::RgbImage;
+
+fn frame(w: u32, h: u32) -> RgbImage {
+    // A smooth pattern with some texture, like a camera image (the content does not change the
+    // work: every weight is applied to every pixel either way).
+    RgbImage::from_fn(w, h, |x, y| {
+        let v = (x * 7 + y * 3) ^ (x.wrapping_mul(2_654_435_761) >> 27);
+        image::Rgb([v as u8, (v + y) as u8, (x ^ y) as u8])
+    })
+}
+
+/// Best per-call time of `f` over `rounds` rounds of about 200 ms each.
+fn time(rounds: usize, mut f: impl FnMut()) -> Duration {
+    f();
+    let start = Instant::now();
+    let mut calls = 0u32;
+    while start.elapsed() < Duration::from_millis(50) {
+        f();
+        calls += 1;
+    }
+    let per_round = ((calls as u128 * 200) / 50).max(1) as u32;
+    (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..per_round {
+                f();
+            }
+            t.elapsed() / per_round
+        })
+        .min()
+        .expect("at least one round")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rounds = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .map_or(5, |v| v.parse().expect("--rounds N"));
+    println!(
+        "{:>10} {:>5} {:>14} {:>14} {:>8}",
+        "frame", "size", "allocating µs", "FramePre µs", "speed-up"
+    );
+    for (w, h) in [(640u32, 480u32), (1920, 1080)] {
+        let img = frame(w, h);
+        for size in [224u32, 256] {
+            let spec = PreprocessSpec::new(size);
+            let old = time(rounds, || {
+                black_box(spec.model_input(black_box(&img)).expect("preprocess"));
+            });
+            let mut pre = FramePreprocessor::new(&spec).expect("spec");
+            let mut input = vec![0f32; pre.input_len()];
+            let new = time(rounds, || {
+                let square = pre.test_transform(black_box(&img)).expect("preprocess");
+                square.normalize_into(0, &mut input);
+                black_box(&input);
+            });
+            // Same result, or the figures mean nothing.
+            assert_eq!(input, spec.model_input(&img).expect("preprocess"));
+            let us = |d: Duration| d.as_secs_f64() * 1e6;
+            println!(
+                "{:>10} {:>5} {:>14.0} {:>14.0} {:>7.1}x",
+                format!("{w}x{h}"),
+                size,
+                us(old),
+                us(new),
+                us(old) / us(new)
+            );
+        }
+    }
+}
