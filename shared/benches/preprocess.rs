@@ -6,6 +6,8 @@
 //! ```text
 //! cargo bench -p firm-shared --bench preprocess
 //! cargo bench -p firm-shared --bench preprocess -- --rounds 9
+//! # profiling the new path: skip the old one, a fixed number of calls
+//! valgrind --tool=callgrind target/release/deps/preprocess-* --new-only --calls 10
 //! ```
 //!
 //! Figures: see the report of the commit that added this file (a 2-core machine shared with
@@ -26,16 +28,20 @@ fn frame(w: u32, h: u32) -> RgbImage {
     })
 }
 
-/// Best per-call time of `f` over `rounds` rounds of about 200 ms each.
-fn time(rounds: usize, mut f: impl FnMut()) -> Duration {
+/// Best per-call time of `f` over `rounds` rounds of about 200 ms each, or with `calls`, one
+/// round of exactly that many calls (deterministic work, for `valgrind --tool=callgrind`).
+fn time(rounds: usize, calls: Option<u32>, mut f: impl FnMut()) -> Duration {
     f();
-    let start = Instant::now();
-    let mut calls = 0u32;
-    while start.elapsed() < Duration::from_millis(50) {
-        f();
-        calls += 1;
-    }
-    let per_round = ((calls as u128 * 200) / 50).max(1) as u32;
+    let per_round = calls.unwrap_or_else(|| {
+        let start = Instant::now();
+        let mut calls = 0u32;
+        while start.elapsed() < Duration::from_millis(50) {
+            f();
+            calls += 1;
+        }
+        ((calls as u128 * 200) / 50).max(1) as u32
+    });
+    let rounds = if calls.is_some() { 1 } else { rounds };
     (0..rounds)
         .map(|_| {
             let t = Instant::now();
@@ -55,6 +61,13 @@ fn main() {
         .position(|a| a == "--rounds")
         .and_then(|i| args.get(i + 1))
         .map_or(5, |v| v.parse().expect("--rounds N"));
+    // --new-only: skip the allocating path; --calls N: exactly N calls per case (profiling).
+    let new_only = args.iter().any(|a| a == "--new-only");
+    let calls = args
+        .iter()
+        .position(|a| a == "--calls")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--calls N"));
     println!(
         "{:>10} {:>5} {:>14} {:>14} {:>8}",
         "frame", "size", "allocating µs", "FramePre µs", "speed-up"
@@ -63,12 +76,16 @@ fn main() {
         let img = frame(w, h);
         for size in [224u32, 256] {
             let spec = PreprocessSpec::new(size);
-            let old = time(rounds, || {
-                black_box(spec.model_input(black_box(&img)).expect("preprocess"));
-            });
+            let old = if new_only {
+                Duration::ZERO
+            } else {
+                time(rounds, calls, || {
+                    black_box(spec.model_input(black_box(&img)).expect("preprocess"));
+                })
+            };
             let mut pre = FramePreprocessor::new(&spec).expect("spec");
             let mut input = vec![0f32; pre.input_len()];
-            let new = time(rounds, || {
+            let new = time(rounds, calls, || {
                 let square = pre.test_transform(black_box(&img)).expect("preprocess");
                 square.normalize_into(0, &mut input);
                 black_box(&input);

@@ -338,7 +338,7 @@ mod tests {
         for size in [224, 256] {
             let spec = PreprocessSpec::new(size);
             let mut pre = FramePreprocessor::new(&spec).unwrap();
-            for (w, h) in [(640, 480), (1920, 1080), (480, 640)] {
+            for (w, h) in [(640, 480), (1920, 1080), (480, 640), (2448, 2048)] {
                 check(&mut pre, &spec, &random_frame(&mut rng, w, h));
             }
         }

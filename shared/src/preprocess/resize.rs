@@ -4,7 +4,8 @@
 //! Why: the device preprocesses every camera frame; `imageops::resize` allocates two images and
 //! recomputes every filter weight per call. The trainer keeps calling `imageops::resize` (through
 //! [`super::resize_short_side`]); the tests below hold this copy to it bit for bit, for each of
-//! the three filters, so trainer and device still see the same bytes.
+//! the three filters, so trainer and device still see the same bytes (and fail if an upgrade of
+//! image changes its arithmetic).
 //!
 //! The arithmetic that has to match (image 0.25.10, `src/imageops/sample.rs`):
 //! - Equal source and target size: a plain copy. An empty source gives a black image.
@@ -28,10 +29,13 @@
 //!   over the source columns those target columns read. Each target value depends on nothing
 //!   else, so the window equals the same window cropped from the full resize.
 //! - The two passes run one target row at a time (the horizontal pass only needs that row of the
-//!   vertical pass), so the intermediate is one row, not an image.
-//! - Rounding uses `trunc` plus a comparison of the exact fraction instead of `f32::round`
-//!   (same result for every value in [0, 255], checked exhaustively by a test; vectorises
-//!   without SSE4.1).
+//!   vertical pass), so the intermediate is one row, not an image. Source rows are converted to
+//!   f32 once per call into a ring of as many rows as the longest vertical span (the same
+//!   `v as f32` image does per tap), and the vertical sums sweep whole rows, up to four taps per
+//!   sweep, keeping each value's tap order.
+//! - Rounding adds 2^23 and reads the low byte of the bits, fixing up exact .5 ties, instead of
+//!   calling `f32::round` (same result for every value in [0, 255], checked exhaustively by an
+//!   ignored test; a loop of it vectorises on plain SSE2, which has no `roundps`).
 //!
 //! Speed: `cargo bench -p firm-shared --bench preprocess` (figures in that file's header).
 
@@ -189,9 +193,14 @@ struct PlanKey {
 /// `FilterType` (Triangle, CatmullRom, Nearest), into a caller's buffer.
 ///
 /// The weights and index ranges are computed on the first call for a (source size, target size,
-/// window) and reused while those stay the same; after that a call allocates nothing. Only the
-/// requested window of the target is computed, which is how the centre crop of the test
-/// transform costs nothing extra.
+/// window) and reused while those stay the same; after that a call allocates nothing (buffers
+/// keep their capacity across geometry changes too, so alternating sizes stops allocating once
+/// the largest has been seen). Only the requested window of the target is computed, which is how
+/// the centre crop of the test transform costs nothing extra.
+///
+/// Memory: the row cache holds (longest vertical span) x (source columns read) x 12 bytes, about
+/// 350 KB for a 2448 x 2048 frame to 288 rows (16 taps); extreme downscales need more (a span
+/// covers about 2 x support x factor source rows).
 #[derive(Debug, Clone)]
 pub struct Resizer {
     filter: ResizeFilter,
@@ -207,10 +216,14 @@ pub struct Resizer {
     /// of the horizontal pass is one 4-lane multiply-add. Lane 3 is always 0.0 (zeroed when the
     /// plan changes, never written).
     mid: Vec<f32>,
+    /// The same row while the vertical pass sums it, 3 floats per pixel.
+    acc: Vec<f32>,
+    /// One target row's sums before rounding, `3 * window width + 1` floats.
+    sums: Vec<f32>,
+    /// Source rows (those columns) as f32, converted once per call however many target rows
+    /// read them.
+    cache: RowCache,
 }
-
-/// Pixels the vertical pass keeps in registers across its taps (3 floats each).
-const VERTICAL_PIXELS: usize = 8;
 
 impl Resizer {
     pub fn new(filter: ResizeFilter) -> Self {
@@ -222,6 +235,9 @@ impl Resizer {
             col0: 0,
             ncols: 0,
             mid: Vec::new(),
+            acc: Vec::new(),
+            sums: Vec::new(),
+            cache: RowCache::default(),
         }
     }
 
@@ -290,15 +306,20 @@ impl Resizer {
             rows,
             cols,
             col0,
-            ncols,
             mid,
+            acc,
+            sums,
+            cache,
             ..
         } = self;
         let src = &src[..3 * w * h];
         let cols_src = &src[3 * *col0..];
+        // A new source image: nothing converted yet.
+        cache.forget();
         for (span, dst) in rows.spans.iter().zip(out.chunks_exact_mut(row_bytes)) {
-            vertical_row(cols_src, 3 * w, *ncols, span.start, rows.taps(span), mid);
-            horizontal_row(mid, cols, dst);
+            cache.load(cols_src, 3 * w, span.start..span.start + span.len);
+            vertical_row(cache, span.start, rows.taps(span), acc, mid);
+            horizontal_row(mid, cols, sums, dst);
         }
     }
 
@@ -327,55 +348,125 @@ impl Resizer {
         self.ncols = col_end - col0;
         self.mid.clear();
         self.mid.resize(4 * self.ncols, 0.0);
+        self.acc.resize(3 * self.ncols, 0.0);
+        self.sums.resize(3 * window.width as usize + 1, 0.0);
+        let slots = self.rows.spans.iter().map(|s| s.len).max().unwrap_or(0);
+        self.cache.reset(slots, 3 * self.ncols);
         self.key = Some(key);
     }
 }
 
-/// One target row of the vertical pass: `mid[4 * x + c] = 0.0 + Σ_i src[row start + i][x][c] *
-/// taps[i]`, in tap order, for the `ncols` pixels of each row of `src` (which starts at the first
-/// column read; `stride` bytes per source row).
-fn vertical_row(
-    src: &[u8],
-    stride: usize,
-    ncols: usize,
-    start: usize,
-    taps: &[f32],
-    mid: &mut [f32],
-) {
-    let row = |i: usize| &src[(start + i) * stride..];
-    const LANES: usize = 3 * VERTICAL_PIXELS;
-    let full = ncols / VERTICAL_PIXELS * VERTICAL_PIXELS;
-    for (px, m) in (0..full)
-        .step_by(VERTICAL_PIXELS)
-        .zip(mid.chunks_exact_mut(4 * VERTICAL_PIXELS))
-    {
-        let mut t = [0f32; LANES];
-        for (i, &w) in taps.iter().enumerate() {
-            let v: &[u8; LANES] = row(i)[3 * px..3 * px + LANES].try_into().unwrap();
-            for j in 0..LANES {
-                t[j] += v[j] as f32 * w;
+/// Source rows converted to f32 (only the columns read), kept while the target rows that read
+/// them are computed: each source row is converted once per call instead of once per tap.
+#[derive(Debug, Clone, Default)]
+struct RowCache {
+    /// `tags.len()` slots of `len` floats; source row `r` lives in slot `r % tags.len()`, so the
+    /// rows of one span (consecutive, at most `tags.len()` of them) never share a slot.
+    data: Vec<f32>,
+    /// The source row each slot holds; `usize::MAX` for none.
+    tags: Vec<usize>,
+    len: usize,
+}
+
+impl RowCache {
+    /// Room for spans of up to `slots` rows of `len` floats.
+    fn reset(&mut self, slots: usize, len: usize) {
+        self.data.clear();
+        self.data.resize(slots * len, 0.0);
+        self.tags.clear();
+        self.tags.resize(slots, usize::MAX);
+        self.len = len;
+    }
+
+    fn forget(&mut self) {
+        self.tags.fill(usize::MAX);
+    }
+
+    /// Convert the source rows of `rows` that are not held yet (`src` starts at the first column
+    /// read, `stride` bytes per source row).
+    fn load(&mut self, src: &[u8], stride: usize, rows: std::ops::Range<usize>) {
+        let slots = self.tags.len();
+        debug_assert!(rows.len() <= slots);
+        for r in rows {
+            let slot = r % slots;
+            if self.tags[slot] != r {
+                let dst = &mut self.data[slot * self.len..(slot + 1) * self.len];
+                for (d, &v) in dst.iter_mut().zip(&src[r * stride..][..self.len]) {
+                    *d = v as f32;
+                }
+                self.tags[slot] = r;
             }
-        }
-        for (m, t) in m.chunks_exact_mut(4).zip(t.chunks_exact(3)) {
-            m[..3].copy_from_slice(t);
         }
     }
-    for px in full..ncols {
-        let mut t = [0f32; 3];
-        for (i, &w) in taps.iter().enumerate() {
-            let v = &row(i)[3 * px..3 * px + 3];
-            for c in 0..3 {
-                t[c] += v[c] as f32 * w;
-            }
-        }
-        mid[4 * px..4 * px + 3].copy_from_slice(&t);
+
+    fn row(&self, r: usize) -> &[f32] {
+        let slot = r % self.tags.len();
+        debug_assert_eq!(self.tags[slot], r, "row {r} not loaded");
+        &self.data[slot * self.len..(slot + 1) * self.len]
     }
 }
 
-/// One target row of the horizontal pass: each window column's taps over `mid`, clamped and
-/// rounded to bytes.
-fn horizontal_row(mid: &[f32], cols: &AxisPlan, out: &mut [u8]) {
-    for (span, px) in cols.spans.iter().zip(out.chunks_exact_mut(3)) {
+/// One target row of the vertical pass: `mid[4 * x + c] = 0.0 + Σ_i src[start + i][x][c] *
+/// taps[i]`, in tap order, from the cached source rows. `acc` holds `3 * ncols` floats of scratch.
+///
+/// The sums run over whole rows, up to four taps per sweep: `a + v0 * w0 + v1 * w1` is
+/// `(a + v0 * w0) + v1 * w1`, the sequential order, and each sweep vectorises across the row.
+fn vertical_row(cache: &RowCache, start: usize, taps: &[f32], acc: &mut [f32], mid: &mut [f32]) {
+    let mut i = 0;
+    while i < taps.len() {
+        let first = i == 0;
+        let row = |k: usize| cache.row(start + i + k);
+        let w = &taps[i..];
+        i += match w.len() {
+            1 => sweep(acc, [row(0)], [w[0]], first),
+            2 | 3 => sweep(acc, [row(0), row(1)], [w[0], w[1]], first),
+            _ => sweep(
+                acc,
+                [row(0), row(1), row(2), row(3)],
+                [w[0], w[1], w[2], w[3]],
+                first,
+            ),
+        };
+    }
+    for (m, a) in mid.chunks_exact_mut(4).zip(acc.chunks_exact(3)) {
+        m[..3].copy_from_slice(a);
+    }
+}
+
+/// `acc[k] = (start) + rows[0][k] * w[0] + ... + rows[N - 1][k] * w[N - 1]` in that order, where
+/// `start` is 0.0 for the first sweep of a row and `acc[k]` after. Returns `N`.
+#[inline]
+fn sweep<const N: usize>(acc: &mut [f32], rows: [&[f32]; N], w: [f32; N], first: bool) -> usize {
+    let n = acc.len();
+    let rows = rows.map(|r| &r[..n]);
+    if first {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let mut t = 0.0;
+            for j in 0..N {
+                t += rows[j][k] * w[j];
+            }
+            *a = t;
+        }
+    } else {
+        for (k, a) in acc.iter_mut().enumerate() {
+            let mut t = *a;
+            for j in 0..N {
+                t += rows[j][k] * w[j];
+            }
+            *a = t;
+        }
+    }
+    N
+}
+
+/// One target row of the horizontal pass: each window column's taps over `mid`, then clamped
+/// and rounded to bytes. `sums` holds `3 * width + 1` floats of scratch.
+///
+/// Each column's sum is four lanes (one 4-wide multiply-add per tap) stored at `3 * j`: its
+/// fourth lane lands on column `j + 1`'s first, which that column then overwrites (the last one
+/// on the spare float). Rounding is a separate loop over the row, which vectorises.
+fn horizontal_row(mid: &[f32], cols: &AxisPlan, sums: &mut [f32], out: &mut [u8]) {
+    for (j, span) in cols.spans.iter().enumerate() {
         let taps = cols.taps(span);
         let src = &mid[4 * span.start..4 * (span.start + span.len)];
         let mut t = [0f32; 4];
@@ -384,21 +475,30 @@ fn horizontal_row(mid: &[f32], cols: &AxisPlan, out: &mut [u8]) {
                 t[c] += v[c] * w;
             }
         }
-        for c in 0..3 {
-            px[c] = round_to_u8(t[c]);
-        }
+        sums[3 * j..3 * j + 4].copy_from_slice(&t);
+    }
+    for (o, &v) in out.iter_mut().zip(sums.iter()) {
+        *o = round_to_u8(v);
     }
 }
 
 /// image's `FloatNearest(clamp(x, 0, 255))` to u8: clamp, then round half away from zero.
-/// For `x` in [0, 255], `x - trunc(x)` is exact (Sterbenz), so comparing it with 0.5 rounds
-/// exactly as `f32::round`.
+///
+/// Written so that a loop of it vectorises on plain SSE2 (no `roundps`; `f32::round` is a libm
+/// call there): adding 2^23 rounds x in [0, 255] to the nearest integer `n` (ties to even) and
+/// leaves `n` in the low mantissa bits; `x - n` is exact (Sterbenz) and is exactly 0.5 just where
+/// ties-to-even rounded down but half-away rounds up (then `n + 1 <= 255`). The rounding tests
+/// compare this with `f32::round`, exhaustively over [0, 256) in the ignored one.
 #[inline]
 fn round_to_u8(x: f32) -> u8 {
-    // Same as image's clamp for every non-NaN x (sums of finite products are never NaN).
+    const MAGIC: f32 = 8_388_608.0;
+    // Same as image's clamp for every non-NaN value (sums of finite products are never NaN).
     let x = x.clamp(0.0, 255.0);
-    let t = x as u8;
-    t + (x - t as f32 >= 0.5) as u8
+    let y = x + MAGIC;
+    let n = y - MAGIC;
+    let tie = (x - n >= 0.5) as u32;
+    // The low byte of the bits of 2^23 + m is m.
+    y.to_bits().wrapping_add(tie) as u8
 }
 
 #[cfg(test)]
@@ -564,6 +664,10 @@ pub(super) mod tests {
             ((2448, 2048), (344, 288)),
             ((480, 640), (252, 336)),
             ((224, 224), (252, 252)),
+            // Large factors: the long side of a full-HD frame to 288, and far beyond.
+            ((1920, 1080), (288, 162)),
+            ((1000, 700), (7, 5)),
+            ((3, 2), (641, 479)),
         ] {
             let img = random_image(&mut rng, w, h);
             check(&img, nw, nh);
