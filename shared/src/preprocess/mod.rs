@@ -1,7 +1,8 @@
 //! Image preprocessing: file bytes -> 8-bit RGB -> resized, centre-cropped square -> normalised CHW f32.
 //!
-//! This is the only implementation; the trainer (bank, evaluation, self-test) and the device (camera
-//! frames) both call [`PreprocessSpec::test_transform`] and [`PreprocessSpec::normalize`], so a
+//! This is the only implementation; the trainer (bank, evaluation, self-test) calls
+//! [`PreprocessSpec::test_transform`] and [`PreprocessSpec::normalize`], and the device's
+//! per-frame path ([`FramePreprocessor`], below) produces exactly their bytes and floats, so a
 //! bundle scores the same image the same way on both sides.
 //!
 //! Conventions, matching the FIRM reference (PIL + torchvision):

@@ -37,7 +37,9 @@
 //!   calling `f32::round` (same result for every value in [0, 255], checked exhaustively by an
 //!   ignored test; a loop of it vectorises on plain SSE2, which has no `roundps`).
 //!
-//! Speed: `cargo bench -p firm-shared --bench preprocess` (figures in that file's header).
+//! Speed (`cargo bench -p firm-shared --bench preprocess`, figures in that file's header):
+//! 640x480 -> 224 test transform + normalisation in about 0.6 ms against 5.8 ms for the
+//! allocating path, 1920x1080 -> 256 in 1.2 ms against 17.5 ms, on a shared 2-core VM.
 
 use super::ResizeFilter;
 
