@@ -1,7 +1,8 @@
 //! Image preprocessing: file bytes -> 8-bit RGB -> resized, centre-cropped square -> normalised CHW f32.
 //!
-//! This is the only implementation; the trainer (bank, evaluation, self-test) and the device (camera
-//! frames) both call [`PreprocessSpec::test_transform`] and [`PreprocessSpec::normalize`], so a
+//! This is the only implementation; the trainer (bank, evaluation, self-test) calls
+//! [`PreprocessSpec::test_transform`] and [`PreprocessSpec::normalize`], and the device's
+//! per-frame path ([`FramePreprocessor`], below) produces exactly their bytes and floats, so a
 //! bundle scores the same image the same way on both sides.
 //!
 //! Conventions, matching the FIRM reference (PIL + torchvision):
@@ -15,6 +16,16 @@
 //!   (torchvision `Resize(int)` + `CenterCrop`, with its rounding of the crop offset).
 //! - Test transform: resize the short side to `floor(size * 1.125)`, centre-crop `size` x `size`.
 //! - Normalisation: `(x / 255 - mean) / std` per channel, ImageNet statistics by default.
+//!
+//! Two paths compute the same bytes and floats:
+//! - The allocating functions here ([`PreprocessSpec::test_transform`], [`resize_short_side`],
+//!   [`center_crop`], [`rotate`], [`normalize_chw`]): the reference, used by the trainer. Resizing
+//!   is image 0.25's `imageops::resize`.
+//! - [`FramePreprocessor`] (`frame.rs`) with [`Resizer`] (`resize.rs`): the device's per-frame
+//!   path, into kept buffers, allocation-free after the first frame of a size. Its resize is an
+//!   own copy of `imageops::resize`'s arithmetic, bit-exact for all three [`ResizeFilter`]s (unit
+//!   tests compare it with image on random images and sizes); the crop, rotation and
+//!   normalisation match bit for bit too.
 
 use std::path::Path;
 
@@ -23,6 +34,12 @@ use image::{DynamicImage, RgbImage, imageops::FilterType};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+
+mod frame;
+mod resize;
+
+pub use frame::{FramePreprocessor, TransformedFrame};
+pub use resize::{Rect, Resizer};
 
 /// ImageNet channel means (RGB), the default normalisation.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -257,7 +274,15 @@ fn to_rgb8(img: DynamicImage, origin: &Path) -> Result<Decoded> {
 
 /// Resize so that the short side equals `short`, keeping the aspect ratio (long side rounded).
 pub fn resize_short_side(img: &RgbImage, short: u32, filter: ResizeFilter) -> Result<RgbImage> {
-    let (w, h) = img.dimensions();
+    let (nw, nh) = short_side_dims(img.dimensions(), short)?;
+    if (nw, nh) == img.dimensions() {
+        return Ok(img.clone());
+    }
+    Ok(image::imageops::resize(img, nw, nh, filter.to_image()))
+}
+
+/// The target size of [`resize_short_side`] (shared with [`FramePreprocessor`]).
+fn short_side_dims((w, h): (u32, u32), short: u32) -> Result<(u32, u32)> {
     if w == 0 || h == 0 || short == 0 {
         return Err(Error::invalid(
             "resize",
@@ -265,25 +290,29 @@ pub fn resize_short_side(img: &RgbImage, short: u32, filter: ResizeFilter) -> Re
         ));
     }
     // torchvision: the long side is int(short * long / short_side), i.e. truncated.
-    let (nw, nh) = if w <= h {
+    Ok(if w <= h {
         (short, ((short as u64 * h as u64) / w as u64) as u32)
     } else {
         (((short as u64 * w as u64) / h as u64) as u32, short)
-    };
-    if (nw, nh) == (w, h) {
-        return Ok(img.clone());
-    }
-    Ok(image::imageops::resize(img, nw, nh, filter.to_image()))
+    })
 }
 
 /// Crop the centre `cw` x `ch` window (torchvision's rounding of the offsets). Sizes larger than the
 /// image are clamped to it.
 pub fn center_crop(img: &RgbImage, cw: u32, ch: u32) -> RgbImage {
-    let (w, h) = img.dimensions();
+    let r = center_crop_rect(img.dimensions(), cw, ch);
+    image::imageops::crop_imm(img, r.x, r.y, r.width, r.height).to_image()
+}
+
+/// The window [`center_crop`] keeps of a `w` x `h` image (shared with [`FramePreprocessor`]).
+fn center_crop_rect((w, h): (u32, u32), cw: u32, ch: u32) -> Rect {
     let (cw, ch) = (cw.min(w), ch.min(h));
-    let left = ((w - cw) as f64 / 2.0).round() as u32;
-    let top = ((h - ch) as f64 / 2.0).round() as u32;
-    image::imageops::crop_imm(img, left, top, cw, ch).to_image()
+    Rect {
+        x: ((w - cw) as f64 / 2.0).round() as u32,
+        y: ((h - ch) as f64 / 2.0).round() as u32,
+        width: cw,
+        height: ch,
+    }
 }
 
 /// Short side to `size`, then centre crop to a `size` x `size` square.
