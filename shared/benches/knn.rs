@@ -1,0 +1,72 @@
+//! Per-query cost of the allocation-free kNN path ([`Bank::score_into`]): a plain timing loop
+//! (no harness, no dependencies) over a 10,000 x 512 bank (20 MB of f32, the size the device
+//! targets: under 1 ms per frame) and a 209 x 512 bank (MVTec's bottle: 209 good images), one
+//! thread and two, every score.
+//!
+//! `cargo bench -p firm-shared --bench knn` (optionally `-- --quick`). Each line is the best of
+//! 5 rounds of the mean over many queries, in microseconds per query; queries are distinct
+//! random features, so the bank streams from cache or memory as in use (the 20 MB bank does not
+//! stay in a 2 MiB L2; whether it stays in L3 depends on what else runs). On a shared 2-core
+//! machine the figures are noisy: run it twice and keep the better run.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use firm_shared::score::{Bank, ScoreFn, ScoreScratch};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let dim = 512;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    println!("kNN score_into, dim {dim}, µs per query (best of 5 rounds)");
+    for &n in &[10_000usize, 209] {
+        let raw: Vec<f32> = (0..n * dim)
+            .map(|_| rng.random_range(0.0f32..1.0).powi(3))
+            .collect();
+        let bank = Bank::from_raw(&raw, dim).expect("bank");
+        let queries: Vec<Vec<f32>> = (0..64)
+            .map(|_| {
+                (0..dim)
+                    .map(|_| rng.random_range(0.0f32..1.0).powi(3))
+                    .collect()
+            })
+            .collect();
+        let per_round = match (n, quick) {
+            (10_000, false) => 400,
+            (10_000, true) => 50,
+            (_, false) => 20_000,
+            (_, true) => 2_000,
+        };
+        for threads in [1, 2] {
+            for f in [
+                ScoreFn::CosK { k: 1 },
+                ScoreFn::CosK { k: 5 },
+                ScoreFn::Kde,
+                ScoreFn::Center,
+            ] {
+                let mut s = ScoreScratch::new(&bank, 5).with_threads(threads);
+                // Warm-up: the rayon pool, the caches.
+                for q in queries.iter().take(8) {
+                    black_box(bank.score_into(f, q, &mut s).expect("score"));
+                }
+                let mut best = f64::INFINITY;
+                for _ in 0..5 {
+                    let t0 = Instant::now();
+                    for i in 0..per_round {
+                        let q = &queries[i % queries.len()];
+                        black_box(bank.score_into(f, black_box(q), &mut s).expect("score"));
+                    }
+                    best = best.min(t0.elapsed().as_secs_f64() / per_round as f64);
+                }
+                let gbs = (n * dim * 4) as f64 / best / 1e9;
+                println!(
+                    "{n:>6} x {dim}  threads {threads}  {:<8} {:>9.1} µs  ({gbs:.1} GB/s of bank)",
+                    f.to_string(),
+                    best * 1e6
+                );
+            }
+        }
+    }
+}
