@@ -181,7 +181,9 @@ fn patch<T: Copy>(x: &[T], s: &Shape, oy: usize, ox: usize, fill: T, dst: &mut [
     let kw_lo = s.pad.saturating_sub(x0).min(k);
     let kw_hi = (s.w + s.pad).saturating_sub(x0).clamp(kw_lo, k);
     let (patch_part, tail) = dst.split_at_mut(k * k * c);
-    tail.fill(fill);
+    if !tail.is_empty() {
+        tail.fill(fill);
+    }
     if c == 0 {
         return;
     }
@@ -191,22 +193,66 @@ fn patch<T: Copy>(x: &[T], s: &Shape, oy: usize, ox: usize, fill: T, dst: &mut [
             drow.fill(fill);
             continue;
         }
-        drow[..kw_lo * c].fill(fill);
-        drow[kw_hi * c..].fill(fill);
+        // (Tests first: most patches have no padding, and a `fill` of nothing is still a call.)
+        if kw_lo > 0 {
+            drow[..kw_lo * c].fill(fill);
+        }
+        if kw_hi < k {
+            drow[kw_hi * c..].fill(fill);
+        }
         let run = kw_hi - kw_lo;
         if run == 0 {
             continue; // the window lies in the left or right padding (possible when pad >= k)
         }
         let first = (iy * s.w + x0 + kw_lo - s.pad) * s.cs; // input pixel of tap kw_lo
+        let d = &mut drow[kw_lo * c..kw_hi * c];
         if s.cs == c {
-            drow[kw_lo * c..kw_hi * c].copy_from_slice(&x[first..first + run * c]);
+            d.copy_from_slice(&x[first..first + run * c]);
         } else {
-            for (t, d) in drow[kw_lo * c..kw_hi * c].chunks_exact_mut(c).enumerate() {
-                let p = first + t * s.cs;
-                d.copy_from_slice(&x[p..p + c]);
+            // Strided pixels: one copy per tap. Few channels (the 3-channel stem in cs 4) get
+            // fixed-size copies, which compile to moves instead of `memcpy` calls.
+            match c {
+                3 if s.cs == 4 => taps_3_of_4(x, first, d),
+                1 => taps::<T, 1>(x, first, s.cs, d),
+                2 => taps::<T, 2>(x, first, s.cs, d),
+                3 => taps::<T, 3>(x, first, s.cs, d),
+                4 => taps::<T, 4>(x, first, s.cs, d),
+                _ => {
+                    for (t, d) in d.chunks_exact_mut(c).enumerate() {
+                        let p = first + t * s.cs;
+                        d.copy_from_slice(&x[p..p + c]);
+                    }
+                }
             }
         }
     }
+}
+
+/// `dst` = the first `C` values of consecutive pixels `first, first + cs, ...` of `x`.
+#[inline(always)]
+fn taps<T: Copy, const C: usize>(x: &[T], first: usize, cs: usize, dst: &mut [T]) {
+    for (t, d) in dst.chunks_exact_mut(C).enumerate() {
+        let src: &[T; C] = x[first + t * cs..][..C].try_into().expect("C values");
+        let d: &mut [T; C] = d.try_into().expect("C values");
+        *d = *src;
+    }
+}
+
+/// [`taps`] for 3 channels in stride 4 (the model input): each tap but the last copies all 4
+/// values of its pixel, one more than it owns; the next tap overwrites that one. The last tap
+/// copies 3, so nothing outside `dst` is written, and nothing outside `x` read.
+#[inline(always)]
+fn taps_3_of_4<T: Copy>(x: &[T], first: usize, dst: &mut [T]) {
+    let run = dst.len() / 3;
+    for t in 0..run - 1 {
+        let src: &[T; 4] = x[first + 4 * t..][..4].try_into().expect("4 values");
+        let d: &mut [T; 4] = (&mut dst[3 * t..3 * t + 4]).try_into().expect("4 values");
+        *d = *src;
+    }
+    let last = run - 1;
+    let src: &[T; 3] = x[first + 4 * last..][..3].try_into().expect("3 values");
+    let d: &mut [T; 3] = (&mut dst[3 * last..]).try_into().expect("3 values");
+    *d = *src;
 }
 
 /// PyTorch's convolution weight `[c_out][c_in][kh][kw]` (contiguous) to this executor's K order
@@ -479,27 +525,29 @@ mod tests {
     #[test]
     #[ignore]
     fn speed() {
+        use crate::exec::kernels::testing::{show_time, time_per_call};
         let x = vec![3u8; 224 * 224 * 4];
         let mut out = vec![0u8; 112 * 112 * 160];
-        let reps = 20;
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            im2col_u8(&x, 224, 224, 3, 4, 7, 2, 3, 128, &mut out, 160, 1);
+        for threads in [1, 2] {
+            let t = time_per_call(20, || {
+                im2col_u8(&x, 224, 224, 3, 4, 7, 2, 3, 128, &mut out, 160, threads)
+            });
+            println!(
+                "im2col u8 stem 224x224x3 (cs 4) k7 s2 p3, ldk 160, {threads} thread(s): {}",
+                show_time(t)
+            );
         }
-        println!(
-            "stem u8 im2col: {:.3} ms",
-            t0.elapsed().as_secs_f64() / reps as f64 * 1e3
-        );
         let x = vec![1f32; 56 * 56 * 64];
         let mut out = vec![0f32; 56 * 56 * 576];
-        let t0 = std::time::Instant::now();
-        for _ in 0..reps {
-            im2col_f32(&x, 56, 56, 64, 64, 3, 1, 1, &mut out, 576, 1);
+        for threads in [1, 2] {
+            let t = time_per_call(20, || {
+                im2col_f32(&x, 56, 56, 64, 64, 3, 1, 1, &mut out, 576, threads)
+            });
+            println!(
+                "im2col f32 56x56x64 k3 s1 p1, {threads} thread(s): {}",
+                show_time(t)
+            );
         }
-        println!(
-            "56x56x64 f32 k3 im2col: {:.3} ms",
-            t0.elapsed().as_secs_f64() / reps as f64 * 1e3
-        );
     }
 }
 

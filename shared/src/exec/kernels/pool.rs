@@ -590,17 +590,22 @@ mod tests {
     #[test]
     #[ignore]
     fn speed() {
+        use crate::exec::kernels::testing::{show_time, time_per_call};
         let (h, c) = (112, 64);
         let x = vec![1.0f32; h * h * c];
         let mut out = vec![0.0f32; 56 * 56 * c];
         for isa in Isa::supported() {
-            let reps = 50;
-            let t0 = std::time::Instant::now();
-            for _ in 0..reps {
-                max_pool_f32(isa, &x, h, h, c, 3, 2, 1, &mut out, 1);
-            }
-            let dt = t0.elapsed().as_secs_f64() / reps as f64;
-            println!("{isa}: max pool 3x3 s2 of {h}x{h}x{c}: {:.1} µs", dt * 1e6);
+            let t = time_per_call(50, || max_pool_f32(isa, &x, h, h, c, 3, 2, 1, &mut out, 1));
+            println!(
+                "{isa}: max pool 3x3 s2 p1 of {h}x{h}x{c}, 1 thread: {}",
+                show_time(t)
+            );
+        }
+        let x = vec![1.0f32; 7 * 7 * 512];
+        let mut out = vec![0.0f32; 512];
+        for isa in Isa::supported() {
+            let t = time_per_call(2000, || global_avg_pool_f32(isa, &x, 7, 7, 512, &mut out));
+            println!("{isa}: global average pool of 7x7x512: {}", show_time(t));
         }
     }
 }
