@@ -18,8 +18,11 @@
 //!
 //! Per query, nothing is allocated on success: the normalised query, the cosines and the top-k
 //! live in the scratch (error paths build a message). A 10,000 x 512 bank is 20 MB, so the scan is
-//! bound by memory bandwidth: on the 2-core Zen 4 (32 MiB L3), cos_1, see `shared/benches/knn.rs`
-//! for the figures and the command (`cargo bench -p firm-shared --bench knn`).
+//! bound by memory bandwidth. Measured on the 2-core Zen 4 (32 MiB L3) with `cargo bench -p
+//! firm-shared --bench knn`, wall time, better of two runs on a machine shared with other builds
+//! (load average 6-9, so runs varied up to 1.5x): 10,000 x 512 0.80-1.20 ms per query on one
+//! thread (17-26 GB/s), 0.78-1.19 ms on two; 209 x 512 15-18 µs. A plain sum over the same 20 MB
+//! ran at 16-22 GB/s then, so one thread is near what the memory gave.
 
 use super::knn::{Bank, ScoreFn, kde, l2_norm};
 use super::topk::TopK;
@@ -151,7 +154,11 @@ impl ScoreScratch {
         }
     }
 
-    /// Split the bank scan over `threads` (rayon's global pool) when the bank is large.
+    /// Split the bank scan over `threads` when the bank is large, with `rayon::join`: on the
+    /// current rayon pool when called inside one (allocation-free), else on the global pool, where
+    /// each join from outside is injected through rayon's global queue, which allocates a block
+    /// about once per 64 calls (measured by `shared/benches/knn.rs`). Call from inside
+    /// `ThreadPool::install` for zero allocations with more than one thread.
     pub fn with_threads(mut self, threads: usize) -> Self {
         self.threads = threads.max(1);
         self

@@ -12,13 +12,17 @@
 //!   `average_in_f32_is_close_to_f64` measures < 1e-5 relative to an f64 sum; features are
 //!   L2-normalised right after, and the trainer (PyTorch) pools in f32 too.
 //!
-//! Both are vectorised over channels with [`F32Lanes`] and perform the definition's operations in
+//! Both are vectorised over channels with `lanes::F32Lanes` and perform the definition's operations in
 //! its order per lane, so every ISA is bit-identical to the reference (tests compare bits, NaN
 //! payloads included). Max pooling splits output rows over threads; global pooling reads
 //! `h * w * c` values once (25k for ResNet-18's 7x7x512) and runs on one.
 //!
-//! Speed: not yet measured; `cargo test --profile bench -p firm-shared --lib
-//! exec::kernels::pool::tests::speed -- --ignored --nocapture`.
+//! Speed (2-core Zen 4, one thread, CPU time): 3x3 s2 p1 max pool of 112x112x64 124 µs with
+//! AVX-512, 160 µs AVX2, 441 µs portable; global average pool of 7x7x512 1.6 µs (AVX-512).
+//! `cargo test --profile bench -p firm-shared --lib exec::kernels::pool::tests::speed -- --ignored
+//! --nocapture --test-threads=1`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
+//! varied up to 2x between runs; the CPU time of the calling thread (`testing::time_per_call`) is
+//! the steadier figure, best of two runs given.
 
 use std::ops::Range;
 

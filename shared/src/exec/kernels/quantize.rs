@@ -14,8 +14,13 @@
 //! Rounding uses the instruction's explicit round-to-nearest-even immediate (`vrndscaleps` /
 //! `vroundps` imm 8, `frintn`), independent of MXCSR / FPCR.
 //!
-//! Speed: not yet measured; `cargo test --profile bench -p firm-shared --lib
-//! exec::kernels::quantize::tests::speed -- --ignored --nocapture`.
+//! Speed (2-core Zen 4, one thread, CPU time): 802,816 values (56x56x256) 78 µs with AVX-512,
+//! 101 µs AVX2, 1.9 ms portable (`round_ties_even` is a libm call on baseline x86-64); the
+//! 224x224x3 input into cs 4 39 µs (AVX-512); `chw_to_hwc` of 3x224x224 17 µs. `cargo test
+//! --profile bench -p firm-shared --lib exec::kernels::quantize::tests::speed -- --ignored
+//! --nocapture --test-threads=1`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
+//! varied up to 2x between runs; the CPU time of the calling thread (`testing::time_per_call`) is
+//! the steadier figure, best of two runs given.
 
 use super::Isa;
 
