@@ -4,9 +4,13 @@
 
 pub mod knn;
 pub mod metrics;
+pub mod scan;
+pub mod topk;
 
 pub use knn::{Bank, Real, ScoreFn, kde, l2_norm, l2_normalize, mean_top_k};
 pub use metrics::{aulc, auroc, linspace, simpson, spearman};
+pub use scan::{Nearest, ScoreScratch, l2_normalize_into};
+pub use topk::TopK;
 
 use serde::{Deserialize, Serialize};
 

@@ -21,36 +21,54 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// Every ISA of the enum, slowest first.
+    pub const ALL: [Isa; 6] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Vnni,
+        Isa::Neon,
+        Isa::NeonDot,
+    ];
+
     /// Every ISA this CPU can run, `Portable` first and the fastest last.
     pub fn supported() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                v.push(Isa::Avx2);
-                if std::arch::is_x86_feature_detected!("avx512f")
+        Self::ALL.into_iter().filter(|i| i.runs_here()).collect()
+    }
+
+    /// Whether this CPU has every feature `self` needs. Allocation-free and cheap (std caches the
+    /// detection), so kernels check it on every call before they enter a `#[target_feature]`
+    /// path: an `Isa` is a plain value anyone can construct, and running AVX-512 code on a CPU
+    /// without it is undefined behaviour, not just a crash.
+    pub fn runs_here(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.runs_here()
+                    && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
-                {
-                    v.push(Isa::Avx512);
-                    if std::arch::is_x86_feature_detected!("avx512vnni") {
-                        v.push(Isa::Avx512Vnni);
-                    }
-                }
             }
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            if std::arch::is_aarch64_feature_detected!("neon") {
-                v.push(Isa::Neon);
-                if std::arch::is_aarch64_feature_detected!("dotprod") {
-                    v.push(Isa::NeonDot);
-                }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx512.runs_here() && std::arch::is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
-        v
     }
 
     /// The fastest ISA of this CPU; `FIRM_ISA=portable|avx2|avx512|avx512-vnni|neon|neon-dot`
@@ -80,5 +98,25 @@ impl Isa {
 impl std::fmt::Display for Isa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supported_isas_run_here() {
+        let all = Isa::supported();
+        println!("supported ISAs: {all:?}");
+        assert_eq!(all[0], Isa::Portable);
+        assert!(all.iter().all(|i| i.runs_here()));
+        // The SIMD paths must be exercised where they exist: NEON is baseline on aarch64 (and
+        // qemu-user reports it), AVX2 on every x86-64 machine this project tests on.
+        #[cfg(target_arch = "aarch64")]
+        assert!(all.contains(&Isa::Neon));
+        #[cfg(target_arch = "x86_64")]
+        assert!(all.contains(&Isa::Avx2));
+        assert_eq!(Isa::best(), *all.last().unwrap());
     }
 }
