@@ -91,6 +91,8 @@ pub struct InferenceConfig {
     pub operating_point: String,
     /// A distance threshold that replaces the operating point (moves it without retraining).
     pub threshold: Option<f64>,
+    /// Threads the encoder's kernels use (default: every core).
+    pub threads: Option<usize>,
 }
 
 impl Default for InferenceConfig {
@@ -99,6 +101,7 @@ impl Default for InferenceConfig {
             backend: Backend::Cpu,
             operating_point: "calibrated".into(),
             threshold: None,
+            threads: None,
         }
     }
 }
@@ -261,6 +264,11 @@ impl DeviceConfig {
     fn check(&self) -> Result<(), String> {
         if self.bundles.trusted_keys.is_empty() {
             return Err("bundles.trusted-keys is empty: no bundle could be installed".into());
+        }
+        if let Some(n) = self.inference.threads
+            && !(1..=256).contains(&n)
+        {
+            return Err(format!("inference.threads {n} is outside 1..=256"));
         }
         if let Some(t) = self.inference.threshold
             && !t.is_finite()

@@ -1,5 +1,6 @@
 //! `device-runtime`: runs FIRM bundles on the inspection appliance.
 
+mod bench;
 mod selfcheck;
 
 use std::path::PathBuf;
@@ -77,9 +78,11 @@ enum Command {
     /// The alert journal.
     #[command(subcommand)]
     Journal(JournalCommand),
-    /// Time the scoring path (preprocess, ResNet-18, kNN) on generated frames with random weights.
-    ///
-    /// Answers "is this box fast enough for that input size and stem?" before any bundle exists.
+    /// Time a bundle's detector per stage (preprocess, encoder, kNN, decision) on generated
+    /// camera frames, as the pipeline runs it; `--json` prints one object.
+    Bench(bench::BenchArgs),
+    /// `bench` on a bundle with random weights: is this box fast enough for that backbone and
+    /// input size, before any bundle exists?
     Selfcheck(selfcheck::SelfcheckArgs),
 }
 
@@ -247,6 +250,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Bench(args) => Ok(bench::run(&args)?),
         Command::Selfcheck(args) => Ok(selfcheck::run(&args)?),
     }
 }

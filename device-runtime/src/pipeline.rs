@@ -131,7 +131,14 @@ pub fn start(
     cfg: InferenceConfig,
     mut sinks: Vec<Box<dyn AlertSink>>,
 ) -> Result<Pipeline, String> {
-    let mut scorer = Scorer::new(&shared, &loaded, &cfg)?;
+    // Inference runs inside its own rayon pool: the kernels split each op over its threads, and
+    // joins from a pool's own thread allocate nothing per frame.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(cfg.threads.unwrap_or(0))
+        .thread_name(|i| format!("inference-{i}"))
+        .build()
+        .map_err(|e| format!("cannot start the inference threads: {e}"))?;
+    let mut scorer = pool.install(|| Scorer::new(&shared, &loaded, &cfg))?;
     info!(
         "running bundle {} (version {}) from slot {}, threshold {:.4e}",
         loaded.bundle.manifest.product_class,
@@ -190,23 +197,25 @@ pub fn start(
     let inference = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
-            let mut last_live = Instant::now() - LIVE_FRAME_EVERY;
-            loop {
-                if let Some(next) = sh.pending_bundle.lock().expect("state lock").take() {
-                    match Scorer::new(&sh, &next, &cfg) {
-                        Ok(s) => scorer = s,
-                        Err(e) => warn!("the flashed bundle cannot run here: {e}"),
+            pool.install(|| {
+                let mut last_live = Instant::now() - LIVE_FRAME_EVERY;
+                loop {
+                    if let Some(next) = sh.pending_bundle.lock().expect("state lock").take() {
+                        match Scorer::new(&sh, &next, &cfg) {
+                            Ok(s) => scorer = s,
+                            Err(e) => warn!("the flashed bundle cannot run here: {e}"),
+                        }
                     }
+                    let Some(frame) = mb.pop(Duration::from_millis(100)) else {
+                        if mb.is_finished() || st.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        continue;
+                    };
+                    process(&sh, &mut scorer, &mut sinks, &frame, &mut last_live);
                 }
-                let Some(frame) = mb.pop(Duration::from_millis(100)) else {
-                    if mb.is_finished() || st.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    continue;
-                };
-                process(&sh, &mut scorer, &mut sinks, &frame, &mut last_live);
-            }
-            info!("inference finished");
+                info!("inference finished");
+            })
         })
         .map_err(|e| format!("cannot start the inference thread: {e}"))?;
     Ok(Pipeline {

@@ -1,101 +1,83 @@
-//! `device-runtime selfcheck`: frames -> firm-shared preprocessing -> ResNet-18 -> kNN score,
-//! timed per frame. Weights are random (seeded) and frames generated, so it runs anywhere.
-
-use std::time::Instant;
+//! `device-runtime selfcheck`: [`crate::bench`] on a bundle with random weights
+//! ([`firm_shared::detect::synthetic`]), so it answers "is this box fast enough for that
+//! backbone and input size?" before any bundle exists.
 
 use anyhow::{Result, ensure};
-use candle_core::{DType, Device};
-use candle_nn::{VarBuilder, VarMap};
-use firm_shared::model::{ResNet18, Stem, params};
-use firm_shared::preprocess::{self, PreprocessSpec};
-use firm_shared::score::{Bank, ScoreFn};
-use image::{Rgb, RgbImage};
-use rand::{Rng, SeedableRng};
+use firm_shared::detect::synthetic::{SyntheticSpec, random_bundle};
+use firm_shared::model::efficientnet::Features;
+use firm_shared::model::{Backbone, EncoderConfig, Stem};
+
+use crate::bench::{self, RunArgs};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SelfcheckArgs {
+    /// Encoder: resnet18 or efficientnet-lite0.
+    #[arg(long, default_value = "resnet18", value_parser = ["resnet18", "efficientnet-lite0"])]
+    pub backbone: String,
     /// Model input side in pixels.
     #[arg(long, default_value_t = 224)]
     pub size: u32,
-    /// Encoder stem: imagenet (7x7/2 + max-pool, fast) or cifar (3x3/1, the FIRM reference).
+    /// ResNet stem: imagenet (7x7/2 + max-pool, fast) or cifar (3x3/1, the FIRM reference).
     #[arg(long, value_parser = ["imagenet", "cifar"], default_value = "imagenet")]
     pub stem: String,
-    /// Encoder width multiplier (1.0 = ResNet-18).
+    /// ResNet width multiplier (1.0 = ResNet-18).
     #[arg(long, default_value_t = 1.0)]
     pub width: f32,
-    /// Frames to time (after one warm-up frame).
-    #[arg(long, default_value_t = 20)]
-    pub frames: usize,
-    /// Camera frame width in pixels; frames are resized and centre-cropped to the model input.
-    #[arg(long, default_value_t = 640)]
-    pub frame_width: u32,
-    /// Camera frame height in pixels.
-    #[arg(long, default_value_t = 480)]
-    pub frame_height: u32,
+    /// Activations: int8 (u8 per tensor, the int8 kernels) or f32.
+    #[arg(long, default_value = "int8", value_parser = ["int8", "f32"])]
+    pub activations: String,
+    /// Score: cos_1, or cos_1+rot (four views per frame).
+    #[arg(long, default_value = "cos_1", value_parser = ["cos_1", "cos_1+rot"])]
+    pub score: String,
+    /// Bank entries (random good images).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub bank: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 pub fn run(a: &SelfcheckArgs) -> Result<()> {
-    ensure!(a.frames >= 1, "--frames must be at least 1");
-    let stem = if a.stem == "cifar" {
-        Stem::Cifar
-    } else {
-        Stem::Imagenet
+    ensure!(a.run.frames >= 1, "--frames must be at least 1");
+    ensure!(a.bank >= 1, "--bank must be at least 1");
+    let backbone: Backbone = a.backbone.parse()?;
+    let encoder = match backbone {
+        Backbone::Resnet18 => EncoderConfig::new(a.stem.parse::<Stem>()?, a.width),
+        Backbone::EfficientnetLite0 => EncoderConfig::efficientnet(Features::Head),
     };
-    let dev = Device::Cpu;
-    let vm = VarMap::new();
-    let enc = ResNet18::new(
-        &firm_shared::model::ResNetConfig {
-            stem,
-            width: a.width,
-            ..Default::default()
-        },
-        VarBuilder::from_varmap(&vm, DType::F32, &dev),
-    )?;
-    params::init_params(&vm, 0)?;
-    let spec = PreprocessSpec::new(a.size);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut frame = || {
-        let phase: f32 = rng.random_range(0.0..std::f32::consts::TAU);
-        RgbImage::from_fn(a.frame_width, a.frame_height, |x, y| {
-            let v = 128.0 + 100.0 * ((x as f32 * 0.05 + phase).sin() * (y as f32 * 0.03).cos());
-            Rgb([v as u8, (255.0 - v) as u8, 90])
-        })
-    };
-    let embed = |img: &RgbImage| -> Result<Vec<f32>> {
-        let x = preprocess::batch_tensor(&[spec.model_input(img)?], a.size, &dev)?;
-        Ok(enc.forward_t(&x, false)?.flatten_all()?.to_vec1()?)
-    };
-    let mut bank_rows = Vec::new();
-    for _ in 0..8 {
-        bank_rows.extend(embed(&frame())?);
+    let bundle = random_bundle(&SyntheticSpec {
+        encoder,
+        size: a.size,
+        score: a.score.parse()?,
+        int8_activations: a.activations == "int8",
+        bank: a.bank,
+        seed: 0,
+    })?;
+    let r = bench::bench(&bundle, &a.run)?;
+    if a.run.json {
+        bench::print(&r, true);
+        return Ok(());
     }
-    let bank = Bank::from_raw(&bank_rows, enc.feature_dim())?;
-    let mut ms = Vec::with_capacity(a.frames);
-    let mut last = 0f32;
-    for i in 0..=a.frames {
-        let f = frame();
-        let t = Instant::now();
-        last = bank.score(ScoreFn::CosK { k: 1 }, &embed(&f)?)?;
-        if i > 0 {
-            ms.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    ensure!(
-        last.is_finite(),
-        "the score is not finite: the numeric path is broken"
-    );
-    ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+    let stem = match backbone {
+        Backbone::Resnet18 => format!(", {} stem, width {}", a.stem, a.width),
+        Backbone::EfficientnetLite0 => String::new(),
+    };
     println!(
-        "selfcheck: {}x{} frames -> {} px, {} stem, width {}: latency p50 {:.1} ms, p99 {:.1} ms ({} frames), last cos_1 {last:.4}",
-        a.frame_width,
-        a.frame_height,
+        "selfcheck: {} frames -> {} px, {}{stem}, {} activations, {} on {} ({} threads): latency \
+         p50 {:.1} ms, p99 {:.1} ms (encoder p50 {:.1} ms; {} frames), {:.1} frames/s, last \
+         distance {:.4}",
+        r.frame,
         a.size,
-        a.stem,
-        a.width,
-        pct(0.5),
-        pct(0.99),
-        ms.len()
+        a.backbone,
+        r.activations,
+        r.backend,
+        r.isa,
+        r.threads,
+        r.total_p50_ms,
+        r.total_p99_ms,
+        r.encoder_p50_ms,
+        r.frames,
+        r.fps,
+        r.last_distance
     );
     Ok(())
 }

@@ -10,13 +10,11 @@
 //! 4. Compare with the float model on the same test images: AUROC drop and Spearman rank
 //!    correlation of the scores.
 //! 5. Self-test: the expected embeddings and distances of at least 8 preprocessed images come
-//!    from the reference path ([`reference`]: unfolded float graph, dequantized weights).
+//!    from the reference path ([`firm_shared::detect::reference`]).
 //! 6. Sign, then read the bytes back, verify them and run the self-test on the CPU path exactly as
 //!    a device would; only then write the file (atomically), and the report beside the run.
 
-mod activations;
 pub mod provenance;
-pub mod reference;
 mod report;
 
 use std::collections::BTreeMap;
@@ -254,7 +252,13 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
                 "calibrating u8 activations on {} good training images",
                 imgs.train.len()
             );
-            activations::calibrate(&graph, &qweights, &pre, &imgs.train, angles)?
+            firm_shared::model::graph::calibrate::calibrate(
+                &graph,
+                &qweights,
+                &pre,
+                &imgs.train,
+                angles,
+            )?
         }
         Activations::F32 => Vec::new(),
     };
@@ -344,8 +348,9 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     info!("self-test expectations on the reference path");
     let cases = selftest_cases(&imgs, args.selftest, &rel);
     let case_imgs: Vec<RgbImage> = cases.iter().map(|c| c.0.clone()).collect();
-    let mut refe =
-        reference::ReferenceEmbedder::new(&graph, cfg.size, &qweights, &floats, &act_quant)?;
+    let mut refe = firm_shared::detect::reference::ReferenceEmbedder::new(
+        &graph, cfg.size, &qweights, &floats, &act_quant,
+    )?;
     let mut ref_det = Detector::from_parts(pre.clone(), cfg.score, &bank, &mut refe)?;
     let (ref_scored, ref_feats) = ref_det.score_preprocessed(&case_imgs)?;
     let selftest = SelfTestData {

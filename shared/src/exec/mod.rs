@@ -2,4 +2,5 @@
 //! a bundle loads, activations in an arena allocated then, fused epilogues, int8 where it is
 //! faster, both cores. Kernels: [`kernels`].
 
+pub mod arena;
 pub mod kernels;

@@ -25,6 +25,7 @@
 //! The manifest's graph is untrusted input for the reader's structure checks, so [`Graph::validate`]
 //! bounds every size before an executor allocates anything for it.
 
+pub mod calibrate;
 pub mod candle;
 
 use serde::{Deserialize, Serialize};

@@ -11,15 +11,15 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
-use firm_shared::bundle::EncoderWeights;
-use firm_shared::bundle::manifest::TensorQuant;
-use firm_shared::model::graph::Graph;
-use firm_shared::model::graph::candle::CandleGraph;
-use firm_shared::preprocess::{self, PreprocessSpec};
-use firm_shared::quant::ActivationQuant;
 use image::RgbImage;
 
-use crate::error::Result;
+use super::Graph;
+use super::candle::CandleGraph;
+use crate::Result;
+use crate::bundle::EncoderWeights;
+use crate::bundle::manifest::TensorQuant;
+use crate::preprocess::{self, PreprocessSpec};
+use crate::quant::ActivationQuant;
 
 /// Images per forward pass (every quantized tensor of the chunk is kept for its range).
 const CHUNK: usize = 8;

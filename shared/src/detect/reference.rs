@@ -15,14 +15,14 @@
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
-use firm_shared::bundle::weights::FloatLayer;
-use firm_shared::bundle::{BundleError, EncoderWeights};
-use firm_shared::detect::Embedder;
-use firm_shared::model::graph::candle::CandleGraph;
-use firm_shared::model::graph::{Graph, TensorId};
-use firm_shared::quant::ActivationQuant;
 
-use crate::error::Result;
+use super::Embedder;
+use crate::Result;
+use crate::bundle::weights::FloatLayer;
+use crate::bundle::{BundleError, EncoderWeights};
+use crate::model::graph::candle::CandleGraph;
+use crate::model::graph::{Graph, TensorId};
+use crate::quant::ActivationQuant;
 
 /// Images per forward pass.
 const CHUNK: usize = 32;

@@ -1,0 +1,280 @@
+//! [`Detector`]: one bundle on one [`Embedder`], scoring images exactly as the manifest says.
+//!
+//! Per image: test transform ([`FramePreprocessor`], skipped when the image is already
+//! `size x size`) -> for each angle of the score's ensemble: rotate + normalise into the input
+//! buffer, embed, score against that angle's bank ([`Bank::score_into`]) -> mean over angles ->
+//! distance `1 - score`; the nearest good image is the top cosine of the unrotated view. Every
+//! buffer is made when the detector is built (the frame buffers again only when the camera's
+//! frame size changes), so [`Detector::score_image`] allocates nothing per frame on an embedder
+//! that does not (the CPU executor, run inside a rayon pool: `shared/tests/alloc.rs`).
+//! [`Detector::score_preprocessed`] runs the same per-image code over a batch (the exporter, the
+//! self-test).
+
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+
+use super::{Backend, CpuEmbedder, Embedder, embedder};
+use crate::bundle::{BankData, Bundle, BundleError, SelfTestReport};
+use crate::preprocess::{FramePreprocessor, PreprocessSpec};
+use crate::score::scan::ScoreScratch;
+use crate::score::{Bank, ScoreFn, ScoreSpec};
+
+/// One image's result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// The bundle's score (higher = more normal).
+    pub score: f64,
+    /// `1 - score`: what thresholds compare against.
+    pub distance: f64,
+    /// Index of the most similar bank entry (unrotated view); its thumbnail is the evidence.
+    pub nearest: usize,
+    pub nearest_cosine: f64,
+}
+
+/// Where one image's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StageTimes {
+    /// Test transform of the decoded frame, rotation and normalisation of every view.
+    pub preprocess: Duration,
+    /// The encoder, every view.
+    pub encoder: Duration,
+    /// The bank scans and the ensemble mean.
+    pub knn: Duration,
+}
+
+/// A loaded bundle ready to score images on one backend.
+#[derive(Debug)]
+pub struct Detector<E> {
+    pub preprocess: PreprocessSpec,
+    frame: FramePreprocessor,
+    core: Core<E>,
+}
+
+/// Everything after the test transform (a separate struct, so a frame's view, which borrows
+/// the preprocessor, can be scored without copying it).
+#[derive(Debug)]
+struct Core<E> {
+    score: ScoreSpec,
+    angles: Vec<u8>,
+    banks: Vec<Bank<f32>>,
+    embedder: E,
+    /// One normalised CHW view.
+    input: Vec<f32>,
+    /// Its features.
+    feats: Vec<f32>,
+    /// Features of the unrotated view of the last image.
+    plain: Vec<f32>,
+    scratch: Vec<ScoreScratch>,
+}
+
+impl Detector<Box<dyn Embedder + Send>> {
+    /// The bundle on `backend` ([`embedder`]).
+    pub fn on(bundle: &Bundle, backend: Backend) -> Result<Self, BundleError> {
+        Self::new(bundle, embedder(bundle, backend)?)
+    }
+}
+
+impl Detector<CpuEmbedder> {
+    /// The bundle on the CPU path.
+    pub fn cpu(bundle: &Bundle) -> Result<Self, BundleError> {
+        Self::new(bundle, CpuEmbedder::new(bundle)?)
+    }
+}
+
+impl<E: Embedder> Detector<E> {
+    /// The bundle on `embedder`.
+    pub fn new(bundle: &Bundle, embedder: E) -> Result<Self, BundleError> {
+        let m = &bundle.manifest;
+        if embedder.feature_dim() != m.model.feature_dim {
+            return Err(BundleError::inconsistent(format!(
+                "the {} backend gives {}-d features; the bundle has {}",
+                embedder.name(),
+                embedder.feature_dim(),
+                m.model.feature_dim
+            )));
+        }
+        Self::from_parts(m.preprocess.clone(), m.score.spec, &bundle.bank, embedder)
+    }
+
+    /// From the pieces a bundle is made of (the exporter scores with these before the bundle
+    /// exists).
+    pub fn from_parts(
+        preprocess: PreprocessSpec,
+        score: ScoreSpec,
+        bank: &BankData,
+        embedder: E,
+    ) -> Result<Self, BundleError> {
+        if bank.angles != score.ensemble.angles() || score.ensemble.uses_crops() {
+            return Err(BundleError::inconsistent(format!(
+                "bank angles {:?} for score {score}",
+                bank.angles
+            )));
+        }
+        let banks = (0..bank.angles.len())
+            .map(|i| bank.bank(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let k = match score.f {
+            ScoreFn::CosK { k } | ScoreFn::CosKNorm { k } => k,
+            ScoreFn::Kde | ScoreFn::Center => 1,
+        };
+        let scratch = banks.iter().map(|b| ScoreScratch::new(b, k)).collect();
+        let frame = FramePreprocessor::new(&preprocess).map_err(BundleError::runtime)?;
+        let dim = embedder.feature_dim();
+        Ok(Self {
+            core: Core {
+                input: vec![0f32; frame.input_len()],
+                feats: vec![0f32; dim],
+                plain: vec![0f32; dim],
+                score,
+                angles: bank.angles.clone(),
+                banks,
+                embedder,
+                scratch,
+            },
+            frame,
+            preprocess,
+        })
+    }
+
+    /// Split each bank scan over `threads` (large banks; see [`ScoreScratch::with_threads`]).
+    pub fn with_knn_threads(mut self, threads: usize) -> Self {
+        self.core.scratch = std::mem::take(&mut self.core.scratch)
+            .into_iter()
+            .map(|s| s.with_threads(threads))
+            .collect();
+        self
+    }
+
+    pub fn embedder(&self) -> &E {
+        &self.core.embedder
+    }
+
+    pub fn embedder_mut(&mut self) -> &mut E {
+        &mut self.core.embedder
+    }
+
+    pub fn score_spec(&self) -> ScoreSpec {
+        self.core.score
+    }
+
+    /// Score images that already went through the test transform (`size` x `size`). Also
+    /// returns the raw features of the unrotated views (`n * dim`).
+    pub fn score_preprocessed(
+        &mut self,
+        images: &[RgbImage],
+    ) -> Result<(Vec<Scored>, Vec<f32>), BundleError> {
+        let size = self.preprocess.size;
+        if let Some(bad) = images.iter().find(|i| i.dimensions() != (size, size)) {
+            return Err(BundleError::runtime(format!(
+                "image of {:?} pixels; the bundle takes {size}x{size} after the test transform",
+                bad.dimensions()
+            )));
+        }
+        let mut scored = Vec::with_capacity(images.len());
+        let mut feats = Vec::with_capacity(images.len() * self.core.plain.len());
+        let mut t = StageTimes::default();
+        let frame = &self.frame;
+        for img in images {
+            let px = img.as_raw();
+            scored.push(
+                self.core
+                    .score(|a, out| frame.normalize_into(px, a, out), &mut t)?,
+            );
+            feats.extend_from_slice(&self.core.plain);
+        }
+        Ok((scored, feats))
+    }
+
+    /// Test transform, then the views, the encoder and the banks: one camera frame or image file.
+    /// Allocates nothing once the frame size has been seen (see the module header).
+    pub fn score_image(&mut self, img: &RgbImage) -> Result<Scored, BundleError> {
+        self.score_image_timed(img, &mut StageTimes::default())
+    }
+
+    /// [`Self::score_image`], adding each stage's time to `t`.
+    pub fn score_image_timed(
+        &mut self,
+        img: &RgbImage,
+        t: &mut StageTimes,
+    ) -> Result<Scored, BundleError> {
+        let t0 = Instant::now();
+        let view = self
+            .frame
+            .test_transform(img)
+            .map_err(BundleError::runtime)?;
+        t.preprocess += t0.elapsed();
+        self.core.score(|a, out| view.normalize_into(a, out), t)
+    }
+
+    /// Run the bundle's self-test on this backend.
+    pub fn self_test(&mut self, bundle: &Bundle) -> Result<SelfTestReport, BundleError> {
+        let (scored, feats) = self.score_preprocessed(&bundle.selftest.images())?;
+        let names: Vec<String> = bundle
+            .manifest
+            .selftest
+            .cases
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let distances: Vec<f64> = scored.iter().map(|s| s.distance).collect();
+        SelfTestReport::compare(
+            self.core.embedder.name(),
+            &names,
+            &bundle.selftest,
+            &feats,
+            &distances,
+            &bundle.manifest.selftest.tolerance,
+        )
+    }
+
+    pub fn score_fn(&self) -> ScoreFn {
+        self.core.score.f
+    }
+
+    /// Entries of the (unrotated) bank.
+    pub fn bank_len(&self) -> usize {
+        self.core.banks.first().map_or(0, Bank::len)
+    }
+}
+
+impl<E: Embedder> Core<E> {
+    /// Score one image already through the test transform; `normalize(angle, out)` writes the
+    /// rotated, normalised view.
+    fn score(
+        &mut self,
+        normalize: impl Fn(u8, &mut [f32]),
+        t: &mut StageTimes,
+    ) -> Result<Scored, BundleError> {
+        let mut sum = 0f64;
+        let mut nearest = (0usize, 0f64);
+        for (ai, &angle) in self.angles.iter().enumerate() {
+            let t0 = Instant::now();
+            normalize(angle, &mut self.input);
+            let t1 = Instant::now();
+            self.embedder.embed_into(&self.input, 1, &mut self.feats)?;
+            let t2 = Instant::now();
+            if self.feats.iter().any(|v| !v.is_finite()) {
+                return Err(BundleError::runtime("the encoder produced NaN or infinity"));
+            }
+            let n = self.banks[ai]
+                .score_into(self.score.f, &self.feats, &mut self.scratch[ai])
+                .map_err(BundleError::runtime)?;
+            sum += n.score as f64;
+            if angle == 0 {
+                nearest = (n.index, n.cosine as f64);
+                self.plain.copy_from_slice(&self.feats);
+            }
+            t.preprocess += t1 - t0;
+            t.encoder += t2 - t1;
+            t.knn += t2.elapsed();
+        }
+        let score = sum / self.angles.len() as f64;
+        Ok(Scored {
+            score,
+            distance: crate::bundle::manifest::distance_of(score),
+            nearest: nearest.0,
+            nearest_cosine: nearest.1,
+        })
+    }
+}
