@@ -87,7 +87,11 @@ impl<'a> Epilogue<'a> {
 
     /// Check that every index the epilogue reads for `m` rows and `n` columns exists.
     pub fn check(&self, m: usize, n: usize) {
-        assert!(self.bias.len() >= n, "bias has {} < {n} values", self.bias.len());
+        assert!(
+            self.bias.len() >= n,
+            "bias has {} < {n} values",
+            self.bias.len()
+        );
         if let Some(s) = self.scale {
             assert!(s.len() >= n, "scale has {} < {n} values", s.len());
         }

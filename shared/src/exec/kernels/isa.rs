@@ -21,34 +21,52 @@ pub enum Isa {
 }
 
 impl Isa {
+    /// Every ISA, slowest first (the order of [`Isa::supported`]).
+    pub const ALL: [Isa; 6] = [
+        Isa::Portable,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Avx512Vnni,
+        Isa::Neon,
+        Isa::NeonDot,
+    ];
+
     /// Every ISA this CPU can run, `Portable` first and the fastest last.
     pub fn supported() -> Vec<Isa> {
-        let mut v = vec![Isa::Portable];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                v.push(Isa::Avx2);
-                if std::arch::is_x86_feature_detected!("avx512f")
+        Self::ALL.into_iter().filter(|i| i.is_supported()).collect()
+    }
+
+    /// Whether this CPU can run `self` (allocation-free: kernels assert it on every call path that
+    /// executes SIMD instructions; the feature tests are cached by `std`).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.is_supported()
+                    && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512vl")
-                {
-                    v.push(Isa::Avx512);
-                    if std::arch::is_x86_feature_detected!("avx512vnni") {
-                        v.push(Isa::Avx512Vnni);
-                    }
-                }
             }
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            if std::arch::is_aarch64_feature_detected!("neon") {
-                v.push(Isa::Neon);
-                if std::arch::is_aarch64_feature_detected!("dotprod") {
-                    v.push(Isa::NeonDot);
-                }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => {
+                Isa::Avx512.is_supported() && std::arch::is_x86_feature_detected!("avx512vnni")
             }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::NeonDot => {
+                std::arch::is_aarch64_feature_detected!("neon")
+                    && std::arch::is_aarch64_feature_detected!("dotprod")
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
         }
-        v
     }
 
     /// The fastest ISA of this CPU; `FIRM_ISA=portable|avx2|avx512|avx512-vnni|neon|neon-dot`

@@ -61,14 +61,27 @@ impl<'a, T> SharedOut<'a, T> {
 /// rectangles. Cuts fall on multiples of `row_block` / `col_block`; rows are split first (each
 /// thread then reads its own part of the left operand), columns when there are fewer row blocks
 /// than threads.
-pub fn for_each_tile<F>(rows: usize, cols: usize, row_block: usize, col_block: usize, threads: usize, f: &F)
-where
+pub fn for_each_tile<F>(
+    rows: usize,
+    cols: usize,
+    row_block: usize,
+    col_block: usize,
+    threads: usize,
+    f: &F,
+) where
     F: Fn(Range<usize>, Range<usize>) + Sync,
 {
     if rows == 0 || cols == 0 {
         return;
     }
-    split(0..rows, 0..cols, row_block.max(1), col_block.max(1), threads.max(1), f);
+    split(
+        0..rows,
+        0..cols,
+        row_block.max(1),
+        col_block.max(1),
+        threads.max(1),
+        f,
+    );
 }
 
 fn split<F>(r: Range<usize>, c: Range<usize>, rb: usize, cb: usize, threads: usize, f: &F)
@@ -117,16 +130,26 @@ mod tests {
         ] {
             let seen = Mutex::new(vec![0u8; rows * cols]);
             let tiles = Mutex::new(0usize);
-            for_each_tile(rows, cols, rb, cb, threads, &|r: Range<usize>, c: Range<usize>| {
-                assert!(r.start % rb == 0 && c.start % cb == 0, "{r:?} {c:?}");
-                *tiles.lock().unwrap() += 1;
-                let mut s = seen.lock().unwrap();
-                for i in r {
-                    for j in c.clone() {
-                        s[i * cols + j] += 1;
+            for_each_tile(
+                rows,
+                cols,
+                rb,
+                cb,
+                threads,
+                &|r: Range<usize>, c: Range<usize>| {
+                    assert!(
+                        r.start.is_multiple_of(rb) && c.start.is_multiple_of(cb),
+                        "{r:?} {c:?}"
+                    );
+                    *tiles.lock().unwrap() += 1;
+                    let mut s = seen.lock().unwrap();
+                    for i in r {
+                        for j in c.clone() {
+                            s[i * cols + j] += 1;
+                        }
                     }
-                }
-            });
+                },
+            );
             assert!(seen.into_inner().unwrap().iter().all(|&v| v == 1));
             let t = tiles.into_inner().unwrap();
             assert!(t >= 1 && t <= threads, "{t} tiles for {threads} threads");
