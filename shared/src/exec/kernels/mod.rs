@@ -5,6 +5,8 @@
 #![allow(unsafe_code)]
 
 pub mod epilogue;
+pub mod gemm_f32;
+pub mod gemm_i8;
 pub mod isa;
 pub mod parallel;
 pub mod testing;
