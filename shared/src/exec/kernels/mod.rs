@@ -6,6 +6,8 @@
 
 pub mod depthwise;
 pub mod epilogue;
+pub mod gemm_f32;
+pub mod gemm_i8;
 pub mod im2col;
 pub mod isa;
 mod lanes;

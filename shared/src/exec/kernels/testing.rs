@@ -12,6 +12,8 @@
 //!     check: check_case,              // fn(Isa, &GemmCase) -> Result<(), String>
 //! }
 //! ```
+//!
+//! [`CountingAlloc`] lets a benchmark or test binary show that kernel calls allocate nothing.
 
 /// Generates `mod $family { fn edge_cases(); fn random_cases() }` as described above.
 #[macro_export]
@@ -109,5 +111,46 @@ pub fn show_time((wall, cpu): (f64, Option<f64>)) -> String {
     match cpu {
         Some(c) => format!("{} (on cpu {})", ms(wall), ms(c)),
         None => ms(wall),
+    }
+}
+
+/// The system allocator, counting allocations: install it with `#[global_allocator]` in a bench
+/// or test binary and compare [`CountingAlloc::count`] around a call (all threads count).
+#[derive(Debug, Default)]
+pub struct CountingAlloc;
+
+static ALLOCATIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl CountingAlloc {
+    /// Allocations so far (alloc, alloc_zeroed and realloc each count one).
+    pub fn count() -> usize {
+        ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments; counting has no effect
+// on the memory handed out.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract, forwarded.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
     }
 }
