@@ -85,7 +85,7 @@ pub struct ExportArgs {
     pub float_layers: Option<Vec<String>>,
     /// Activations the convolutions read: int8 (u8 per tensor, calibrated on the good training
     /// images; the device's int8 kernels) or f32.
-    #[arg(long, value_enum, default_value_t = Activations::F32, value_name = "TYPE")]
+    #[arg(long, value_enum, default_value_t = Activations::Int8, value_name = "TYPE")]
     pub activations: Activations,
     /// Images in the self-test (at least 8).
     #[arg(long, default_value_t = 8, value_name = "N")]
@@ -422,7 +422,11 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         selftest: SelfTestSection {
             cases: cases.into_iter().map(|c| c.1).collect(),
             tolerance,
-            reference: "host: the graph unfolded on candle (convolution, then BatchNorm) with the dequantized weights unfolded again".into(),
+            reference: if act_quant.is_empty() {
+                "host: the graph unfolded on candle (convolution, then BatchNorm) with the dequantized weights unfolded again".into()
+            } else {
+                "host: the graph's int8 semantics on candle (integer convolutions in f64, the same f32 epilogue steps)".into()
+            },
         },
         provenance: Provenance {
             dataset: ds.origin.clone(),

@@ -1,26 +1,19 @@
-//! The CPU backend: the bundle's folded graph with its int8 weights dequantized to f32 at load,
-//! run by [`crate::model::graph::candle::CandleGraph`].
+//! The CPU backend: the bundle's graph on this project's kernels ([`crate::exec::cpu`]), int8
+//! where the bundle quantizes activations, packed and planned once at load.
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Tensor};
-
 use super::Embedder;
 use crate::bundle::{Bundle, BundleError, EncoderWeights};
-use crate::model::graph::candle::CandleGraph;
+use crate::exec::cpu::{CpuExecutor, ExecOptions};
 use crate::model::graph::{Graph, TensorId};
 use crate::quant::ActivationQuant;
 
 /// The folded encoder on the CPU.
 #[derive(Debug)]
 pub struct CpuEmbedder {
-    model: CandleGraph,
-    size: usize,
-    dim: usize,
+    exec: CpuExecutor,
 }
-
-/// Images per forward pass (bounds the activation memory of a large batch).
-const CHUNK: usize = 16;
 
 impl CpuEmbedder {
     pub fn new(bundle: &Bundle) -> Result<Self, BundleError> {
@@ -34,20 +27,37 @@ impl CpuEmbedder {
     }
 
     /// From the folded weights and activation quantization alone (the exporter, before the
-    /// bundle exists).
+    /// bundle exists), with the default options (the fastest ISA of this CPU, the current rayon
+    /// pool's threads).
     pub fn from_weights(
         graph: &Graph,
         weights: &EncoderWeights,
         activations: &BTreeMap<TensorId, ActivationQuant>,
         input_size: u32,
     ) -> Result<Self, BundleError> {
-        let model =
-            CandleGraph::bundle(graph, weights, activations).map_err(BundleError::runtime)?;
-        Ok(Self {
-            dim: model.feature_dim(),
-            model,
-            size: input_size as usize,
-        })
+        Self::with_options(
+            graph,
+            weights,
+            activations,
+            input_size,
+            ExecOptions::default(),
+        )
+    }
+
+    pub fn with_options(
+        graph: &Graph,
+        weights: &EncoderWeights,
+        activations: &BTreeMap<TensorId, ActivationQuant>,
+        input_size: u32,
+        opts: ExecOptions,
+    ) -> Result<Self, BundleError> {
+        let exec = CpuExecutor::new(graph, weights, activations, input_size as usize, opts)
+            .map_err(BundleError::runtime)?;
+        Ok(Self { exec })
+    }
+
+    pub fn executor(&self) -> &CpuExecutor {
+        &self.exec
     }
 }
 
@@ -57,33 +67,21 @@ impl Embedder for CpuEmbedder {
     }
 
     fn feature_dim(&self) -> usize {
-        self.dim
+        self.exec.feature_dim()
     }
 
     fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError> {
-        let per = 3 * self.size * self.size;
-        if inputs.len() != n * per || out.len() != n * self.dim {
+        let s = self.exec.input_size();
+        let (per, dim) = (3 * s * s, self.exec.feature_dim());
+        if inputs.len() != n * per || out.len() != n * dim {
             return Err(BundleError::runtime(format!(
                 "{} input values and {} outputs for {n} images of 3x{s}x{s}",
                 inputs.len(),
-                out.len(),
-                s = self.size
+                out.len()
             )));
         }
-        for (chunk, dst) in inputs
-            .chunks(CHUNK * per)
-            .zip(out.chunks_mut(CHUNK * self.dim))
-        {
-            let b = chunk.len() / per;
-            let x = Tensor::from_slice(chunk, (b, 3, self.size, self.size), &Device::Cpu)
-                .map_err(BundleError::runtime)?;
-            let f: Vec<f32> = self
-                .model
-                .forward(&x)
-                .and_then(|f| f.flatten_all())
-                .and_then(|f| f.to_vec1())
-                .map_err(BundleError::runtime)?;
-            dst.copy_from_slice(&f);
+        for (x, y) in inputs.chunks_exact(per).zip(out.chunks_exact_mut(dim)) {
+            self.exec.run(x, y);
         }
         Ok(())
     }

@@ -139,7 +139,10 @@ impl CpuExecutor {
         };
         let shapes = graph.shapes(size, size)?;
         if shapes[0].c != 3 {
-            return Err(bad(format!("{} input channels; images have 3", shapes[0].c)));
+            return Err(bad(format!(
+                "{} input channels; images have 3",
+                shapes[0].c
+            )));
         }
         if weights.layers.len() != graph.convs().count() {
             return Err(bad(format!(
@@ -170,7 +173,9 @@ impl CpuExecutor {
         let mut u8_list = Vec::new();
         for (&t, &q) in activations {
             if t >= n {
-                return Err(bad(format!("activation quantization for tensor {t} of {n}")));
+                return Err(bad(format!(
+                    "activation quantization for tensor {t} of {n}"
+                )));
             }
             q.validate()?;
             let cs = shapes[t].c.div_ceil(4) * 4;
@@ -326,7 +331,12 @@ impl CpuExecutor {
         let convs = self
             .steps
             .iter()
-            .filter(|s| matches!(s.work, Work::ConvI8 { .. } | Work::ConvF32 { .. } | Work::Depthwise { .. }))
+            .filter(|s| {
+                matches!(
+                    s.work,
+                    Work::ConvI8 { .. } | Work::ConvF32 { .. } | Work::Depthwise { .. }
+                )
+            })
             .count();
         let int8 = self
             .steps
@@ -339,8 +349,19 @@ impl CpuExecutor {
     /// One image: `chw` (3 x size x size, normalised) -> `out` (feature_dim values).
     pub fn run(&mut self, chw: &[f32], out: &mut [f32]) {
         let s = self.size;
-        assert_eq!(chw.len(), 3 * s * s, "input of {} values for 3x{s}x{s}", chw.len());
-        assert_eq!(out.len(), self.dim, "output of {} values for {}", out.len(), self.dim);
+        assert_eq!(
+            chw.len(),
+            3 * s * s,
+            "input of {} values for 3x{s}x{s}",
+            chw.len()
+        );
+        assert_eq!(
+            out.len(),
+            self.dim,
+            "output of {} values for {}",
+            out.len(),
+            self.dim
+        );
         let len0 = self.shapes[0].len();
         chw_to_hwc(chw, 3, s, s, &mut self.arena[self.offsets[0]..][..len0]);
         self.quantize(0);
@@ -465,7 +486,9 @@ impl CpuExecutor {
                     residual,
                     clamp: st.clamp,
                 };
-                depthwise_f32(isa, x, xin.h, xin.w, xin.c, k, s, p, weights, &ep, out, threads);
+                depthwise_f32(
+                    isa, x, xin.h, xin.w, xin.c, k, s, p, weights, &ep, out, threads,
+                );
             }
             Work::MaxPool => max_pool_f32(isa, x, xin.h, xin.w, xin.c, k, s, p, out, threads),
             Work::GlobalAvgPool => global_avg_pool_f32(isa, x, xin.h, xin.w, xin.c, out),

@@ -3,4 +3,5 @@
 //! faster, both cores. Kernels: [`kernels`].
 
 pub mod arena;
+pub mod cpu;
 pub mod kernels;

@@ -83,10 +83,7 @@ impl PackedF32 {
             w.len(),
             n * k
         );
-        assert!(
-            isa.runs_here(),
-            "PackedF32::new: this CPU cannot run {isa}"
-        );
+        assert!(isa.runs_here(), "PackedF32::new: this CPU cannot run {isa}");
         let geo = geometry(isa);
         let panels = n.div_ceil(geo.nr);
         let elems = if n == 0 {

@@ -58,8 +58,9 @@ pub(crate) mod tests;
 pub(crate) mod x86;
 
 /// The largest K whose accumulators are exact in i32 for any u8 x i8 inputs with |w| <= 127:
-/// `MAX_K * 255 * 127 <= i32::MAX`.
-pub const MAX_K: usize = i32::MAX as usize / (255 * 127);
+/// `2 * MAX_K * 255 * 127 <= i32::MAX`: the accumulators start at the column correction (at
+/// most `255 * 127 * k` in magnitude) and add at most as much.
+pub const MAX_K: usize = i32::MAX as usize / (2 * 255 * 127);
 
 /// Rows of A one block should hold (the block stays in L2 while the panels pass over it).
 pub(crate) const A_BLOCK_BYTES: usize = 192 * 1024;
@@ -146,7 +147,9 @@ pub struct PackedI8 {
     k_padded: usize,
     geo: Geometry,
     col_sums: Vec<i32>,
-    /// NeonDot only: `128 * col_sums`, zero-padded to whole panels (its accumulators start there).
+    /// Where every accumulator starts, per column, zero-padded to whole panels: `-zp * col_sums`
+    /// (the input's zero point, so the kernels sum `(a - zp) * w` exactly), plus `128 *
+    /// col_sums` on NeonDot (its activations are sign-flipped to i8).
     col_fix: Vec<i32>,
     data: PanelBuf,
 }
@@ -168,6 +171,12 @@ impl PackedI8 {
     ///
     /// Panics if `w.len() != n * k`, a value is -128, `k > MAX_K`, or this CPU cannot run `isa`.
     pub fn new(isa: Isa, w: &[i8], n: usize, k: usize) -> Self {
+        Self::with_zero_point(isa, w, n, k, 0)
+    }
+
+    /// [`Self::new`] for an A operand with zero point `zp`: [`gemm_u8i8`] then computes
+    /// `sum_k (a - zp) * w` (exact), the integer the int8 semantics of [`crate::quant`] define.
+    pub fn with_zero_point(isa: Isa, w: &[i8], n: usize, k: usize, zp: u8) -> Self {
         assert!(
             w.len() == n * k,
             "PackedI8::new: w has {} values, expected n * k = {n} * {k} = {}",
@@ -181,22 +190,17 @@ impl PackedI8 {
         if let Some(at) = w.iter().position(|&v| v == i8::MIN) {
             panic!("PackedI8::new: w[{at}] = -128, weights must lie in [-127, 127]");
         }
-        assert!(
-            isa.runs_here(),
-            "PackedI8::new: this CPU cannot run {isa}"
-        );
+        assert!(isa.runs_here(), "PackedI8::new: this CPU cannot run {isa}");
         let geo = geometry(isa);
         let k_padded = k.next_multiple_of(4);
         let col_sums: Vec<i32> = (0..n)
             .map(|j| w[j * k..(j + 1) * k].iter().map(|&v| i32::from(v)).sum())
             .collect();
         let panels = n.div_ceil(geo.nr);
-        let mut col_fix = Vec::new();
-        if isa == Isa::NeonDot {
-            col_fix = vec![0; panels * geo.nr];
-            for (f, &s) in col_fix.iter_mut().zip(&col_sums) {
-                *f = 128 * s;
-            }
+        let flip = if isa == Isa::NeonDot { 128 } else { 0 };
+        let mut col_fix = vec![0i32; panels * geo.nr];
+        for (f, &s) in col_fix.iter_mut().zip(&col_sums) {
+            *f = (flip - i32::from(zp)) * s;
         }
         // Elements: all panels but the last are nr wide; the last is panel_width(..) wide.
         let elems = if n == 0 {
@@ -477,11 +481,7 @@ pub fn gemm_u8i8(
         // SAFETY: the tiles write disjoint elements of (m-1)*ldc + n <= out.len().
         out: unsafe { shared.ptr() },
         ldc,
-        col_fix: if b.col_fix.is_empty() {
-            std::ptr::null()
-        } else {
-            b.col_fix.as_ptr()
-        },
+        col_fix: b.col_fix.as_ptr(),
     };
     run_tiles(&raw, m, micro, threads);
 }

@@ -175,6 +175,19 @@ unsafe fn wide<const MR: usize, const NV: usize>(
     let wp = 8 * NV;
     let mut lo = [[vdupq_n_s32(0); NV]; MR];
     let mut hi = [[vdupq_n_s32(0); NV]; MR];
+    // SAFETY: col_fix holds whole panels, and j0 + 8 * NV does not pass this one.
+    unsafe {
+        for v in 0..NV {
+            let (l, h) = (
+                vld1q_s32(t.col_fix.add(j0 + 8 * v)),
+                vld1q_s32(t.col_fix.add(j0 + 8 * v + 4)),
+            );
+            for r in 0..MR {
+                lo[r][v] = l;
+                hi[r][v] = h;
+            }
+        }
+    }
     let mut x = [vdupq_n_s16(0); MR];
     // SAFETY: row i0 + r < m provides kp bytes from (i0 + r) * lda, the loads end at kk + 8 <=
     // kp (or kk + 4 in the tail, kp being a multiple of 4); the panel holds kp * wp i16s.

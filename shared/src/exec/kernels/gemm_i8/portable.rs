@@ -45,7 +45,12 @@ unsafe fn kernel<const MR: usize>(t: &Raw<'_, u8>, i0: usize, j0: usize, width: 
         let panel = std::slice::from_raw_parts(t.panel::<i8>(j0), NR * t.kp);
         (a_rows, panel)
     };
+    // SAFETY: col_fix holds whole panels of NR columns.
+    let fix = unsafe { std::slice::from_raw_parts(t.col_fix.add(j0), NR) };
     let mut acc = [[0i32; NR]; MR];
+    for row in &mut acc {
+        row.copy_from_slice(fix);
+    }
     for (kk, w) in panel.chunks_exact(NR).take(k).enumerate() {
         for r in 0..MR {
             let x = i32::from(a_rows[r][kk]);

@@ -1,5 +1,5 @@
 //! Tests of [`gemm_u8i8`] on every ISA of this CPU against the scalar reference
-//! (`sum_k a * w` in i64, checked to fit i32, then [`Epilogue::apply`]): exact equality. The
+//! (`sum_k (a - zp) * w` in i64, checked to fit i32, then [`Epilogue::apply`]): exact equality. The
 //! case type and the epilogue inputs are shared with the f32 tests.
 //!
 //! Edge cases: every m, n, k in {1, 3, 7, 13, 17, 33, 65} with the epilogue variants, strides and
@@ -158,7 +158,17 @@ fn inputs(c: &Case, rng: &mut ChaCha8Rng) -> Inputs {
     Inputs { a, lda, w }
 }
 
-/// The exact accumulators, in i64, checked to fit i32. Cached for large cases (the ISAs share
+/// The A operand's zero point of a case: 0 for a quarter of the seeds, else drawn from the seed
+/// (the kernels must then sum `(a - zp) * w`).
+fn zero_point(c: &Case) -> u8 {
+    if c.seed.is_multiple_of(4) {
+        0
+    } else {
+        (c.seed >> 8) as u8
+    }
+}
+
+/// The exact accumulators `sum (a - zp) * w`, in i64, checked to fit i32. Cached for large cases (the ISAs share
 /// them).
 fn reference_acc(c: &Case, inp: &Inputs) -> Arc<Vec<i32>> {
     static CACHE: Mutex<Option<HashMap<String, Arc<Vec<i32>>>>> = Mutex::new(None);
@@ -175,7 +185,7 @@ fn reference_acc(c: &Case, inp: &Inputs) -> Arc<Vec<i32>> {
             let s: i64 = row
                 .iter()
                 .zip(w)
-                .map(|(&x, &y)| i64::from(x) * i64::from(y))
+                .map(|(&x, &y)| (i64::from(x) - i64::from(zero_point(c))) * i64::from(y))
                 .sum();
             acc[i * c.n + j] = i32::try_from(s).expect("reference accumulator exceeds i32");
         }
@@ -199,7 +209,7 @@ pub(crate) fn check_case(isa: Isa, c: &Case) -> Result<(), String> {
     let bias_range = if c.scale { 3.0 } else { 2e4 };
     let epd = EpData::new(c, &mut rng, acc_scale, bias_range);
     let ep = epd.epilogue(c);
-    let b = PackedI8::new(isa, &inp.w, c.n, c.k);
+    let b = PackedI8::with_zero_point(isa, &inp.w, c.n, c.k, zero_point(c));
     let ldc = c.n + c.ldc_pad;
     let mut out = vec![f32::from_bits(SENTINEL); (c.m - 1) * ldc + c.n];
     gemm_u8i8(&inp.a, inp.lda, c.m, &b, &ep, &mut out, ldc, c.threads);

@@ -91,6 +91,15 @@ unsafe fn vnni<const MR: usize, const NV: usize>(
     let groups = t.kp / 4;
     let lda = t.lda;
     let mut acc = [[_mm512_setzero_si512(); NV]; MR];
+    // SAFETY: col_fix holds whole panels, and j0 + 16 * NV does not pass this one.
+    unsafe {
+        for v in 0..NV {
+            let c = _mm512_loadu_si512(t.col_fix.add(j0 + 16 * v).cast());
+            for r in 0..MR {
+                acc[r][v] = c;
+            }
+        }
+    }
     // SAFETY: row i0 + r < m provides kp bytes from (i0 + r) * lda, and 4 * g + 4 <= kp; the
     // panel holds groups * NV * 64 bytes from its start, 64-byte aligned.
     unsafe {
@@ -145,6 +154,15 @@ unsafe fn bw<const MR: usize, const NV: usize>(
     let lda = t.lda;
     let low = _mm512_set1_epi32(0x00ff_00ff);
     let mut acc = [[_mm512_setzero_si512(); NV]; MR];
+    // SAFETY: col_fix holds whole panels, and j0 + 16 * NV does not pass this one.
+    unsafe {
+        for v in 0..NV {
+            let c = _mm512_loadu_si512(t.col_fix.add(j0 + 16 * v).cast());
+            for r in 0..MR {
+                acc[r][v] = c;
+            }
+        }
+    }
     // SAFETY: as in `vnni`; the i16 panel holds groups * NV * 128 bytes (even, odd per vector).
     unsafe {
         let a = t.a.add(i0 * lda);
@@ -217,6 +235,15 @@ unsafe fn avx2<const MR: usize, const NV: usize>(
     let lda = t.lda;
     let low = _mm256_set1_epi32(0x00ff_00ff);
     let mut acc = [[_mm256_setzero_si256(); NV]; MR];
+    // SAFETY: col_fix holds whole panels, and j0 + 8 * NV does not pass this one.
+    unsafe {
+        for v in 0..NV {
+            let c = _mm256_loadu_si256(t.col_fix.add(j0 + 8 * v).cast());
+            for r in 0..MR {
+                acc[r][v] = c;
+            }
+        }
+    }
     // SAFETY: as in `bw`, with 64 bytes (even, odd) per vector of 8 lanes.
     unsafe {
         let a = t.a.add(i0 * lda);
