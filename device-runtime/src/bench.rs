@@ -76,6 +76,8 @@ pub struct BenchReport {
     pub views_per_frame: usize,
     pub activations: String,
     pub gmac_per_view: f64,
+    /// Activation memory the backend planned at load (arena and im2col buffers), if it says.
+    pub activation_bytes: Option<usize>,
     pub bank_entries: usize,
     pub frames: usize,
     pub preprocess_p50_ms: f64,
@@ -157,6 +159,7 @@ pub fn bench(bundle: &Bundle, a: &RunArgs) -> Result<BenchReport> {
         std::hint::black_box(flagged);
         let [pre, enc, knn, dec, total] = stages.map(percentiles);
         let side = m.model.input_size as usize;
+        let activation_bytes = det.embedder().activation_bytes();
         Ok(BenchReport {
             backend: a.backend.to_string(),
             isa: firm_shared::exec::kernels::Isa::best().to_string(),
@@ -172,6 +175,7 @@ pub fn bench(bundle: &Bundle, a: &RunArgs) -> Result<BenchReport> {
                 "u8".into()
             },
             gmac_per_view: m.model.graph.macs(side, side)? as f64 / 1e9,
+            activation_bytes,
             bank_entries: m.bank.entries,
             frames: a.frames,
             preprocess_p50_ms: pre.p50_ms,
@@ -197,7 +201,7 @@ pub fn print(r: &BenchReport, json: bool) {
         return;
     }
     println!(
-        "{} on {} ({}, {} threads): {} px from {} frames, {} view(s), {} activations, {:.3} GMAC per view, bank of {}",
+        "{} on {} ({}, {} threads): {} px from {} frames, {} view(s), {} activations ({}), {:.3} GMAC per view, bank of {}",
         r.encoder,
         r.backend,
         r.isa,
@@ -206,6 +210,11 @@ pub fn print(r: &BenchReport, json: bool) {
         r.frame,
         r.views_per_frame,
         r.activations,
+        r.activation_bytes
+            .map_or("size not reported".to_string(), |b| format!(
+                "{:.2} MB planned at load",
+                b as f64 / 1e6
+            )),
         r.gmac_per_view,
         r.bank_entries
     );

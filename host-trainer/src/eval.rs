@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use firm_shared::bundle::BundleError;
+use firm_shared::detect::Embedder;
 use firm_shared::model::FirmModel;
 use firm_shared::preprocess::{self, Normalization, PreprocessSpec, ResizeFilter};
 use firm_shared::score::{self, Bank, ScoreSpec};
@@ -141,6 +143,43 @@ pub fn embed(model: &FirmModel, size: u32, inputs: &[Vec<f32>]) -> Result<Vec<f3
     Ok(out)
 }
 
+/// The trainable model as an [`Embedder`] (evaluation mode), so the trainer's banks and test
+/// views go through [`firm_shared::detect::embed_views`] like the exporter's and the device's.
+#[derive(Debug)]
+pub struct ModelEmbedder<'a> {
+    pub model: &'a FirmModel,
+    pub size: u32,
+}
+
+impl Embedder for ModelEmbedder<'_> {
+    fn name(&self) -> &str {
+        "trainer"
+    }
+
+    fn feature_dim(&self) -> usize {
+        self.model.encoder.feature_dim()
+    }
+
+    fn embed_into(
+        &mut self,
+        inputs: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> std::result::Result<(), BundleError> {
+        let per = 3 * (self.size as usize).pow(2);
+        let views: Vec<Vec<f32>> = inputs.chunks(per).map(<[f32]>::to_vec).collect();
+        if views.len() != n || inputs.len() != n * per {
+            return Err(BundleError::Runtime {
+                why: format!("{} input values for {n} views", inputs.len()),
+            });
+        }
+        let f = embed(self.model, self.size, &views)
+            .map_err(|e| BundleError::Runtime { why: e.to_string() })?;
+        out.copy_from_slice(&f);
+        Ok(())
+    }
+}
+
 /// Features per (angle, crop set) computed once and shared by every score.
 struct FeatureCache<'a> {
     model: &'a FirmModel,
@@ -153,21 +192,20 @@ struct FeatureCache<'a> {
 }
 
 impl<'a> FeatureCache<'a> {
-    fn normed(&self, imgs: &[RgbImage]) -> Vec<Vec<f32>> {
-        imgs.par_iter()
-            .map(|i| preprocess::normalize_chw(i, &self.norm))
-            .collect()
+    /// Rotated, normalised, embedded: [`firm_shared::detect::embed_views`].
+    fn views(&self, imgs: &[RgbImage], angle: u8) -> Result<Vec<f32>> {
+        let mut e = ModelEmbedder {
+            model: self.model,
+            size: self.imgs.size,
+        };
+        Ok(firm_shared::detect::embed_views(
+            &mut e, &self.norm, imgs, angle,
+        )?)
     }
 
     fn bank(&mut self, angle: u8) -> Result<&Bank<f32>> {
         if !self.banks.contains_key(&angle) {
-            let rotated: Vec<RgbImage> = self
-                .imgs
-                .train
-                .iter()
-                .map(|i| rotate::rotate(i, angle))
-                .collect();
-            let f = embed(self.model, self.imgs.size, &self.normed(&rotated))?;
+            let f = self.views(&self.imgs.train, angle)?;
             self.banks
                 .insert(angle, Bank::from_raw(&f, self.model.encoder.feature_dim())?);
         }
@@ -181,13 +219,9 @@ impl<'a> FeatureCache<'a> {
         }
         let inputs: Vec<Vec<f32>> = match crop {
             None => {
-                let rotated: Vec<RgbImage> = self
-                    .imgs
-                    .test
-                    .iter()
-                    .map(|i| rotate::rotate(i, angle))
-                    .collect();
-                self.normed(&rotated)
+                let f = self.views(&self.imgs.test, angle)?;
+                self.test.insert(key, f.clone());
+                return Ok(f);
             }
             Some(c) => {
                 let rrc = RandomResizedCrop {

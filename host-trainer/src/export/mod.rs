@@ -26,7 +26,7 @@ use firm_shared::bundle::manifest::{
 };
 use firm_shared::bundle::{BankData, Bundle, EncoderWeights, Limits, SelfTestData, weights};
 use firm_shared::calibrate::{self, CalibrationSpec};
-use firm_shared::detect::{CpuEmbedder, Detector, Embedder};
+use firm_shared::detect::{CpuEmbedder, Detector};
 use firm_shared::preprocess::{self, PreprocessSpec, ResizeFilter};
 use firm_shared::score;
 use image::RgbImage;
@@ -269,15 +269,12 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         imgs.train.len(),
         angles.len()
     );
-    let mut raw = Vec::new();
-    for &a in angles {
-        let inputs: Vec<f32> = imgs
-            .train
-            .iter()
-            .flat_map(|i| pre.normalize(&preprocess::rotate(i, a)))
-            .collect();
-        raw.push(quantized.embed(&inputs, imgs.train.len())?);
-    }
+    let raw = angles
+        .iter()
+        .map(|&a| {
+            firm_shared::detect::embed_views(&mut quantized, &pre.normalization, &imgs.train, a)
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let thumb = args.thumbnail;
     let thumbs: Vec<RgbImage> = imgs
         .train

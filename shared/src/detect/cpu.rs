@@ -70,6 +70,10 @@ impl Embedder for CpuEmbedder {
         self.exec.feature_dim()
     }
 
+    fn activation_bytes(&self) -> Option<usize> {
+        Some(self.exec.activation_bytes())
+    }
+
     fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError> {
         let s = self.exec.input_size();
         let (per, dim) = (3 * s * s, self.exec.feature_dim());

@@ -30,6 +30,11 @@ pub trait Embedder {
     /// `n * feature_dim` raw features into `out`.
     fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError>;
 
+    /// Bytes of activation memory held between frames, where the backend plans it at load.
+    fn activation_bytes(&self) -> Option<usize> {
+        None
+    }
+
     /// [`Self::embed_into`] into a new vector.
     fn embed(&mut self, inputs: &[f32], n: usize) -> Result<Vec<f32>, BundleError> {
         let mut out = vec![0f32; n * self.feature_dim()];
@@ -48,6 +53,9 @@ impl<E: Embedder + ?Sized> Embedder for &mut E {
     fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError> {
         (**self).embed_into(inputs, n, out)
     }
+    fn activation_bytes(&self) -> Option<usize> {
+        (**self).activation_bytes()
+    }
 }
 
 impl<E: Embedder + ?Sized> Embedder for Box<E> {
@@ -60,6 +68,28 @@ impl<E: Embedder + ?Sized> Embedder for Box<E> {
     fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError> {
         (**self).embed_into(inputs, n, out)
     }
+    fn activation_bytes(&self) -> Option<usize> {
+        (**self).activation_bytes()
+    }
+}
+
+/// Rotate by `angle` quarter turns, normalise and embed images already through the test
+/// transform: how every bank is built (exporter, evaluation, synthetic bundles) and how the
+/// trainer's evaluation embeds its test views; [`Detector`] does the same per frame with its
+/// buffers ([`crate::preprocess::FramePreprocessor`] gives bit-identical inputs).
+pub fn embed_views<E: Embedder + ?Sized>(
+    embedder: &mut E,
+    norm: &crate::preprocess::Normalization,
+    images: &[image::RgbImage],
+    angle: u8,
+) -> Result<Vec<f32>, BundleError> {
+    use rayon::prelude::*;
+    let inputs: Vec<f32> = images
+        .par_iter()
+        .map(|i| crate::preprocess::normalize_chw(&crate::preprocess::rotate(i, angle), norm))
+        .collect::<Vec<_>>()
+        .concat();
+    embedder.embed(&inputs, images.len())
 }
 
 /// Where a bundle's encoder runs (the device config's `inference.backend`).

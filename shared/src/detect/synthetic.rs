@@ -92,14 +92,10 @@ pub fn random_bundle(spec: &SyntheticSpec) -> crate::Result<Bundle> {
     let act: BTreeMap<_, _> = activations.iter().map(|a| (a.tensor, a.quant())).collect();
     let mut emb = CpuEmbedder::from_weights(&graph, &w, &act, spec.size)?;
     let dim = emb.feature_dim();
-    let mut raw = Vec::new();
-    for &a in angles {
-        let x: Vec<f32> = train
-            .iter()
-            .flat_map(|i| pre.normalize(&preprocess::rotate(i, a)))
-            .collect();
-        raw.push(emb.embed(&x, train.len())?);
-    }
+    let raw = angles
+        .iter()
+        .map(|&a| super::embed_views(&mut emb, &pre.normalization, &train, a))
+        .collect::<Result<Vec<_>, _>>()?;
     let thumb = 16;
     let thumbs = train
         .iter()

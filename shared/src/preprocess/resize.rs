@@ -582,18 +582,6 @@ pub(super) mod tests {
         }
     }
 
-    /// Exhaustive over every f32 in [0, 256): `cargo test --release -p firm-shared --lib
-    /// rounding_exhaustive -- --ignored` (about a billion values).
-    #[test]
-    #[ignore]
-    fn rounding_exhaustive() {
-        let end = 256f32.to_bits();
-        for bits in 0..end {
-            let x = f32::from_bits(bits);
-            assert_eq!(round_to_u8(x), x.round() as u8, "{x}");
-        }
-    }
-
     #[test]
     fn kernels_match_image_at_their_knots() {
         // Spot values every filter pass depends on; the bit-exact resizes below cover the rest.

@@ -21,9 +21,7 @@
 //! 4.3 ms AVX2, 5.3 ms portable; one layer alone 12-20 GMAC/s AVX-512 (56x56x144 k3 s1:
 //! 0.29 ms). About half the load-port bound (two 64-byte loads per 16 multiply-adds); reusing the
 //! weights across two output pixels would save a quarter of the loads (not done). Keep the
-//! activations 64-byte aligned: misaligned 64-byte loads cost ~15%. Measured with `cargo test
-//! --profile bench -p firm-shared --lib exec::kernels::depthwise::tests::speed -- --ignored
-//! --nocapture --test-threads=1`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
+//! activations 64-byte aligned: misaligned 64-byte loads cost ~15%. Measured with `cargo bench -p firm-shared --bench ops -- depthwise`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
 //! varied up to 2x between runs; the CPU time of the calling thread (`testing::time_per_call`) is
 //! the steadier figure, best of two runs given.
 
@@ -551,99 +549,6 @@ mod tests {
             &mut [0.0],
             1,
         );
-    }
-
-    /// Timing, not a test (module header).
-    #[test]
-    #[ignore]
-    fn speed() {
-        use crate::exec::kernels::testing::{show_time, time_per_call};
-        // EfficientNet-B0's depthwise layers: (h, c, k, stride) of each input.
-        let layers = [
-            (112, 32, 3, 1),
-            (112, 96, 3, 2),
-            (56, 144, 3, 1),
-            (56, 144, 5, 2),
-            (28, 240, 5, 1),
-            (28, 240, 3, 2),
-            (14, 480, 3, 1),
-            (14, 480, 3, 1),
-            (14, 480, 5, 1),
-            (14, 672, 5, 1),
-            (14, 672, 5, 1),
-            (14, 672, 5, 2),
-            (7, 1152, 5, 1),
-            (7, 1152, 5, 1),
-            (7, 1152, 5, 1),
-            (7, 1152, 3, 1),
-        ];
-        // Buffers start on 64-byte boundaries, as the executor's arena should: with channel
-        // counts that are multiples of 16, every vector access is then aligned (misaligned
-        // 64-byte loads each touch two cache lines).
-        let buf = |n: usize, v: f32| {
-            let b = vec![v; n + 16];
-            let off = b.as_ptr().align_offset(64);
-            (b, off, n)
-        };
-        let mut data: Vec<_> = layers
-            .iter()
-            .map(|&(h, c, k, s)| {
-                let o = conv_out(h, k, s, k / 2);
-                (
-                    buf(h * h * c, 0.5),
-                    buf(k * k * c, 0.25),
-                    buf(c, 0.0),
-                    buf(o * o * c, 0.0),
-                )
-            })
-            .collect();
-        let macs: usize = layers
-            .iter()
-            .map(|&(h, c, k, s)| conv_out(h, k, s, k / 2).pow(2) * c * k * k)
-            .sum();
-        // Per layer, best ISA, one thread.
-        fn view((b, off, n): &(Vec<f32>, usize, usize)) -> &[f32] {
-            &b[*off..*off + *n]
-        }
-        for (&(h, c, k, s), (x, wt, bias, out)) in layers.iter().zip(data.iter_mut()) {
-            let (x, wt, bias) = (view(x), view(wt), view(bias));
-            let out = &mut out.0[out.1..out.1 + out.2];
-            let ep = Epilogue::new(bias, Clamp::RELU6);
-            let t = time_per_call(20, || {
-                depthwise_f32(Isa::best(), x, h, h, c, k, s, k / 2, wt, &ep, out, 1)
-            });
-            let macs = conv_out(h, k, s, k / 2).pow(2) * c * k * k;
-            let gmac = macs as f64 / t.1.unwrap_or(t.0) / 1e9;
-            println!(
-                "{}: {h}x{h}x{c} k{k} s{s}: {} = {gmac:.1} GMAC/s",
-                Isa::best(),
-                show_time(t)
-            );
-        }
-        for isa in Isa::supported() {
-            for threads in [1, 2] {
-                let t = time_per_call(10, || {
-                    for (&(h, c, k, s), (x, wt, bias, out)) in layers.iter().zip(data.iter_mut()) {
-                        let (x, wt, bias) = (view(x), view(wt), view(bias));
-                        let out = &mut out.0[out.1..out.1 + out.2];
-                        let ep = Epilogue::new(bias, Clamp::RELU6);
-                        depthwise_f32(isa, x, h, h, c, k, s, k / 2, wt, &ep, out, threads);
-                    }
-                });
-                // The caller's CPU time is only its share when the work is split.
-                let secs = if threads == 1 {
-                    t.1.unwrap_or(t.0)
-                } else {
-                    t.0
-                };
-                let gmac = macs as f64 / secs / 1e9;
-                println!(
-                    "{isa}: the 16 depthwise layers of EfficientNet-B0 ({:.1} M MAC), {threads} thread(s): {} = {gmac:.1} GMAC/s",
-                    macs as f64 / 1e6,
-                    show_time(t)
-                );
-            }
-        }
     }
 }
 

@@ -16,8 +16,7 @@
 //!
 //! Speed (2-core Zen 4, one thread, CPU time): the u8 ResNet stem 224x224x3 (cs 4) k7 s2 p3 into
 //! 12544 rows of 160 bytes 0.76 ms (per-tap overhead, not bandwidth: 614k taps of 3 bytes); f32
-//! 56x56x64 k3 s1 p1 (7.2 MB written) 0.26 ms. `cargo test --profile bench -p firm-shared --lib
-//! exec::kernels::im2col::tests::speed -- --ignored --nocapture --test-threads=1`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
+//! 56x56x64 k3 s1 p1 (7.2 MB written) 0.26 ms. `cargo bench -p firm-shared --bench ops -- im2col`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
 //! varied up to 2x between runs; the CPU time of the calling thread (`testing::time_per_call`) is
 //! the steadier figure, best of two runs given.
 
@@ -522,35 +521,6 @@ mod tests {
                     assert_eq!(r[(o * 9 + t) * 3 + i], w[(o * 3 + i) * 9 + t]);
                 }
             }
-        }
-    }
-
-    /// Timing, not a test (module header).
-    #[test]
-    #[ignore]
-    fn speed() {
-        use crate::exec::kernels::testing::{show_time, time_per_call};
-        let x = vec![3u8; 224 * 224 * 4];
-        let mut out = vec![0u8; 112 * 112 * 160];
-        for threads in [1, 2] {
-            let t = time_per_call(20, || {
-                im2col_u8(&x, 224, 224, 3, 4, 7, 2, 3, 128, &mut out, 160, threads)
-            });
-            println!(
-                "im2col u8 stem 224x224x3 (cs 4) k7 s2 p3, ldk 160, {threads} thread(s): {}",
-                show_time(t)
-            );
-        }
-        let x = vec![1f32; 56 * 56 * 64];
-        let mut out = vec![0f32; 56 * 56 * 576];
-        for threads in [1, 2] {
-            let t = time_per_call(20, || {
-                im2col_f32(&x, 56, 56, 64, 64, 3, 1, 1, &mut out, 576, threads)
-            });
-            println!(
-                "im2col f32 56x56x64 k3 s1 p1, {threads} thread(s): {}",
-                show_time(t)
-            );
         }
     }
 }

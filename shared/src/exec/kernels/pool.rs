@@ -19,8 +19,7 @@
 //!
 //! Speed (2-core Zen 4, one thread, CPU time): 3x3 s2 p1 max pool of 112x112x64 124 µs with
 //! AVX-512, 160 µs AVX2, 441 µs portable; global average pool of 7x7x512 1.6 µs (AVX-512).
-//! `cargo test --profile bench -p firm-shared --lib exec::kernels::pool::tests::speed -- --ignored
-//! --nocapture --test-threads=1`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
+//! `cargo bench -p firm-shared --bench ops -- pool`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
 //! varied up to 2x between runs; the CPU time of the calling thread (`testing::time_per_call`) is
 //! the steadier figure, best of two runs given.
 
@@ -587,29 +586,6 @@ mod tests {
             let exact = (0..h * w).map(|p| x[p * c + j] as f64).sum::<f64>() / (h * w) as f64;
             let rel = ((out[j] as f64 - exact) / exact).abs();
             assert!(rel < 1e-5, "channel {j}: {} vs {exact} ({rel:e})", out[j]);
-        }
-    }
-
-    /// Timing, not a test (module header).
-    #[test]
-    #[ignore]
-    fn speed() {
-        use crate::exec::kernels::testing::{show_time, time_per_call};
-        let (h, c) = (112, 64);
-        let x = vec![1.0f32; h * h * c];
-        let mut out = vec![0.0f32; 56 * 56 * c];
-        for isa in Isa::supported() {
-            let t = time_per_call(50, || max_pool_f32(isa, &x, h, h, c, 3, 2, 1, &mut out, 1));
-            println!(
-                "{isa}: max pool 3x3 s2 p1 of {h}x{h}x{c}, 1 thread: {}",
-                show_time(t)
-            );
-        }
-        let x = vec![1.0f32; 7 * 7 * 512];
-        let mut out = vec![0.0f32; 512];
-        for isa in Isa::supported() {
-            let t = time_per_call(2000, || global_avg_pool_f32(isa, &x, 7, 7, 512, &mut out));
-            println!("{isa}: global average pool of 7x7x512: {}", show_time(t));
         }
     }
 }

@@ -16,9 +16,7 @@
 //!
 //! Speed (2-core Zen 4, one thread, CPU time): 802,816 values (56x56x256) 78 µs with AVX-512,
 //! 101 µs AVX2, 1.9 ms portable (`round_ties_even` is a libm call on baseline x86-64); the
-//! 224x224x3 input into cs 4 39 µs (AVX-512); `chw_to_hwc` of 3x224x224 17 µs. `cargo test
-//! --profile bench -p firm-shared --lib exec::kernels::quantize::tests::speed -- --ignored
-//! --nocapture --test-threads=1`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
+//! 224x224x3 input into cs 4 39 µs (AVX-512); `chw_to_hwc` of 3x224x224 17 µs. `cargo bench -p firm-shared --bench ops -- quantize`; the machine was shared with other builds (load average 6-9 on 2 cores), so wall times
 //! varied up to 2x between runs; the CPU time of the calling thread (`testing::time_per_call`) is
 //! the steadier figure, best of two runs given.
 
@@ -525,34 +523,6 @@ mod tests {
             [10, 255, 0, 0, 0]
         );
         assert_eq!([q(244.5), q(245.5), q(1e9)], [254, 255, 255]);
-    }
-
-    /// Timing, not a test (module header).
-    #[test]
-    #[ignore]
-    fn speed() {
-        use crate::exec::kernels::testing::{show_time, time_per_call};
-        let x: Vec<f32> = (0..56 * 56 * 256)
-            .map(|i| (i % 1000) as f32 * 0.01 - 3.0)
-            .collect();
-        let mut out = vec![0u8; x.len()];
-        for isa in Isa::supported() {
-            let t = time_per_call(50, || quantize_u8(isa, &x, 37.0, 3, &mut out));
-            println!("{isa}: quantize {} values: {}", x.len(), show_time(t));
-        }
-        let x = vec![0.25f32; 224 * 224 * 3];
-        let mut out = vec![0u8; 224 * 224 * 4];
-        for isa in Isa::supported() {
-            let t = time_per_call(50, || quantize_u8_rows(isa, &x, 3, 37.0, 3, &mut out, 4));
-            println!(
-                "{isa}: quantize the 224x224x3 input into cs 4: {}",
-                show_time(t)
-            );
-        }
-        let x = vec![0.25f32; 3 * 224 * 224];
-        let mut out = vec![0f32; 3 * 224 * 224];
-        let t = time_per_call(50, || chw_to_hwc(&x, 3, 224, 224, &mut out));
-        println!("chw_to_hwc 3x224x224: {}", show_time(t));
     }
 }
 

@@ -3,7 +3,7 @@
 //! hand-picked edge cases (odd sizes, stride 2, padding, channel counts that are not multiples of
 //! any SIMD width), then on random cases from a proptest strategy.
 //!
-//! ```ignore
+//! ```text
 //! kernel_tests! {
 //!     family: gemm_i8,
 //!     case: GemmCase,                 // Debug + Clone
