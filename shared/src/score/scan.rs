@@ -19,10 +19,9 @@
 //! Per query, nothing is allocated on success: the normalised query, the cosines and the top-k
 //! live in the scratch (error paths build a message). A 10,000 x 512 bank is 20 MB, so the scan is
 //! bound by memory bandwidth. Measured on the 2-core Zen 4 (32 MiB L3) with `cargo bench -p
-//! firm-shared --bench knn`, wall time, better of two runs on a machine shared with other builds
-//! (load average 6-9, so runs varied up to 1.5x): 10,000 x 512 0.80-1.20 ms per query on one
-//! thread (17-26 GB/s), 0.78-1.19 ms on two; 209 x 512 15-18 µs. A plain sum over the same 20 MB
-//! ran at 16-22 GB/s then, so one thread is near what the memory gave.
+//! firm-shared --bench knn`, best of 5 rounds, on an otherwise idle machine (2026-12-03):
+//! 10,000 x 512 0.70-0.73 ms per query on one thread (28-29 GB/s), 0.42-0.49 ms on two
+//! (42-49 GB/s); 209 x 512 11-13 µs. Earlier runs beside other builds (load 6-9) gave 0.8-1.2 ms.
 
 use super::knn::{Bank, ScoreFn, kde, l2_norm};
 use super::topk::TopK;
