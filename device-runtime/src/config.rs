@@ -84,8 +84,8 @@ impl Default for SourceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
 pub struct InferenceConfig {
-    /// Where the bundle's encoder runs: `cpu` (the CPU executor). The flash self-test runs on
-    /// the same backend.
+    /// Where the bundle's encoder runs: `cpu`, `wgpu`, `cuda` or `auto` ([`Backend`]). The flash
+    /// self-test runs on the same backend.
     pub backend: Backend,
     /// Named operating point of the bundle (`calibrated`, `f1-optimal`, ...).
     pub operating_point: String,

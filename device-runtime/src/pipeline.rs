@@ -51,7 +51,12 @@ pub fn threshold(bundle: &Bundle, cfg: &InferenceConfig) -> Result<(f64, String)
 }
 
 /// Page-facing description of a loaded bundle.
-pub fn bundle_info(l: &Loaded, threshold: f64, operating_point: &str) -> BundleInfo {
+pub fn bundle_info(
+    l: &Loaded,
+    threshold: f64,
+    operating_point: &str,
+    embedder: &dyn Embedder,
+) -> BundleInfo {
     let m = &l.bundle.manifest;
     BundleInfo {
         slot: l.slot.to_string(),
@@ -64,6 +69,8 @@ pub fn bundle_info(l: &Loaded, threshold: f64, operating_point: &str) -> BundleI
         metrics: m.provenance.metrics.clone(),
         calibration: m.threshold.calibration.summary(),
         rolled_back: l.rolled_back.clone(),
+        backend: embedder.name().to_string(),
+        device: embedder.device(),
     }
 }
 
@@ -112,7 +119,7 @@ impl Scorer {
             (0..n).filter_map(|i| l.bundle.bank.thumbnail(i)).collect();
         let sources = l.bundle.manifest.bank.sources.clone();
         *shared.thumbnail_sources.write().expect("state lock") = sources.clone();
-        let info = bundle_info(l, threshold, &point);
+        let info = bundle_info(l, threshold, &point, detector.embedder());
         shared.live.write().expect("state lock").bundle = Some(info.clone());
         shared.publish(Event::Bundle(info));
         Ok(Self {

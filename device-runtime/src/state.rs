@@ -69,6 +69,10 @@ pub struct BundleInfo {
     pub metrics: std::collections::BTreeMap<String, f64>,
     pub calibration: String,
     pub rolled_back: Option<String>,
+    /// The backend the encoder runs on (`inference.backend` as resolved) and its device: the
+    /// CPU's kernel set and threads, or the GPU adapter's name.
+    pub backend: String,
+    pub device: String,
 }
 
 /// Counters and recent history.

@@ -61,6 +61,8 @@ fn with_activity(shared: &Arc<Shared>) {
         metrics: Default::default(),
         calibration: "threshold 0.5".into(),
         rolled_back: None,
+        backend: "cpu".into(),
+        device: "cpu (avx2, 2 threads)".into(),
     });
     for i in 0..10 {
         live.record(&verdict(i, 0.1 * i as f64));
@@ -255,6 +257,7 @@ async fn metrics_are_valid_prometheus_text() {
         "firm_alerts_total 1",
         "firm_latency_p50_seconds 0.0125",
         "firm_bundle_info{class=\"bottle \\\"x\\\"\",version=\"7\",slot=\"a\",operating_point=\"calibrated\"} 1",
+        "firm_backend_info{backend=\"cpu\",device=\"cpu (avx2, 2 threads)\"} 1",
         "firm_healthy 1",
     ] {
         assert!(text.contains(want), "{want} missing in:\n{text}");

@@ -348,6 +348,13 @@ fn upload_over_http_installs_and_switches_the_running_pipeline() {
         let s: serde_json::Value =
             serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
         if s["bundle"]["bundle-version"] == 2 && s["bundle"]["slot"] == "b" {
+            // The page says where the encoder runs (the default backend: the CPU executor).
+            assert_eq!(s["bundle"]["backend"], "cpu", "{}", s["bundle"]);
+            let device = s["bundle"]["device"].as_str().unwrap_or_default();
+            assert!(
+                device.starts_with("cpu (") && device.contains("threads"),
+                "{device}"
+            );
             break;
         }
         assert!(

@@ -124,6 +124,17 @@ pub fn render(st: &AppState) -> String {
             label(&b.slot),
             label(&b.operating_point)
         );
+        let _ = writeln!(
+            s,
+            "# HELP firm_backend_info Where the encoder runs (value is always 1)."
+        );
+        let _ = writeln!(s, "# TYPE firm_backend_info gauge");
+        let _ = writeln!(
+            s,
+            "firm_backend_info{{backend=\"{}\",device=\"{}\"}} 1",
+            label(&b.backend),
+            label(&b.device)
+        );
     }
     let healthy = super::api::health(st, &live).0;
     metric(

@@ -74,6 +74,11 @@ impl Embedder for CpuEmbedder {
         Some(self.exec.activation_bytes())
     }
 
+    fn device(&self) -> String {
+        let o = self.exec.options();
+        format!("cpu ({}, {} threads)", o.isa, o.threads)
+    }
+
     fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError> {
         let s = self.exec.input_size();
         let (per, dim) = (3 * s * s, self.exec.feature_dim());

@@ -10,6 +10,7 @@
 //! distance `1 - score`. The nearest good image is the top cosine of the unrotated view.
 
 pub mod cpu;
+pub mod cuda;
 mod detector;
 pub mod reference;
 pub mod synthetic;
@@ -35,6 +36,11 @@ pub trait Embedder {
         None
     }
 
+    /// What it runs on, for status pages: the CPU's kernel set and threads, a GPU adapter's name.
+    fn device(&self) -> String {
+        self.name().to_string()
+    }
+
     /// [`Self::embed_into`] into a new vector.
     fn embed(&mut self, inputs: &[f32], n: usize) -> Result<Vec<f32>, BundleError> {
         let mut out = vec![0f32; n * self.feature_dim()];
@@ -56,6 +62,9 @@ impl<E: Embedder + ?Sized> Embedder for &mut E {
     fn activation_bytes(&self) -> Option<usize> {
         (**self).activation_bytes()
     }
+    fn device(&self) -> String {
+        (**self).device()
+    }
 }
 
 impl<E: Embedder + ?Sized> Embedder for Box<E> {
@@ -70,6 +79,9 @@ impl<E: Embedder + ?Sized> Embedder for Box<E> {
     }
     fn activation_bytes(&self) -> Option<usize> {
         (**self).activation_bytes()
+    }
+    fn device(&self) -> String {
+        (**self).device()
     }
 }
 
@@ -99,14 +111,24 @@ pub enum Backend {
     /// The CPU executor ([`cpu`]): int8 kernels where they are faster, both cores.
     #[default]
     Cpu,
+    /// A GPU through wgpu (Vulkan, Metal, DX12): a build with the `wgpu` feature.
+    Wgpu,
+    /// An NVIDIA GPU through candle's CUDA device ([`cuda`]): a build with the `cuda` feature.
+    Cuda,
+    /// The first real GPU this build can drive (wgpu, then CUDA; never a CPU adapter such as
+    /// lavapipe), else the CPU, with the reason logged.
+    Auto,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 1] = [Backend::Cpu];
+    pub const ALL: [Backend; 4] = [Backend::Cpu, Backend::Wgpu, Backend::Cuda, Backend::Auto];
 
     pub fn name(self) -> &'static str {
         match self {
             Backend::Cpu => "cpu",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "cuda",
+            Backend::Auto => "auto",
         }
     }
 }
@@ -142,5 +164,46 @@ pub fn embedder(
 ) -> Result<Box<dyn Embedder + Send>, BundleError> {
     match backend {
         Backend::Cpu => Ok(Box::new(CpuEmbedder::new(bundle)?)),
+        Backend::Wgpu => wgpu_embedder(bundle),
+        Backend::Cuda => Ok(Box::new(cuda::CudaEmbedder::new(bundle, 0)?)),
+        Backend::Auto => {
+            let mut why = Vec::new();
+            for gpu in [Backend::Wgpu, Backend::Cuda] {
+                if !gpu_built(gpu) {
+                    why.push(format!("{gpu}: not in this build"));
+                    continue;
+                }
+                match embedder(bundle, gpu) {
+                    Ok(e) => {
+                        tracing::info!("backend auto: {} on {}", e.name(), e.device());
+                        return Ok(e);
+                    }
+                    Err(e) => why.push(format!("{gpu}: {e}")),
+                }
+            }
+            let e = CpuEmbedder::new(bundle)?;
+            tracing::warn!(
+                "backend auto: no GPU ({}); running on {}",
+                why.join("; "),
+                e.device()
+            );
+            Ok(Box::new(e))
+        }
     }
+}
+
+/// Whether this build has the code for `gpu`.
+fn gpu_built(gpu: Backend) -> bool {
+    match gpu {
+        // Until the wgpu executor lands, no build has it.
+        Backend::Wgpu => false,
+        Backend::Cuda => cfg!(feature = "cuda"),
+        Backend::Cpu | Backend::Auto => true,
+    }
+}
+
+fn wgpu_embedder(_bundle: &Bundle) -> Result<Box<dyn Embedder + Send>, BundleError> {
+    Err(BundleError::runtime(
+        "this build has no wgpu backend: build with `--features wgpu`",
+    ))
 }

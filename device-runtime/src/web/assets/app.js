@@ -110,6 +110,7 @@ async function refreshStatus() {
       ["score", b.score],
       ["threshold", fmt(b.threshold) + " (" + (b["operating-point"] || "-") + ")"],
       ["calibration", b.calibration],
+      ["backend", b.backend ? b.backend + " on " + b.device : "-"],
       ["quantized AUROC", b.metrics ? fmt(b.metrics["quantized-auroc"]) : "-"],
       ["float AUROC", b.metrics ? fmt(b.metrics["float-auroc"]) : "-"],
     ]);

@@ -190,6 +190,43 @@ impl CandleGraph {
         &self.graph
     }
 
+    /// The same graph with its weights on `dev` (a CUDA device: the `cuda` backend). Off the
+    /// CPU, depthwise convolutions run as candle's grouped convolution (its summation order, not
+    /// the executors'); the integer convolutions and the quantization stay exact.
+    pub fn to_device(&self, dev: &Device) -> Result<Self> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    weight: l.weight.to_device(dev)?,
+                    norm: match &l.norm {
+                        Norm::Bias(b) => Norm::Bias(b.to_device(dev)?),
+                        Norm::BatchNorm {
+                            mean,
+                            factor,
+                            shift,
+                        } => Norm::BatchNorm {
+                            mean: mean.to_device(dev)?,
+                            factor: factor.to_device(dev)?,
+                            shift: shift.to_device(dev)?,
+                        },
+                    },
+                    int8: match &l.int8 {
+                        Some((w, s)) => Some((w.to_device(dev)?, s.clone())),
+                        None => None,
+                    },
+                    depthwise: l.depthwise.clone(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            graph: self.graph.clone(),
+            layers,
+            quant: self.quant.clone(),
+        })
+    }
+
     pub fn feature_dim(&self) -> usize {
         self.graph.feature_dim().expect("validated")
     }
@@ -226,7 +263,12 @@ impl CandleGraph {
                             "{}: its input is quantized but its weights are f32",
                             c.name
                         ),
-                        (None, _, Some(w)) => depthwise_ordered(&input, w, c)?,
+                        (None, _, Some(w)) if input.device().is_cpu() => {
+                            depthwise_ordered(&input, w, c)?
+                        }
+                        (None, _, Some(_)) => {
+                            conv::depthwise_conv2d(&input, &l.weight, c.stride, c.padding)?
+                        }
                         (None, _, None) => conv::conv2d(&input, &l.weight, c.stride, c.padding)?,
                     };
                     let mut y = match &l.norm {
@@ -278,15 +320,7 @@ fn activation(y: &Tensor, a: Activation) -> Result<Tensor> {
 /// `sum (q(x) - zp) * w_q` exactly (an f64 convolution of integers), then `* (s_w * s_x)` in
 /// f32 (the bias follows in the caller, as a separate add).
 fn int8_conv(x: &Tensor, q: &ActivationQuant, wq: &Tensor, ws: &[f32], c: &Conv) -> Result<Tensor> {
-    let dims = x.dims().to_vec();
-    let zp = q.zero_point as f64;
-    let v: Vec<f64> = x
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .iter()
-        .map(|&x| q.quantize(x) as f64 - zp)
-        .collect();
-    let xq = Tensor::from_vec(v, dims, x.device())?;
+    let xq = quantize_centered(x, q)?.to_dtype(candle_core::DType::F64)?;
     let acc = xq
         .conv2d(wq, c.padding, c.stride, 1, 1)?
         .to_dtype(candle_core::DType::F32)?;
@@ -295,6 +329,24 @@ fn int8_conv(x: &Tensor, q: &ActivationQuant, wq: &Tensor, ws: &[f32], c: &Conv)
         .map(|&s| quant::combined_scale(s, q.scale))
         .collect();
     acc.broadcast_mul(&per_channel(&scale, x.device())?)
+}
+
+/// `quantize(x) - zp` of every element as f32 tensor ops on `x`'s device, bit for bit
+/// [`ActivationQuant::quantize`] for finite `x`: `y = x * (1 / s)` (one f32 multiply), rounded
+/// half to even (`round` rounds ties away from zero, so exact ties `y - floor(y) == 0.5` take
+/// the even neighbour of `floor(y)` instead), plus `zp`, clamped to 0..=255, minus `zp`.
+pub fn quantize_centered(x: &Tensor, q: &ActivationQuant) -> Result<Tensor> {
+    let dev = x.device();
+    let scalar = |v: f32| Tensor::new(v, dev);
+    let y = x.broadcast_mul(&scalar(q.inv_scale())?)?;
+    let fl = y.floor()?;
+    let tie = (&y - &fl)?.broadcast_eq(&scalar(0.5)?)?;
+    // floor(y) + (floor(y) mod 2): the even one of floor(y) and floor(y) + 1.
+    let odd = (&fl - (fl.broadcast_mul(&scalar(0.5)?)?.floor()? * 2.0)?)?;
+    let even = (&fl + odd)?;
+    let r = tie.where_cond(&even, &y.round()?)?;
+    let zp = q.zero_point as f32;
+    (r + zp as f64)?.clamp(0f32, 255f32)? - zp as f64
 }
 
 /// Depthwise convolution summed per output in kernel order (rows, then columns; padding
