@@ -1,6 +1,7 @@
 //! `device-runtime`: runs FIRM bundles on the inspection appliance.
 
 mod bench;
+mod gpu_check;
 mod selfcheck;
 
 use std::path::PathBuf;
@@ -84,6 +85,9 @@ enum Command {
     /// `bench` on a bundle with random weights: is this box fast enough for that backbone and
     /// input size, before any bundle exists?
     Selfcheck(selfcheck::SelfcheckArgs),
+    /// On a box with a GPU: every GPU backend of this build against the CPU executor (both
+    /// backbones, the bundle self-test) and the throughput table (224 and 256 px, batch 1 and 8).
+    GpuCheck(gpu_check::GpuCheckArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +256,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Bench(args) => Ok(bench::run(&args)?),
         Command::Selfcheck(args) => Ok(selfcheck::run(&args)?),
+        Command::GpuCheck(args) => Ok(gpu_check::run(&args)?),
     }
 }
 

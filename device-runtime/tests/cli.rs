@@ -41,3 +41,73 @@ fn selfcheck_cifar_stem() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("cifar stem"));
 }
+
+/// `gpu-check` without a GPU backend in the build: each one is reported as skipped with how to
+/// get it, the command still succeeds; naming one fails with that reason. (With a backend the
+/// checks and the table run: the wgpu tests and the device runs.)
+#[test]
+fn gpu_check_reports_backends_this_build_lacks() {
+    let out = bin()
+        .args(["gpu-check", "--checks-only", "--json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let skipped: Vec<&str> = r["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let checked: Vec<&str> = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["backend"].as_str())
+        .collect();
+    for b in ["wgpu", "cuda"] {
+        let seen = skipped.iter().any(|s| s.starts_with(b)) || checked.contains(&b);
+        assert!(seen, "{b} neither checked nor skipped: {stdout}");
+    }
+    assert!(r["throughput"].as_array().unwrap().is_empty());
+    if !checked.contains(&"cuda") {
+        let out = bin()
+            .args(["gpu-check", "--backend", "cuda", "--checks-only"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("cuda") && err.contains("--features cuda"),
+            "{err}"
+        );
+    }
+    // The throughput table on the CPU alone, tiny.
+    let out = bin()
+        .args([
+            "gpu-check",
+            "--backend",
+            "cpu",
+            "--size",
+            "32",
+            "--batch",
+            "1",
+            "2",
+            "--batches",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.matches("| cpu | cpu (").count(), 2, "{table}");
+}
