@@ -13,6 +13,8 @@ pub mod cpu;
 mod detector;
 pub mod reference;
 pub mod synthetic;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,8 @@ use crate::bundle::{Bundle, BundleError};
 
 pub use cpu::CpuEmbedder;
 pub use detector::{Detector, Scored, StageTimes};
+#[cfg(feature = "wgpu")]
+pub use wgpu::WgpuEmbedder;
 
 /// A backend that turns normalised model inputs into encoder features.
 pub trait Embedder {
@@ -99,14 +103,18 @@ pub enum Backend {
     /// The CPU executor ([`cpu`]): int8 kernels where they are faster, both cores.
     #[default]
     Cpu,
+    /// Our WGSL kernels on a real GPU (feature `wgpu`; never a CPU-type adapter such as
+    /// lavapipe). Parses in every build; without the feature [`embedder`] refuses it.
+    Wgpu,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 1] = [Backend::Cpu];
+    pub const ALL: [Backend; 2] = [Backend::Cpu, Backend::Wgpu];
 
     pub fn name(self) -> &'static str {
         match self {
             Backend::Cpu => "cpu",
+            Backend::Wgpu => "wgpu",
         }
     }
 }
@@ -142,5 +150,11 @@ pub fn embedder(
 ) -> Result<Box<dyn Embedder + Send>, BundleError> {
     match backend {
         Backend::Cpu => Ok(Box::new(CpuEmbedder::new(bundle)?)),
+        #[cfg(feature = "wgpu")]
+        Backend::Wgpu => Ok(Box::new(WgpuEmbedder::new(bundle)?)),
+        #[cfg(not(feature = "wgpu"))]
+        Backend::Wgpu => Err(BundleError::runtime(
+            "backend wgpu: firm-shared was built without the wgpu feature",
+        )),
     }
 }

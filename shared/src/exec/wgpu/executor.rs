@@ -192,7 +192,14 @@ impl WgpuExecutor {
                         let x = shapes[c.input];
                         let xs = strides(c.input, x);
                         let (res_code, rs) = match c.residual {
-                            None => (0.0, Strides { sy: 0, sx: 0, sc: 0 }),
+                            None => (
+                                0.0,
+                                Strides {
+                                    sy: 0,
+                                    sx: 0,
+                                    sc: 0,
+                                },
+                            ),
                             Some(r) => (
                                 if r.before_activation { 1.0 } else { 2.0 },
                                 strides(r.tensor, shapes[r.tensor]),
@@ -219,11 +226,8 @@ impl WgpuExecutor {
                         let label = format!("op {i} ({})", c.name);
                         if c.groups != 1 {
                             k.push(("C", c.c_out as f64));
-                            let w = kernels::storage_init(
-                                &device,
-                                &label,
-                                f32_bytes(&l.dequantized()),
-                            );
+                            let w =
+                                kernels::storage_init(&device, &label, f32_bytes(&l.dequantized()));
                             let b = kernels::storage_init(&device, &label, f32_bytes(&l.bias));
                             weight_bytes += 4 * (c.weight_len() + c.c_out);
                             kernels::dispatch(
@@ -248,9 +252,7 @@ impl WgpuExecutor {
                                     k.push(("K_WORDS", words as f64));
                                     let mut ep = l.bias.clone();
                                     ep.extend(
-                                        q.scale
-                                            .iter()
-                                            .map(|&s| quant::combined_scale(s, aq.scale)),
+                                        q.scale.iter().map(|&s| quant::combined_scale(s, aq.scale)),
                                     );
                                     int8_convs += 1;
                                     ("conv_u8i8", bytemuck::cast_slice(&packed).to_vec(), ep)
@@ -262,12 +264,8 @@ impl WgpuExecutor {
                                     )));
                                 }
                                 (None, _) => {
-                                    let w = oihw_to_ohwi(
-                                        &l.dequantized(),
-                                        c.c_out,
-                                        c.c_in,
-                                        c.kernel,
-                                    );
+                                    let w =
+                                        oihw_to_ohwi(&l.dequantized(), c.c_out, c.c_in, c.kernel);
                                     ("conv_f32", f32_bytes(&w).to_vec(), l.bias.clone())
                                 }
                             };
@@ -433,13 +431,7 @@ impl WgpuExecutor {
             }
         }
         if let Some(st) = staging {
-            enc.copy_buffer_to_buffer(
-                &self.tensors[self.output],
-                0,
-                st,
-                0,
-                4 * self.dim as u64,
-            );
+            enc.copy_buffer_to_buffer(&self.tensors[self.output], 0, st, 0, 4 * self.dim as u64);
         }
         queue.submit([enc.finish()]);
     }
@@ -482,4 +474,3 @@ impl WgpuExecutor {
         self.dispatches.iter().map(|d| d.label.as_str())
     }
 }
-

@@ -52,7 +52,8 @@ impl GpuKnn {
         let k = k.min(rows);
         let device = gpu.device.clone();
         let built = checked(&device, "kNN kernel build", || {
-            let bank_buf = kernels::storage_init(&device, "bank", bytemuck::cast_slice(bank.rows()));
+            let bank_buf =
+                kernels::storage_init(&device, "bank", bytemuck::cast_slice(bank.rows()));
             let query = kernels::storage(&device, "query", dim);
             let normed = kernels::storage(&device, "query normalised", dim);
             let sims = kernels::storage(&device, "cosines", rows);

@@ -18,6 +18,8 @@ pub mod executor;
 pub mod kernels;
 pub mod knn;
 
+/// Re-exported so callers can name adapter types without depending on wgpu themselves.
+pub use ::wgpu::{AdapterInfo, DeviceType};
 pub use adapter::{AdapterPolicy, Gpu, list_adapters, pick_adapter};
 pub use executor::WgpuExecutor;
 pub use knn::{GpuKnn, KnnResult};
