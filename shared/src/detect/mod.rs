@@ -158,3 +158,36 @@ pub fn embedder(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_names_round_trip() {
+        for b in Backend::ALL {
+            assert_eq!(b.to_string().parse::<Backend>().unwrap(), b);
+            let json = serde_json::to_string(&b).unwrap();
+            assert_eq!(json, format!("\"{b}\""));
+            assert_eq!(serde_json::from_str::<Backend>(&json).unwrap(), b);
+        }
+        assert!("cuda".parse::<Backend>().is_err());
+    }
+
+    #[cfg(not(feature = "wgpu"))]
+    #[test]
+    fn wgpu_without_the_feature_is_a_clear_error() {
+        use crate::model::{EncoderConfig, Stem};
+        let b = synthetic::random_bundle(&synthetic::SyntheticSpec {
+            encoder: EncoderConfig::new(Stem::Cifar, 0.0625),
+            size: 32,
+            score: "cos_1".parse().unwrap(),
+            int8_activations: false,
+            bank: 2,
+            seed: 1,
+        })
+        .unwrap();
+        let e = embedder(&b, Backend::Wgpu).err().unwrap().to_string();
+        assert!(e.contains("built without the wgpu feature"), "{e}");
+    }
+}
