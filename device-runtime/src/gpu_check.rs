@@ -44,6 +44,10 @@ pub struct GpuCheckArgs {
     /// Only the checks, no throughput table.
     #[arg(long)]
     pub checks_only: bool,
+    /// Let wgpu take a software adapter (lavapipe, llvmpipe) too: checks the kernels on a box
+    /// without a GPU. The `wgpu` and `auto` backends of the pipeline never do.
+    #[arg(long)]
+    pub any_adapter: bool,
     /// Print one JSON object instead of the tables.
     #[arg(long)]
     pub json: bool,
@@ -108,11 +112,25 @@ fn features(bundle: &Bundle, e: &mut dyn Embedder) -> Result<Vec<f32>> {
     Ok(embed_views(e, norm, &bundle.selftest.images(), 0)?)
 }
 
+/// `backend`'s embedder; with `any_adapter`, wgpu may run on a software adapter.
+fn make(bundle: &Bundle, backend: Backend, any_adapter: bool) -> Result<Box<dyn Embedder + Send>> {
+    #[cfg(feature = "wgpu")]
+    if backend == Backend::Wgpu && any_adapter {
+        use firm_shared::exec::wgpu::adapter::AdapterPolicy;
+        return Ok(Box::new(firm_shared::detect::WgpuEmbedder::with_policy(
+            bundle,
+            AdapterPolicy::Any,
+        )?));
+    }
+    let _ = any_adapter;
+    Ok(embedder(bundle, backend)?)
+}
+
 /// One backend against the CPU executor on one random bundle.
-fn check(bundle: &Bundle, backend: Backend) -> Result<CheckRow> {
+fn check(bundle: &Bundle, backend: Backend, any_adapter: bool) -> Result<CheckRow> {
     let m = &bundle.manifest;
     let mut cpu = embedder(bundle, Backend::Cpu)?;
-    let mut gpu = embedder(bundle, backend)?;
+    let mut gpu = make(bundle, backend, any_adapter)?;
     let (want, got) = (features(bundle, &mut *cpu)?, features(bundle, &mut *gpu)?);
     let dim = m.model.feature_dim;
     let mut worst = 0f64;
@@ -157,8 +175,14 @@ fn check(bundle: &Bundle, backend: Backend) -> Result<CheckRow> {
     })
 }
 
-fn speed(bundle: &Bundle, backend: Backend, batch: usize, batches: usize) -> Result<SpeedRow> {
-    let mut det = Detector::on(bundle, backend)?;
+fn speed(
+    bundle: &Bundle,
+    backend: Backend,
+    any_adapter: bool,
+    batch: usize,
+    batches: usize,
+) -> Result<SpeedRow> {
+    let mut det = Detector::new(bundle, make(bundle, backend, any_adapter)?)?;
     let device = det.embedder().device();
     let side = bundle.manifest.model.input_size;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
@@ -209,7 +233,7 @@ pub fn gpu_check(a: &GpuCheckArgs) -> Result<GpuCheckReport> {
         }
         for (encoder, int8) in check_models() {
             let bundle = synthetic(encoder, 64, int8)?;
-            match check(&bundle, b) {
+            match check(&bundle, b, a.any_adapter) {
                 Ok(row) => r.checks.push(row),
                 Err(e) if named => bail!("{b}: {e:#}"),
                 Err(e) => {
@@ -230,7 +254,8 @@ pub fn gpu_check(a: &GpuCheckArgs) -> Result<GpuCheckReport> {
             let bundle = synthetic(EncoderConfig::new(Stem::Imagenet, 1.0), side, true)?;
             for &b in &usable {
                 for &batch in &a.batch {
-                    r.throughput.push(speed(&bundle, b, batch, a.batches)?);
+                    r.throughput
+                        .push(speed(&bundle, b, a.any_adapter, batch, a.batches)?);
                 }
             }
         }

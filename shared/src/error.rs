@@ -28,6 +28,10 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
     #[error("bundle refused: {0}")]
     Bundle(#[from] crate::bundle::BundleError),
+    /// The GPU stack (the `wgpu` executor): no usable adapter, a device that refused, a kernel
+    /// that failed to build or run.
+    #[error("GPU {what}: {reason}")]
+    Gpu { what: &'static str, reason: String },
 }
 
 /// Coarse classes of [`Error`], for code that must decide whether to retry, skip or stop.
@@ -52,7 +56,7 @@ impl Error {
                 ErrorKind::BadInput
             }
             Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
-            Error::Candle(_) => ErrorKind::Internal,
+            Error::Candle(_) | Error::Gpu { .. } => ErrorKind::Internal,
             Error::Bundle(_) => ErrorKind::BadInput,
         }
     }

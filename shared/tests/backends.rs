@@ -38,13 +38,32 @@ fn missing_backends_say_how_to_build_them_and_auto_falls_back_to_the_cpu() {
             .to_string();
         assert!(e.contains("--features cuda"), "{e}");
     }
-    let e = embedder(&b, Backend::Wgpu)
-        .err()
-        .expect("no wgpu in this build")
-        .to_string();
-    assert!(e.contains("--features wgpu"), "{e}");
+    #[cfg(not(feature = "wgpu"))]
+    {
+        let e = embedder(&b, Backend::Wgpu)
+            .err()
+            .expect("no wgpu in this build")
+            .to_string();
+        assert!(e.contains("--features wgpu"), "{e}");
+    }
+    // A real GPU adapter, if wgpu sees one (lavapipe and llvmpipe do not count).
+    #[cfg(feature = "wgpu")]
+    let real_gpu = firm_shared::exec::wgpu::adapter::list_adapters()
+        .iter()
+        .any(|a| a.device_type != wgpu::DeviceType::Cpu);
+    #[cfg(not(feature = "wgpu"))]
+    let real_gpu = false;
+    #[cfg(feature = "wgpu")]
+    if !real_gpu {
+        // The backend refuses a software adapter, saying which one it saw.
+        let e = embedder(&b, Backend::Wgpu)
+            .err()
+            .expect("no real GPU adapter")
+            .to_string();
+        assert!(e.contains("CPU adapter") || e.contains("no adapter"), "{e}");
+    }
     // No GPU here (or none this build drives): auto is the CPU executor, and it self-tests.
-    if !cfg!(feature = "cuda") {
+    if !cfg!(feature = "cuda") && !real_gpu {
         let e = embedder(&b, Backend::Auto).unwrap();
         assert_eq!(e.name(), "cpu");
         assert!(e.device().starts_with("cpu ("), "{}", e.device());

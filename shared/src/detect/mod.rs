@@ -14,6 +14,8 @@ pub mod cuda;
 mod detector;
 pub mod reference;
 pub mod synthetic;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,8 @@ use crate::bundle::{Bundle, BundleError};
 
 pub use cpu::CpuEmbedder;
 pub use detector::{Detector, Scored, StageTimes};
+#[cfg(feature = "wgpu")]
+pub use wgpu::WgpuEmbedder;
 
 /// A backend that turns normalised model inputs into encoder features.
 pub trait Embedder {
@@ -195,13 +199,18 @@ pub fn embedder(
 /// Whether this build has the code for `gpu`.
 fn gpu_built(gpu: Backend) -> bool {
     match gpu {
-        // Until the wgpu executor lands, no build has it.
-        Backend::Wgpu => false,
+        Backend::Wgpu => cfg!(feature = "wgpu"),
         Backend::Cuda => cfg!(feature = "cuda"),
         Backend::Cpu | Backend::Auto => true,
     }
 }
 
+#[cfg(feature = "wgpu")]
+fn wgpu_embedder(bundle: &Bundle) -> Result<Box<dyn Embedder + Send>, BundleError> {
+    Ok(Box::new(WgpuEmbedder::new(bundle)?))
+}
+
+#[cfg(not(feature = "wgpu"))]
 fn wgpu_embedder(_bundle: &Bundle) -> Result<Box<dyn Embedder + Send>, BundleError> {
     Err(BundleError::runtime(
         "this build has no wgpu backend: build with `--features wgpu`",
