@@ -59,6 +59,7 @@ fn capture_options(cfg: &DeviceConfig) -> anyhow::Result<CaptureOptions> {
         width: s.width,
         height: s.height,
         format,
+        exposure_us: s.exposure_us,
         defect_every: s.defect_every,
         seed: 0,
     })
