@@ -398,7 +398,10 @@ mod tests {
         let e = DeviceConfig::parse(&format!("{base}[source]\nexposure-us = 0\n"), p)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("/x/site.toml") && e.contains("source.exposure-us 0"), "{e}");
+        assert!(
+            e.contains("/x/site.toml") && e.contains("source.exposure-us 0"),
+            "{e}"
+        );
         let e = DeviceConfig::parse(&format!("{base}[source]\nexposure-us = -5\n"), p)
             .unwrap_err()
             .to_string();

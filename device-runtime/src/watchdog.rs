@@ -183,7 +183,7 @@ pub fn spawn(
                     Err(part) if !stalled => {
                         stalled = true;
                         let s = format!(
-                            "pipeline stalled: {part} has not advanced for {:.1} s; \
+                            "pipeline stalled: no {part} progress for {:.1} s; \
                              not feeding the watchdog",
                             last_fed.elapsed().as_secs_f64()
                         );
@@ -273,7 +273,7 @@ mod tests {
         let at_stall = count("WATCHDOG=1");
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(count("WATCHDOG=1"), at_stall, "fed while capture stalled");
-        assert_eq!(count("pipeline stalled: capture has not advanced"), 1);
+        assert_eq!(count("pipeline stalled: no capture progress"), 1);
         run.store(true, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(200));
         assert!(count("WATCHDOG=1") > at_stall, "not fed after recovery");
