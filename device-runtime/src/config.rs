@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 /// The config schema this build reads.
 pub const SCHEMA_VERSION: u32 = 1;
+/// Longest fixed exposure accepted, microseconds (one second: far beyond any line speed).
+pub const MAX_EXPOSURE_US: u32 = 1_000_000;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -63,6 +65,10 @@ pub struct SourceConfig {
     pub height: u32,
     /// Camera pixel format: `mjpeg`, `yuyv` or `grey`.
     pub format: String,
+    /// Camera: fixed exposure time in microseconds (auto exposure off), so the same part looks
+    /// the same all shift; absent: the camera's auto exposure. Applied by the `v4l` source
+    /// (V4L2 `exposure_time_absolute`, in 100 us steps); replays ignore it.
+    pub exposure_us: Option<u32>,
     /// Synthetic source: every Nth frame carries an injected defect (0 = never).
     pub defect_every: u32,
 }
@@ -76,6 +82,7 @@ impl Default for SourceConfig {
             width: 640,
             height: 480,
             format: "mjpeg".into(),
+            exposure_us: None,
             defect_every: 10,
         }
     }
@@ -280,6 +287,14 @@ impl DeviceConfig {
         {
             return Err(format!("source.fps {f} is outside (0, 1000]"));
         }
+        if let Some(us) = self.source.exposure_us
+            && !(1..=MAX_EXPOSURE_US).contains(&us)
+        {
+            return Err(format!(
+                "source.exposure-us {us} is outside 1..={MAX_EXPOSURE_US} (microseconds; leave it \
+                 out for the camera's auto exposure)"
+            ));
+        }
         if !["mjpeg", "yuyv", "grey"].contains(&self.source.format.as_str()) {
             return Err(format!(
                 "source.format `{}`; expected mjpeg, yuyv or grey",
@@ -380,6 +395,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("source.fps"), "{e}");
+        let e = DeviceConfig::parse(&format!("{base}[source]\nexposure-us = 0\n"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/x/site.toml") && e.contains("source.exposure-us 0"),
+            "{e}"
+        );
+        let e = DeviceConfig::parse(&format!("{base}[source]\nexposure-us = -5\n"), p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exposure-us"), "{e}");
+        let ok = DeviceConfig::parse(&format!("{base}[source]\nexposure-us = 8000\n"), p).unwrap();
+        assert_eq!(ok.source.exposure_us, Some(8000));
         let e = DeviceConfig::parse(&format!("{base}[web]\nlisten = 'anywhere'\n"), p)
             .unwrap_err()
             .to_string();

@@ -5,6 +5,9 @@
 //! order (journal first, so every alert is durable before anything else reports it). A sink that
 //! fails is logged and counted; it never stops the pipeline.
 //!
+//! Both threads beat [`Shared::heartbeat`] once per turn of their loop; the systemd watchdog
+//! ([`crate::watchdog`]) is fed only while both do.
+//!
 //! A bundle flashed while running ([`crate::state::Shared::pending_bundle`]) is picked up between
 //! two frames.
 
@@ -162,6 +165,7 @@ pub fn start(
         .spawn(move || {
             while !st.load(Ordering::SeqCst) {
                 let r = source.next_frame();
+                sh.heartbeat.beat_capture();
                 let status = source.status();
                 let mut live = sh.live.write().expect("state lock");
                 live.camera.description = status.description.clone();
@@ -207,6 +211,8 @@ pub fn start(
             pool.install(|| {
                 let mut last_live = Instant::now() - LIVE_FRAME_EVERY;
                 loop {
+                    // One beat per turn: a frame scored or an idle poll (see crate::watchdog).
+                    sh.heartbeat.beat_inference();
                     if let Some(next) = sh.pending_bundle.lock().expect("state lock").take() {
                         match Scorer::new(&sh, &next, &cfg) {
                             Ok(s) => scorer = s,

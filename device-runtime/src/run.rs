@@ -2,6 +2,11 @@
 //! loads the active bundle (rolling back when it fails), opens the frame source, starts the
 //! pipeline and the alert sinks, serves the web page, and stops cleanly on SIGTERM or Ctrl-C
 //! (or, with `--exit-at-end`, when a finite source has been scored to its last frame).
+//!
+//! Under systemd (`Type=notify`, hardware/systemd/firm-inspect.service) it sends `READY=1` once
+//! the pipeline runs and the status page listens, feeds the watchdog from the pipeline's
+//! heartbeat ([`crate::watchdog`]) when `WATCHDOG_USEC` is set, and `STOPPING=1` on shutdown.
+//! Without `NOTIFY_SOCKET` all of that is a no-op.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +23,7 @@ use crate::capture::{self, CaptureOptions, PixelFormat, SourceSpec};
 use crate::config::DeviceConfig;
 use crate::slots::{self, Slots};
 use crate::state::Shared;
+use crate::watchdog::{self, Notifier, NotifyState, Systemd};
 use crate::web::{self, AppState};
 
 /// A run that stays up this long with frames flowing counts as healthy (clears the crash-loop
@@ -53,6 +59,7 @@ fn capture_options(cfg: &DeviceConfig) -> anyhow::Result<CaptureOptions> {
         width: s.width,
         height: s.height,
         format,
+        exposure_us: s.exposure_us,
         defect_every: s.defect_every,
         seed: 0,
     })
@@ -100,9 +107,12 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     let copts = capture_options(cfg)?;
     // A camera may be unplugged or not ready yet: reopen it with backoff. Replays open once.
     let source = match spec {
-        SourceSpec::V4l { .. } => {
-            capture::open_with_retry(&spec, &copts, capture::Backoff::default())?
-        }
+        SourceSpec::V4l { .. } => capture::open_with_retry_beating(
+            &spec,
+            &copts,
+            capture::Backoff::default(),
+            Some(shared.heartbeat.clone()),
+        )?,
         _ => capture::open(&spec, &copts)?,
     };
     let sinks = sinks(cfg, &shared)?;
@@ -136,7 +146,30 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
-        info!("status page on http://{}", listener.local_addr()?);
+        let addr = listener.local_addr()?;
+        info!("status page on http://{addr}");
+        let ready = format!("scoring frames; status page on http://{addr}");
+        if let Err(e) = Systemd.notify(&[NotifyState::Ready, NotifyState::Status(&ready)]) {
+            warn!("cannot notify the service manager: {e}");
+        }
+        // Stopped when this block ends (after the server has shut down).
+        let _watchdog = match Systemd::watchdog_timeout() {
+            Some(timeout) => {
+                info!(
+                    "systemd watchdog: {} ms, fed every {} ms while the pipeline moves",
+                    timeout.as_millis(),
+                    (timeout / 2).as_millis()
+                );
+                let st = sh.clone();
+                Some(
+                    watchdog::spawn(sh.heartbeat.clone(), timeout / 2, Systemd, move || {
+                        status_line(&st)
+                    })
+                    .context("cannot start the watchdog thread")?,
+                )
+            }
+            None => None,
+        };
         let started = Instant::now();
         let shutdown = async move {
             let mut healthy_marked = false;
@@ -163,6 +196,7 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
                     }
                 }
             }
+            let _ = Systemd.notify(&[NotifyState::Stopping]);
             // End the open event streams, or the server would wait for them forever.
             let _ = sh.closing.send(true);
         };
@@ -176,4 +210,21 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
         p.join();
     }
     result
+}
+
+/// The `STATUS=` line sent with each watchdog feed (shown by `systemctl status`).
+fn status_line(sh: &Shared) -> String {
+    let live = sh.live.read().expect("state lock");
+    let c = &live.counters;
+    format!(
+        "{} frames scored, {} dropped, {} alerts; camera {}",
+        c.frames_scored,
+        c.frames_dropped,
+        c.alerts,
+        if live.camera.connected {
+            "connected"
+        } else {
+            "disconnected"
+        }
+    )
 }

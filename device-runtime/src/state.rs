@@ -182,6 +182,9 @@ pub struct Shared {
     pub pending_bundle: Mutex<Option<crate::slots::Loaded>>,
     /// Set when the runtime stops: open event streams end, so the server can shut down.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// Progress of the capture and inference threads (each writes its own counter); read by
+    /// the systemd watchdog ([`crate::watchdog`]).
+    pub heartbeat: Arc<crate::watchdog::Heartbeat>,
 }
 
 impl Shared {
@@ -196,6 +199,7 @@ impl Shared {
             thumbnail_sources: RwLock::new(Vec::new()),
             pending_bundle: Mutex::new(None),
             closing: tokio::sync::watch::Sender::new(false),
+            heartbeat: Arc::default(),
         })
     }
 

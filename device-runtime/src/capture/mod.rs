@@ -142,9 +142,23 @@ pub fn open_with_retry(
     opts: &CaptureOptions,
     backoff: Backoff,
 ) -> Result<Box<dyn FrameSource>, CaptureError> {
+    open_with_retry_beating(spec, opts, backoff, None)
+}
+
+/// [`open_with_retry`] whose retries beat `heartbeat` (the pipeline's, for the systemd watchdog:
+/// see [`crate::watchdog`]).
+pub fn open_with_retry_beating(
+    spec: &SourceSpec,
+    opts: &CaptureOptions,
+    backoff: Backoff,
+    heartbeat: Option<std::sync::Arc<crate::watchdog::Heartbeat>>,
+) -> Result<Box<dyn FrameSource>, CaptureError> {
     opts.validate(spec)?;
     let (spec, opts) = (spec.clone(), opts.clone());
-    let source = Reconnecting::start(move || open(&spec, &opts), backoff)?;
+    let mut source = Reconnecting::start(move || open(&spec, &opts), backoff)?;
+    if let Some(h) = heartbeat {
+        source = source.with_heartbeat(h);
+    }
     Ok(Box::new(source))
 }
 

@@ -10,9 +10,16 @@
 //! Counters in [`SourceStatus`] are the wrapper's own, so they survive reopening: `reconnects`
 //! counts successful reopens after a first successful open, and [`Frame::seq`] is renumbered to
 //! keep increasing across reconnects.
+//!
+//! With [`Reconnecting::with_heartbeat`], every error of the inner source and every reopen
+//! attempt beat the capture side of the pipeline's [`Heartbeat`]: a camera being retried is a
+//! live pipeline for the systemd watchdog, a capture call that never returns is not.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::watchdog::Heartbeat;
 
 use super::{CaptureError, ErrorKind, Frame, FrameSource, SourceStatus};
 
@@ -59,6 +66,7 @@ where
     reconnects: u64,
     last_error: Option<String>,
     description: String,
+    heartbeat: Option<Arc<Heartbeat>>,
 }
 
 impl<F> Reconnecting<F>
@@ -79,6 +87,19 @@ where
             reconnects: 0,
             last_error: None,
             description: "not opened yet".into(),
+            heartbeat: None,
+        }
+    }
+
+    /// Beat `heartbeat`'s capture side on every error and reopen attempt.
+    pub fn with_heartbeat(mut self, heartbeat: Arc<Heartbeat>) -> Self {
+        self.heartbeat = Some(heartbeat);
+        self
+    }
+
+    fn beat(&self) {
+        if let Some(h) = &self.heartbeat {
+            h.beat_capture();
         }
     }
 
@@ -108,6 +129,7 @@ where
             std::thread::sleep(self.next_delay());
             self.failures = self.failures.saturating_add(1);
         }
+        self.beat();
         self.must_wait = true;
         match (self.factory)() {
             Ok(source) => {
@@ -128,6 +150,7 @@ where
     }
 
     fn record(&mut self, e: &CaptureError) {
+        self.beat();
         let msg = e.to_string();
         match e.kind() {
             ErrorKind::Disconnected => {
@@ -346,6 +369,30 @@ mod tests {
         // A good frame resets the backoff.
         assert_eq!(src.next_delay(), 10 * MS);
         assert_eq!(src.next_frame().unwrap().seq, 3);
+    }
+
+    #[test]
+    fn retries_beat_the_heartbeat_while_next_frame_has_not_returned() {
+        use Step::*;
+        // Unplugged after one frame, 3 failed reopens, then back: one `next_frame` call that
+        // spans all of it, during which the watchdog must still see the capture side alive.
+        let (f, _) = factory(
+            vec![Frame, Unplug, Unplug, Unplug],
+            vec![Frame, Unplug, Frame],
+        );
+        let hb = Arc::new(Heartbeat::default());
+        let mut src = Reconnecting::start(f, backoff(1, 2))
+            .unwrap()
+            .with_heartbeat(hb.clone());
+        src.next_frame().unwrap();
+        assert_eq!(
+            hb.beats().capture,
+            0,
+            "a good frame is beaten by the pipeline"
+        );
+        src.next_frame().unwrap();
+        // The unplug (1) and the 4 reopen attempts (3 failed, 1 good: 4 + 3 recorded errors).
+        assert_eq!(hb.beats().capture, 8);
     }
 
     #[test]

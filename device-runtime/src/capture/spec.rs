@@ -125,6 +125,9 @@ pub struct CaptureOptions {
     pub height: u32,
     /// `v4l`: pixel format requested from the camera.
     pub format: PixelFormat,
+    /// `v4l`: fixed exposure in microseconds (auto exposure off); `None`: the camera's auto
+    /// exposure.
+    pub exposure_us: Option<u32>,
     /// `synthetic`: every Nth frame carries an injected defect; 0 = never.
     pub defect_every: u32,
     /// `synthetic`: seed of the texture, the noise and the defect positions.
@@ -139,6 +142,7 @@ impl Default for CaptureOptions {
             width: 640,
             height: 480,
             format: PixelFormat::Mjpeg,
+            exposure_us: None,
             defect_every: 0,
             seed: 0,
         }
@@ -158,6 +162,15 @@ impl CaptureOptions {
                 field: "fps",
                 value: fps.to_string(),
                 expected: "a frame rate in (0, 1000], or none to run as fast as frames are consumed",
+            });
+        }
+        if let Some(us) = self.exposure_us
+            && !(1..=1_000_000).contains(&us)
+        {
+            return Err(CaptureError::InvalidOption {
+                field: "exposure-us",
+                value: us.to_string(),
+                expected: "an exposure in 1..=1000000 microseconds, or none for auto exposure",
             });
         }
         let min = match spec {
@@ -261,6 +274,16 @@ mod tests {
             device: "/dev/video0".into(),
         };
         assert!(tiny.validate(&v4l).is_ok());
+        let dark = CaptureOptions {
+            exposure_us: Some(0),
+            ..ok.clone()
+        };
+        assert!(
+            dark.validate(&v4l)
+                .unwrap_err()
+                .to_string()
+                .contains("exposure-us")
+        );
         let zero = CaptureOptions { height: 0, ..ok };
         assert!(
             zero.validate(&v4l)

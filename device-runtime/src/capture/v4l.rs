@@ -3,7 +3,10 @@
 //! Opening asks the driver for the configured pixel format and resolution; the driver picks the
 //! nearest size it supports (logged, and frames come at that size), but a format it does not
 //! offer is a Fatal error listing the ones it does. A requested fps is passed on as the frame
-//! interval (best effort).
+//! interval (best effort). A configured exposure turns auto exposure off
+//! (`V4L2_CID_EXPOSURE_AUTO` = manual) and sets `V4L2_CID_EXPOSURE_ABSOLUTE` (100 us units);
+//! a camera without those controls is logged and keeps its own exposure (best effort too: a
+//! UVC camera may only take manual exposure in some modes).
 //!
 //! Buffers -> RGB: MJPEG through [`firm_shared::preprocess::decode_bytes`] (the decoder image
 //! files use; it copes with the Huffman-table-less JPEG many UVC cameras send), YUYV and GREY
@@ -22,6 +25,7 @@ use std::time::Duration;
 use firm_shared::preprocess::decode_bytes;
 use v4l::buffer::{Flags as BufferFlags, Type};
 use v4l::capability::Flags as CapabilityFlags;
+use v4l::control::{Control, Value as ControlValue};
 use v4l::format::Quantization;
 use v4l::io::mmap::Stream as MmapStream;
 use v4l::io::traits::CaptureStream;
@@ -36,6 +40,11 @@ use super::{CaptureError, CaptureOptions, Frame, FrameSource, PixelFormat, Sourc
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// mmap buffers requested from the driver.
 const BUFFERS: u32 = 4;
+/// `V4L2_CID_EXPOSURE_AUTO` (camera class base 0x009a0900 + 1) and its `V4L2_EXPOSURE_MANUAL`.
+const CID_EXPOSURE_AUTO: u32 = 0x009a_0901;
+const EXPOSURE_MANUAL: i64 = 1;
+/// `V4L2_CID_EXPOSURE_ABSOLUTE` (`exposure_time_absolute`), in units of 100 us.
+const CID_EXPOSURE_ABSOLUTE: u32 = 0x009a_0902;
 
 // Linux errno values (v4l is Linux-only; the workspace does not depend on libc directly).
 const EPERM: i32 = 1;
@@ -120,6 +129,29 @@ impl V4lSource {
             let fps = fps.round().max(1.0) as u32;
             if let Err(e) = dev.set_params(&Parameters::with_fps(fps)) {
                 tracing::warn!(device = %device.display(), fps, error = %e, "camera refused the frame rate; using its own");
+            }
+        }
+
+        if let Some(us) = opts.exposure_us {
+            let steps = exposure_steps(us);
+            let manual = dev
+                .set_control(Control {
+                    id: CID_EXPOSURE_AUTO,
+                    value: ControlValue::Integer(EXPOSURE_MANUAL),
+                })
+                .and_then(|()| {
+                    dev.set_control(Control {
+                        id: CID_EXPOSURE_ABSOLUTE,
+                        value: ControlValue::Integer(steps),
+                    })
+                });
+            match manual {
+                Ok(()) => {
+                    tracing::info!(device = %device.display(), exposure_us = steps * 100, "fixed exposure")
+                }
+                Err(e) => {
+                    tracing::warn!(device = %device.display(), exposure_us = us, error = %e, "camera refused a fixed exposure; it keeps its own")
+                }
             }
         }
 
@@ -230,6 +262,11 @@ impl std::fmt::Debug for V4lSource {
     }
 }
 
+/// Microseconds -> V4L2 `exposure_time_absolute` steps of 100 us (nearest, at least 1).
+fn exposure_steps(us: u32) -> i64 {
+    ((i64::from(us) + 50) / 100).max(1)
+}
+
 /// One buffer -> RGB.
 fn convert(
     format: PixelFormat,
@@ -320,6 +357,15 @@ mod tests {
             msg.contains("/dev/null") && msg.contains("not a V4L2 device"),
             "{msg}"
         );
+    }
+
+    #[test]
+    fn exposure_is_rounded_to_100_us_steps() {
+        assert_eq!(exposure_steps(1), 1);
+        assert_eq!(exposure_steps(149), 1);
+        assert_eq!(exposure_steps(150), 2);
+        assert_eq!(exposure_steps(8000), 80);
+        assert_eq!(exposure_steps(1_000_000), 10_000);
     }
 
     #[test]
