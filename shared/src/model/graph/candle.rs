@@ -111,7 +111,8 @@ struct Int8 {
 }
 
 /// Every integer up to 2^24 is an f32, so f32 sums of integers stay exact while every partial sum
-/// is below it, whatever the summation order (an FMA included).
+/// is below it, whatever the summation order (an FMA included). The operands (|x| <= 255,
+/// |w_q| <= 127) fit even TF32's 11 bits, should a GEMM take TF32 tensor cores.
 const F32_EXACT: u64 = 1 << 24;
 
 /// The dtype of the dense convolutions ([`CandleGraph::with_precision`]): the `cuda` backend's
