@@ -102,6 +102,23 @@ impl Pipeline {
         drop(self.capture.take());
     }
 
+    /// Wait for the inference thread as [`Self::join`] does; `Err` with the panic's message
+    /// when it panicked (nothing is scored any more: the process must exit non-zero so that
+    /// its supervisor restarts it).
+    pub fn join_checked(mut self) -> Result<(), String> {
+        let r = match self.inference.take() {
+            Some(t) => t.join().map_err(|p| {
+                p.downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into())
+            }),
+            None => Ok(()),
+        };
+        self.join();
+        r
+    }
+
     pub fn is_finished(&self) -> bool {
         self.inference.as_ref().is_none_or(|t| t.is_finished())
     }
@@ -208,6 +225,11 @@ pub fn start(
     let inference = std::thread::Builder::new()
         .name("inference".into())
         .spawn(move || {
+            // Fault test hook: `FIRM_TEST_PANIC_AT_FRAME=N` panics this thread when it takes
+            // frame N, as a kernel bug would. It has no other effect.
+            let panic_at: Option<u64> = std::env::var("FIRM_TEST_PANIC_AT_FRAME")
+                .ok()
+                .and_then(|v| v.parse().ok());
             pool.install(|| {
                 let mut last_live = Instant::now() - LIVE_FRAME_EVERY;
                 loop {
@@ -225,6 +247,9 @@ pub fn start(
                         }
                         continue;
                     };
+                    if panic_at == Some(frame.seq) {
+                        panic!("FIRM_TEST_PANIC_AT_FRAME: frame {}", frame.seq);
+                    }
                     process(&sh, &mut scorer, &mut sinks, &frame, &mut last_live);
                 }
                 info!("inference finished");

@@ -46,8 +46,16 @@ pub fn open_slots(cfg: &DeviceConfig) -> anyhow::Result<Slots> {
         .map(|p| slots::read_public_key(p))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("bundles.trusted-keys: {e}"))?;
+    // With a configured threshold any bundle will do; otherwise it must carry the operating
+    // point the config reads, or the device would install a bundle it cannot start.
+    let point = cfg
+        .inference
+        .threshold
+        .is_none()
+        .then(|| cfg.inference.operating_point.clone());
     Ok(Slots::new(&cfg.slots_dir(), keys, cfg.bundles.max_bytes)?
-        .with_backend(cfg.inference.backend))
+        .with_backend(cfg.inference.backend)
+        .with_operating_point(point))
 }
 
 fn capture_options(cfg: &DeviceConfig) -> anyhow::Result<CaptureOptions> {
@@ -92,17 +100,19 @@ fn sinks(cfg: &DeviceConfig, shared: &Arc<Shared>) -> anyhow::Result<Vec<Box<dyn
 }
 
 pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
+    // Everything that does not depend on the bundle comes first, so that a bad token file, a
+    // journal or GPIO error, a busy port or a missing camera fails the start without counting
+    // it against the bundle (the crash-loop counter only counts starts that reach the bundle).
     let slots = open_slots(cfg)?;
-    let starts = slots.note_start()?;
-    if starts > 1 {
-        warn!("start {starts} without a healthy run in between");
-    }
-    let loaded = slots.load_active()?;
-    if let Some(why) = &loaded.rolled_back {
-        warn!("rolled back to slot {}: {why}", loaded.slot);
-    }
     let shared = Shared::new(&cfg.site);
-    shared.live.write().expect("state lock").slots = Some(slots.status());
+    let token = cfg.token()?;
+    let listen = opts
+        .listen
+        .clone()
+        .unwrap_or_else(|| cfg.web.listen.clone());
+    let listener = std::net::TcpListener::bind(&listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    listener.set_nonblocking(true)?;
     let spec: SourceSpec = cfg.source.spec.parse()?;
     let copts = capture_options(cfg)?;
     // A camera may be unplugged or not ready yet: reopen it with backoff. Replays open once.
@@ -116,12 +126,21 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
         _ => capture::open(&spec, &copts)?,
     };
     let sinks = sinks(cfg, &shared)?;
+    let starts = slots.note_start()?;
+    if starts > 1 {
+        warn!("start {starts} without a healthy run in between");
+    }
+    let loaded = slots.load_active()?;
+    if let Some(why) = &loaded.rolled_back {
+        warn!("rolled back to slot {}: {why}", loaded.slot);
+    }
+    shared.live.write().expect("state lock").slots = Some(slots.status());
     let pipeline =
         crate::pipeline::start(shared.clone(), source, loaded, cfg.inference.clone(), sinks)
             .map_err(anyhow::Error::msg)?;
     let state = AppState {
         shared: shared.clone(),
-        token: cfg.token()?,
+        token,
         public_reads: cfg.web.public_reads,
         upload_dir: cfg.state_dir.join("uploads"),
         flagged_dir: cfg.flagged_dir(),
@@ -129,10 +148,6 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
         slots: Some(slots.clone()),
         stale_after_s: 30.0,
     };
-    let listen = opts
-        .listen
-        .clone()
-        .unwrap_or_else(|| cfg.web.listen.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -142,10 +157,11 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     let pipeline = Arc::new(std::sync::Mutex::new(Some(pipeline)));
     let p = pipeline.clone();
     let sh = shared.clone();
+    // Set when the inference thread died: the run then ends with an error (exit status 1).
+    let died: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let died_in = died.clone();
     let result = rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = tokio::net::TcpListener::from_std(listener).context("listener")?;
         let addr = listener.local_addr()?;
         info!("status page on http://{addr}");
         let ready = format!("scoring frames; status page on http://{addr}");
@@ -185,6 +201,13 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
                     _ = tick.tick() => {
                         let scored = sh.live.read().expect("state lock").counters.frames_scored;
                         let finished = p.lock().expect("pipeline lock").as_ref().is_none_or(|p| p.is_finished());
+                        if finished && let Some(done) = p.lock().expect("pipeline lock").take()
+                            && let Err(why) = done.join_checked()
+                        {
+                            tracing::error!("the inference thread panicked: {why}; stopping");
+                            *died_in.lock().expect("died lock") = Some(why);
+                            break;
+                        }
                         if !healthy_marked && scored > 0 && (started.elapsed() >= HEALTHY_AFTER || finished) {
                             slots.mark_healthy();
                             healthy_marked = true;
@@ -208,6 +231,9 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     if let Some(p) = pipeline.lock().expect("pipeline lock").take() {
         p.stop();
         p.join();
+    }
+    if let Some(why) = died.lock().expect("died lock").take() {
+        anyhow::bail!("the inference thread panicked ({why}); nothing was being scored");
     }
     result
 }

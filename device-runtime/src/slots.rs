@@ -5,15 +5,27 @@
 //! STATE/slots/b/bundle.firm
 //! STATE/slots/active            "a" or "b": the slot the runtime runs
 //! STATE/slots/boot-attempts     starts since the last healthy run (crash-loop detection)
+//! STATE/slots/high-water.json   the device's product class and, per class, the highest bundle
+//!                               version ever activated (anti-downgrade floor)
 //! ```
 //!
 //! A flash goes through [`FlashStep`]s in order: **verify** (size, canonical container, signature
-//! against the trusted keys, every member; anti-downgrade against the active bundle) -> **write**
-//! into the inactive slot (temporary file, fsync, rename, fsync of the folder) -> **load** (read
-//! back from disk and verified again) -> **self-test** on this device's backend -> **switch**
-//! (`active` replaced atomically). The active bundle changes only in the last step, by one
-//! rename, so a crash or power cut at any moment leaves the previous bundle active and intact
-//! (tested by killing the process at every step). A failure names the step and the reason.
+//! against the trusted keys, every member; the product class and anti-downgrade against the
+//! persisted high-water mark; the configured operating point) -> **self-test** on this device's
+//! backend, from memory -> **write** into the inactive slot (temporary file, fsync, rename, fsync
+//! of the folder) -> **load** (read back from disk and verified again) -> **switch** (the
+//! high-water mark raised, then `active` replaced atomically). The active bundle changes only in
+//! the last step, by one rename, so a crash or power cut at any moment leaves the previous bundle
+//! active and intact (tested by killing the process at every step); a bundle refused before the
+//! write (at verify or self-test) leaves the fallback slot untouched too. A failure names the
+//! step and the reason.
+//!
+//! Anti-downgrade: a bundle must be *newer* than every bundle of its class ever activated here
+//! (a replay of the same version is refused), whatever the slots hold now, so a rollback does not
+//! lower the floor and a slot that no longer verifies does not remove it. A bundle made for
+//! another product class is refused. `--force` is the explicit way past both. A device that has
+//! no high-water file yet (installed before it existed) takes its floor from the bundles its
+//! slots hold.
 //!
 //! At start, [`Slots::load_active`] verifies and self-tests the active bundle; if it fails, or if
 //! the runtime has crashed [`CRASH_LOOP_STARTS`] times in a row without a healthy run, it rolls
@@ -36,6 +48,45 @@ pub const CRASH_LOOP_STARTS: u32 = 3;
 const BUNDLE_FILE: &str = "bundle.firm";
 const ACTIVE: &str = "active";
 const BOOTS: &str = "boot-attempts";
+const HIGH_WATER: &str = "high-water.json";
+
+/// The anti-downgrade floor, persisted beside the slots.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HighWater {
+    /// The product class of the last bundle activated: what this device inspects.
+    pub class: Option<String>,
+    /// Per product class, the highest bundle version ever activated.
+    pub versions: std::collections::BTreeMap<String, u64>,
+}
+
+impl HighWater {
+    /// Why `bundle` may not be installed over this floor (without `--force`).
+    fn refuses(&self, class: &str, version: u64) -> Option<String> {
+        if let Some(c) = self.class.as_deref().filter(|c| *c != class) {
+            return Some(format!(
+                "the bundle is for product class `{class}` but this device inspects `{c}` \
+                 (pass --force to change the product)"
+            ));
+        }
+        let floor = *self.versions.get(class)?;
+        (version <= floor).then(|| {
+            format!(
+                "bundle version {version} is not newer than {floor}, the highest version of \
+                 class `{class}` installed on this device (anti-downgrade; pass --force to \
+                 install it anyway)"
+            )
+        })
+    }
+
+    fn raised(&self, class: &str, version: u64) -> HighWater {
+        let mut hw = self.clone();
+        hw.class = Some(class.to_string());
+        let v = hw.versions.entry(class.to_string()).or_insert(version);
+        *v = (*v).max(version);
+        hw
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -71,18 +122,18 @@ impl std::fmt::Display for Slot {
 #[serde(rename_all = "kebab-case")]
 pub enum FlashStep {
     Verify,
+    SelfTest,
     Write,
     Load,
-    SelfTest,
     Switch,
 }
 
 impl FlashStep {
     pub const ALL: [FlashStep; 5] = [
         FlashStep::Verify,
+        FlashStep::SelfTest,
         FlashStep::Write,
         FlashStep::Load,
-        FlashStep::SelfTest,
         FlashStep::Switch,
     ];
 
@@ -195,6 +246,9 @@ pub struct Slots {
     limits: Limits,
     /// The backend self-tests run on.
     backend: Backend,
+    /// The operating point the device's config reads from a bundle (None: a configured
+    /// threshold, which any bundle satisfies).
+    operating_point: Option<String>,
 }
 
 fn stall_if(step: FlashStep) {
@@ -253,7 +307,52 @@ impl Slots {
                 ..Limits::default()
             },
             backend: Backend::default(),
+            operating_point: None,
         })
+    }
+
+    /// Refuse bundles that lack this operating point (the one the config will run them at).
+    pub fn with_operating_point(mut self, point: Option<String>) -> Self {
+        self.operating_point = point;
+        self
+    }
+
+    /// The persisted anti-downgrade floor. Without the file (a device installed before it
+    /// existed), the floor the slots' bundles imply: each class's highest version, and the
+    /// active bundle's class.
+    pub fn high_water(&self) -> Result<HighWater, String> {
+        let p = self.dir.join(HIGH_WATER);
+        match std::fs::read(&p) {
+            Ok(raw) => serde_json::from_slice(&raw).map_err(|e| {
+                format!(
+                    "{}: {e} (the anti-downgrade record is damaged; --force installs anyway \
+                     and rewrites it)",
+                    p.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut hw = HighWater::default();
+                let active = self.active();
+                for s in [Slot::A, Slot::B] {
+                    if let Ok((b, _)) = self.read_slot(s) {
+                        let m = &b.manifest;
+                        let class = hw.class.take();
+                        hw = hw.raised(&m.product_class, m.bundle_version);
+                        hw.class = class;
+                        if active == Some(s) {
+                            hw.class = Some(m.product_class.clone());
+                        }
+                    }
+                }
+                Ok(hw)
+            }
+            Err(e) => Err(format!("{}: {e}", p.display())),
+        }
+    }
+
+    fn set_high_water(&self, hw: &HighWater) -> Result<(), SlotError> {
+        let json = serde_json::to_vec_pretty(hw).expect("the high-water mark serialises");
+        write_durable(&self.dir.join(HIGH_WATER), &json, None)
     }
 
     /// Self-test bundles on `backend` (the one the pipeline will run them on).
@@ -351,20 +450,44 @@ impl Slots {
         let bundle = self
             .verify(bytes)
             .map_err(|e| fail(FlashStep::Verify, e.to_string()))?;
-        let active = self.active();
-        let current = active.and_then(|s| self.read_slot(s).ok());
-        if let Some((cur, _)) = &current {
-            let (new_v, cur_v) = (bundle.manifest.bundle_version, cur.manifest.bundle_version);
-            if new_v < cur_v && !force {
+        let (class, version) = (
+            bundle.manifest.product_class.clone(),
+            bundle.manifest.bundle_version,
+        );
+        let floor = match self.high_water() {
+            Ok(hw) => hw,
+            Err(why) if force => {
+                warn!("flash --force: {why}");
+                HighWater::default()
+            }
+            Err(why) => return Err(fail(FlashStep::Verify, why)),
+        };
+        if let Some(why) = floor.refuses(&class, version) {
+            if !force {
+                return Err(fail(FlashStep::Verify, why));
+            }
+            warn!("flash --force past the anti-downgrade check: {why}");
+        }
+        if let Some(point) = &self.operating_point {
+            let points = &bundle.manifest.threshold.operating_points;
+            if !points.contains_key(point) {
                 return Err(fail(
                     FlashStep::Verify,
                     format!(
-                        "bundle version {new_v} is older than the active {cur_v} (anti-downgrade; \
-                         pass --force to install it anyway)"
+                        "the bundle has no operating point `{point}` (inference.operating-point \
+                         of this device's config); it has: {}",
+                        points.keys().cloned().collect::<Vec<_>>().join(", ")
                     ),
                 ));
             }
         }
+        // Self-test before anything is written: a refused bundle leaves both slots as they were.
+        stall_if(FlashStep::SelfTest);
+        let err = self
+            .self_test(&bundle)
+            .map_err(|why| fail(FlashStep::SelfTest, why))?;
+        let active = self.active();
+        let current = active.and_then(|s| self.read_slot(s).ok());
         let target = active.map_or(Slot::A, Slot::other);
         let path = self.bundle_path(target);
         info!("flash: writing slot {target} ({} bytes)", bytes.len());
@@ -380,11 +503,11 @@ impl Slots {
                 "the slot reads back different bytes".into(),
             ));
         }
-        stall_if(FlashStep::SelfTest);
-        let err = self
-            .self_test(&loaded)
-            .map_err(|why| fail(FlashStep::SelfTest, why))?;
         stall_if(FlashStep::Switch);
+        // The floor rises before the switch: a power cut between the two leaves the old bundle
+        // active and the new one installable by `rollback`, never a floor below the active one.
+        self.set_high_water(&floor.raised(&class, version))
+            .map_err(|e| fail(FlashStep::Switch, e.to_string()))?;
         self.set_active(target)
             .map_err(|e| fail(FlashStep::Switch, e.to_string()))?;
         self.reset_boots();

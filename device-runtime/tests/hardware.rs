@@ -331,6 +331,142 @@ impl Drop for Reaper {
 /// `device-runtime run` under a fake service manager: READY=1, then WATCHDOG=1 while frames
 /// flow; when the replay ends (the pipeline stops) the pings stop although the process and its
 /// web server stay up; SIGTERM -> STOPPING=1 and a clean exit.
+/// A panicked inference thread scores nothing while the web server would still answer: the
+/// process must exit non-zero, quickly, so that systemd (`Restart=on-failure`) restarts it, and
+/// the start must not count as healthy.
+#[test]
+fn an_inference_thread_panic_ends_the_process_with_an_error_within_a_second() {
+    let dir = tempfile::tempdir().unwrap();
+    // A looping replay: without the panic the run would never end.
+    let cfg = station(dir.path(), 4, 20.0);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text = text.replace("fps = 20\n", "fps = 20\nloop = true\n");
+    assert!(text.contains("loop = true"), "{text}");
+    std::fs::write(&cfg, text).unwrap();
+    let bundle = dir.path().join("b.firm");
+    std::fs::write(&bundle, bundle_bytes()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_device-runtime");
+    let out = Command::new(bin)
+        .arg("flash")
+        .arg(&bundle)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(bin)
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&cfg)
+        .env("FIRM_TEST_PANIC_AT_FRAME", "6")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _reaper = Reaper(child.id());
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    let mut log = String::new();
+    let mut panicked_at = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Ok((t, line)) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if panicked_at.is_none() && line.contains("FIRM_TEST_PANIC_AT_FRAME") {
+            panicked_at = Some(t);
+        }
+        log.push_str(&line);
+        log.push('\n');
+    }
+    // stderr closed: the process has ended (or the deadline passed).
+    let ended = Instant::now();
+    // stderr may close a moment before the exit status is there; a process still running at
+    // the deadline fails the test (and the reaper kills it).
+    std::thread::sleep(Duration::from_millis(300));
+    let status = child
+        .try_wait()
+        .unwrap()
+        .unwrap_or_else(|| panic!("still running 60 s after start: {log}"));
+    let panicked_at = panicked_at.unwrap_or_else(|| panic!("no panic seen: {log}"));
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("the inference thread panicked"), "{log}");
+    let took = ended - panicked_at;
+    assert!(
+        took < Duration::from_secs(1),
+        "exited {took:?} after the panic: {log}"
+    );
+    // Not a healthy run: the start still counts towards crash-loop detection.
+    let st = Command::new(bin)
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["boot-attempts"], 1, "{st}");
+}
+
+/// Starts that fail before the bundle is reached (a busy port, a missing frame folder) are not
+/// the bundle's fault: however many there are, they never count towards a rollback.
+#[test]
+fn a_busy_port_or_a_missing_source_never_counts_against_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = station(dir.path(), 2, 20.0);
+    let bundle = dir.path().join("b.firm");
+    std::fs::write(&bundle, bundle_bytes()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_device-runtime");
+    let flashed = Command::new(bin)
+        .arg("flash")
+        .arg(&bundle)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        flashed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flashed.stderr)
+    );
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let status = || {
+        let st = Command::new(bin)
+            .args(["status", "--json", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&st.stdout).unwrap()
+    };
+    for _ in 0..4 {
+        let out = Command::new(bin)
+            .args(["run", "--listen", &addr, "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("cannot listen on"), "{err}");
+    }
+    std::fs::rename(dir.path().join("frames"), dir.path().join("moved")).unwrap();
+    for _ in 0..4 {
+        let out = Command::new(bin)
+            .args(["run", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
+    let st = status();
+    assert_eq!(st["boot-attempts"], 0, "{st}");
+    assert_eq!(st["active"], "a", "{st}");
+}
+
 #[test]
 fn the_real_binary_feeds_the_watchdog_only_while_the_pipeline_moves() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,0 +1,189 @@
+//! The A/B store's refusals, in process, on small random-weight bundles signed here:
+//! - replays: the same version, a lower version after a rollback, another product class are
+//!   refused; the high-water mark is persisted (a new `Slots` on the same folder, as after a
+//!   restart, keeps it) and survives an active slot that no longer verifies; `--force` goes past
+//!   it and the floor never drops;
+//! - a bundle that fails its self-test, or lacks the operating point the config reads, is refused
+//!   before anything is written: the fallback slot keeps its bytes;
+//! - a device from before the high-water file takes its floor from its slots.
+
+use std::path::Path;
+
+use device_runtime::slots::{FlashStep, SlotError, Slots};
+use ed25519_dalek::SigningKey;
+use firm_shared::bundle::{Bundle, Limits};
+use firm_shared::detect::synthetic::{SyntheticSpec, random_bundle};
+use firm_shared::model::{EncoderConfig, Stem};
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[9; 32])
+}
+
+fn base() -> Bundle {
+    random_bundle(&SyntheticSpec {
+        encoder: EncoderConfig::new(Stem::Cifar, 0.0625),
+        size: 16,
+        score: "cos_1".parse().unwrap(),
+        int8_activations: true,
+        bank: 4,
+        seed: 5,
+    })
+    .unwrap()
+}
+
+fn signed(class: &str, version: u64, edit: impl FnOnce(&mut Bundle)) -> Vec<u8> {
+    let mut b = base();
+    b.manifest.product_class = class.into();
+    b.manifest.bundle_version = version;
+    edit(&mut b);
+    b.to_bytes(&key(), &Limits::default()).unwrap()
+}
+
+fn bundle(class: &str, version: u64) -> Vec<u8> {
+    signed(class, version, |_| {})
+}
+
+fn slots(dir: &Path) -> Slots {
+    Slots::new(dir, vec![key().verifying_key()], 64 << 20)
+        .unwrap()
+        .with_operating_point(Some("calibrated".into()))
+}
+
+/// The step and message of a refused flash.
+fn refused(r: Result<impl std::fmt::Debug, SlotError>) -> (FlashStep, String) {
+    match r {
+        Err(SlotError::Flash { step, why }) => (step, why),
+        other => panic!("expected a refused flash, got {other:?}"),
+    }
+}
+
+fn active_version(s: &Slots) -> u64 {
+    let st = s.status();
+    st.slots
+        .iter()
+        .find(|x| x.active)
+        .and_then(|x| x.bundle.as_ref())
+        .map(|b| b.bundle_version)
+        .expect("an active bundle")
+}
+
+#[test]
+fn replays_lower_versions_and_other_classes_are_refused_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = slots(dir.path());
+    s.flash(&bundle("bottle", 1), false).unwrap();
+    s.flash(&bundle("bottle", 2), false).unwrap();
+    assert_eq!(active_version(&s), 2);
+
+    // The same version again: a replay.
+    let (step, why) = refused(s.flash(&bundle("bottle", 2), false));
+    assert_eq!(step, FlashStep::Verify);
+    assert!(why.contains("not newer than 2"), "{why}");
+
+    // A rollback to version 1 does not lower the floor, and a new `Slots` (a restart) keeps it.
+    s.rollback().unwrap();
+    assert_eq!(active_version(&s), 1);
+    let s = slots(dir.path());
+    let (_, why) = refused(s.flash(&bundle("bottle", 1), false));
+    assert!(
+        why.contains("anti-downgrade") && why.contains("not newer than 2"),
+        "{why}"
+    );
+    let hw = s.high_water().unwrap();
+    assert_eq!(hw.class.as_deref(), Some("bottle"));
+    assert_eq!(hw.versions.get("bottle"), Some(&2));
+
+    // A bundle for another product, even with a higher version.
+    let (step, why) = refused(s.flash(&bundle("capsule", 9), false));
+    assert_eq!(step, FlashStep::Verify);
+    assert!(
+        why.contains("product class `capsule`") && why.contains("`bottle`"),
+        "{why}"
+    );
+
+    // The floor does not depend on what the slots hold: with both slots unreadable it stays.
+    for slot in ["a", "b"] {
+        let p = dir.path().join(slot).join("bundle.firm");
+        let mut bytes = std::fs::read(&p).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&p, bytes).unwrap();
+    }
+    let (_, why) = refused(s.flash(&bundle("bottle", 2), false));
+    assert!(why.contains("not newer than 2"), "{why}");
+
+    // --force is the explicit way past both checks; the floor keeps its maximum per class.
+    s.flash(&bundle("bottle", 1), true).unwrap();
+    assert_eq!(s.high_water().unwrap().versions.get("bottle"), Some(&2));
+    s.flash(&bundle("capsule", 4), true).unwrap();
+    let hw = s.high_water().unwrap();
+    assert_eq!(hw.class.as_deref(), Some("capsule"));
+    assert_eq!(hw.versions.get("capsule"), Some(&4));
+    assert_eq!(hw.versions.get("bottle"), Some(&2));
+    s.flash(&bundle("capsule", 5), false).unwrap();
+    assert_eq!(active_version(&s), 5);
+}
+
+#[test]
+fn a_refused_bundle_leaves_the_fallback_slot_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = slots(dir.path());
+    s.flash(&bundle("bottle", 1), false).unwrap();
+    s.flash(&bundle("bottle", 2), false).unwrap();
+    // Slot a holds version 1: the fallback the next flash would overwrite.
+    let fallback = std::fs::read(dir.path().join("a/bundle.firm")).unwrap();
+
+    // Expected embeddings that no encoder produces: the self-test fails on this device.
+    let bad_selftest = signed("bottle", 3, |b| {
+        for v in &mut b.selftest.embeddings {
+            *v = -*v;
+        }
+    });
+    let (step, _) = refused(s.flash(&bad_selftest, false));
+    assert_eq!(step, FlashStep::SelfTest);
+    assert_eq!(
+        std::fs::read(dir.path().join("a/bundle.firm")).unwrap(),
+        fallback,
+        "a flash refused at its self-test overwrote the fallback slot"
+    );
+
+    // A config that reads an operating point the bundle lacks: installing it would switch
+    // to a bundle the device cannot start.
+    let strict = slots(dir.path()).with_operating_point(Some("frr-0.1%".into()));
+    let (step, why) = refused(strict.flash(&bundle("bottle", 3), false));
+    assert_eq!(step, FlashStep::Verify);
+    assert!(
+        why.contains("no operating point `frr-0.1%`") && why.contains("calibrated"),
+        "{why}"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("a/bundle.firm")).unwrap(),
+        fallback
+    );
+    assert_eq!(active_version(&s), 2);
+    // Neither refusal raised the floor: version 3 done right still installs.
+    s.flash(&bundle("bottle", 3), false).unwrap();
+    assert_eq!(active_version(&s), 3);
+}
+
+#[test]
+fn a_device_without_the_high_water_file_takes_its_floor_from_its_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = slots(dir.path());
+    s.flash(&bundle("bottle", 3), false).unwrap();
+    s.flash(&bundle("bottle", 7), false).unwrap();
+    s.rollback().unwrap();
+    // As installed by an older runtime: no record.
+    std::fs::remove_file(dir.path().join("high-water.json")).unwrap();
+    let hw = s.high_water().unwrap();
+    assert_eq!(hw.class.as_deref(), Some("bottle"));
+    assert_eq!(hw.versions.get("bottle"), Some(&7));
+    let (_, why) = refused(s.flash(&bundle("bottle", 5), false));
+    assert!(why.contains("not newer than 7"), "{why}");
+    // A damaged record refuses (it would otherwise be a way around the floor) until --force.
+    std::fs::write(dir.path().join("high-water.json"), "{").unwrap();
+    let (_, why) = refused(s.flash(&bundle("bottle", 8), false));
+    assert!(why.contains("damaged"), "{why}");
+    s.flash(&bundle("bottle", 8), true).unwrap();
+    assert_eq!(s.high_water().unwrap().versions.get("bottle"), Some(&8));
+}
