@@ -1,16 +1,24 @@
 //! The wgpu executor against the CPU (feature `wgpu`):
-//! - every kernel (dense convolution f32 and u8 x i8, depthwise, max-pool, global average pool)
-//!   against a plain scalar reference written below, op by op on the GPU's own inputs, on odd
-//!   sizes, stride 2, padding, 1x1 / 2x2 / 3x3 / 5x5 kernels, residuals before and after the
-//!   activation and channel counts that are not multiples of the 16-wide workgroups; the same
-//!   graphs end to end against `CpuExecutor`;
+//! - every kernel (dense convolution f32, f16 and u8 x i8 by shifts and by `dot4I8Packed`,
+//!   depthwise, max-pool, global average pool) against a plain scalar reference written below, op
+//!   by op on the GPU's own inputs, on odd sizes, stride 2, padding, 1x1 / 2x2 / 3x3 / 5x5
+//!   kernels, residuals before and after the activation and channel counts that are not multiples
+//!   of the 16-wide workgroups; the same graphs end to end against `CpuExecutor`; the two int8
+//!   kernels against each other bit for bit, and the f16 kernel shown to round (so a plan that
+//!   silently ran f32 would fail);
 //! - whole random bundles of both backbones (ResNet-18 width 0.25 at 64 px, EfficientNet-Lite0 at
-//!   64 px; u8 and f32 activations) against `CpuEmbedder`, and the bundle's own self-test on wgpu;
+//!   64 px; u8 and f32 activations) against `CpuEmbedder` and the bundle's own self-test on wgpu,
+//!   with each kernel variant the adapter runs;
 //! - the GPU kNN against `Bank::score` within 1e-5.
 //!
 //! Runs on any Vulkan adapter, Mesa's lavapipe included (`AdapterPolicy::Any`). Without one the
-//! tests print that they were skipped, unless `CI=true`, where they fail.
-//! `cargo test -p firm-shared --features wgpu --test wgpu`
+//! tests print that they were skipped, unless `CI=true`, where they fail. A variant the adapter
+//! does not offer (no `SHADER_F16`) is skipped with a line saying so, after checking that asking
+//! for it is refused; under `CI=true` on lavapipe (whose Mesa 22.3 offers f16 and native
+//! `OpSDot`) a missing variant fails instead, so the f16 and dot4 tests cannot pass by skipping.
+//! Measured on lavapipe (Mesa 22.3, 2-core Zen 4; CPU-emulated, not a GPU figure) by this file:
+//! see the tolerances below.
+//! `cargo test -p firm-shared --features wgpu --test wgpu -- --nocapture` prints the errors.
 #![cfg(feature = "wgpu")]
 
 use std::collections::BTreeMap;
@@ -20,7 +28,11 @@ use firm_shared::bundle::weights::{FoldedLayer, LayerWeight};
 use firm_shared::detect::synthetic::{SyntheticSpec, random_bundle};
 use firm_shared::detect::{CpuEmbedder, Detector, Embedder, WgpuEmbedder};
 use firm_shared::exec::cpu::{CpuExecutor, ExecOptions};
-use firm_shared::exec::wgpu::{AdapterPolicy, Gpu, GpuKnn, WgpuExecutor, pick_adapter};
+use firm_shared::exec::wgpu::options::{F16_DISTANCE_ABS, F16_EMBEDDING_REL};
+use firm_shared::exec::wgpu::{
+    AdapterPolicy, ConvKernels, ConvPrecision, Dot4Support, Gpu, GpuKnn, Int8Kernel, WgpuExecutor,
+    WgpuOptions, pick_adapter,
+};
 use firm_shared::model::efficientnet::Features;
 use firm_shared::model::graph::{
     Activation, Conv, Fold, Graph, MaxPool, Op, Residual, Shape, TensorId,
@@ -31,25 +43,102 @@ use firm_shared::score::{Bank, ScoreFn};
 use rand::{Rng, SeedableRng};
 
 /// f32 kernels against the f64 scalar reference: max |error| / max(1, max |reference|). The
-/// kernels sum in a different order than the reference; sums here have at most ~900 terms.
+/// kernels sum in a different order than the reference; sums here have up to 6400 terms
+/// (measured worst 1.2e-6 on lavapipe).
 const F32_TOL: f32 = 1e-5;
 /// u8 x i8 convolutions: the integer sums are exact on both sides, only `acc * s + bias` rounds.
 const INT8_TOL: f32 = 1e-6;
 /// The whole graph against `CpuExecutor`: f32 summation order compounds over the layers, and a
 /// value that lands within an ulp of a u8 rounding tie may quantize one step apart.
 const GRAPH_TOL: f32 = 1e-3;
+/// `conv_f16` against the f64 reference, normalised as F32_TOL. f16 keeps 11 significant bits
+/// (unit roundoff u = 2^-11 = 4.9e-4): rounding the activation and the weight to f16, the f16
+/// product and the three f16 sums of each four-term dot product each err by up to u of their
+/// magnitude, so a term of the f32 sum carries up to about 5u = 2.4e-3 of |x * w|, typically
+/// a fifth of that and of random sign. Over K terms the error grows like sqrt(K), as does a sum
+/// of random-sign terms, so the error is a few 1e-4 of the output's scale, whatever K. Measured
+/// worst on lavapipe 1.5e-3, on a ReLU6 layer (normalised by the clamp, 6, while its sums reach
+/// 30), elsewhere 1e-4..7e-4. An f16 running sum instead of the f32 one measured 7.6e-3 (the
+/// K = 6400 case) and fails; f32 products of the f16 operands would measure 8.1e-4.
+const F16_TOL: f32 = 3e-3;
+/// The kernel graph with f16 dense convolutions against `CpuExecutor` (f32): six dense layers'
+/// rounding, through three depthwise layers and the pools. Measured worst 9.6e-4.
+const F16_GRAPH_TOL: f32 = 3e-3;
+/// Random bundles with f16 convolutions against `CpuEmbedder`, `rel_err` as GRAPH_TOL: ResNet-18
+/// has 20 dense convolutions in a row, EfficientNet-Lite0 the pointwise ones, and the rounding
+/// compounds. Measured worst 6.1e-4 (ResNet-18 x0.25), 2.7e-4 (EfficientNet-Lite0).
+const F16_BUNDLE_TOL: f32 = 2e-3;
+/// The bundle's self-test with f16 convolutions: max error relative to the embedding's L2 norm
+/// (the self-test's own measure) and absolute distance error, the library's f16 tolerances (their
+/// reasons and measured figures are written there). The exporter writes 1e-4 and 1e-5, which f16
+/// does not meet on ResNet-18 (measured 2.8e-4 and 7.0e-5), hence f16 is not the default.
+const F16_SELFTEST_EMBEDDING: f64 = F16_EMBEDDING_REL;
+const F16_SELFTEST_DISTANCE: f64 = F16_DISTANCE_ABS;
+
+/// The default kernels before this change: f32, and u8 x i8 by shifts.
+const SHIFT: WgpuOptions = WgpuOptions {
+    precision: ConvPrecision::F32,
+    int8: Int8Kernel::ShiftUnpack,
+};
+const DOT4: WgpuOptions = WgpuOptions {
+    precision: ConvPrecision::F32,
+    int8: Int8Kernel::Dot4,
+};
+const F16: WgpuOptions = WgpuOptions {
+    precision: ConvPrecision::F16,
+    int8: Int8Kernel::ShiftUnpack,
+};
+
+fn ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
 
 fn gpu() -> Option<Gpu> {
     match pick_adapter(AdapterPolicy::Any) {
         Ok(g) => Some(g),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI=true and no wgpu adapter: {e}")
-        }
+        Err(e) if ci() => panic!("CI=true and no wgpu adapter: {e}"),
         Err(e) => {
             eprintln!("skipped: no wgpu adapter ({e})");
             None
         }
     }
+}
+
+/// The kernel variants `gpu` runs, by name: always `shift` (f32 + int8 by shifts), `dot4` and
+/// `f16` where the adapter offers them. An absent one must be refused when asked for, and is
+/// reported as skipped, except under `CI=true` on lavapipe, which offers both.
+fn variants(gpu: &Gpu) -> Vec<(&'static str, WgpuOptions)> {
+    let mut v = vec![("shift", SHIFT)];
+    for (name, opts, offered) in [
+        ("dot4", DOT4, gpu.caps.dot4 != Dot4Support::Unavailable),
+        ("f16", F16, gpu.caps.shader_f16),
+    ] {
+        if offered {
+            v.push((name, opts));
+            continue;
+        }
+        assert!(
+            opts.resolve(&gpu.caps).is_err(),
+            "{name} is not offered by {} yet resolves",
+            gpu.info.name
+        );
+        let lavapipe = gpu.info.name.contains("llvmpipe");
+        assert!(
+            !(ci() && lavapipe),
+            "CI=true: lavapipe ({}) should offer {name} (caps {:?})",
+            gpu.info.name,
+            gpu.caps
+        );
+        eprintln!(
+            "skipped: {name} kernels, {} does not offer them",
+            gpu.info.name
+        );
+    }
+    v
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
 fn rng(seed: u64) -> rand_chacha::ChaCha8Rng {
@@ -321,6 +410,7 @@ fn reference(
 #[test]
 fn every_kernel_matches_the_scalar_reference_and_the_cpu_executor() {
     let Some(gpu) = gpu() else { return };
+    let variants = variants(&gpu);
     let mut checked = 0;
     let mut worst = BTreeMap::<&str, f32>::new();
     for (size, a, b, int8, all, seed) in [
@@ -328,6 +418,8 @@ fn every_kernel_matches_the_scalar_reference_and_the_cpu_executor() {
         (17, 7, 33, true, false, 2),
         (16, 16, 20, true, true, 3),
         (9, 1, 3, false, false, 4),
+        // Long sums (K up to 6400) in f32: where an f16 running sum would show.
+        (8, 4, 256, false, false, 5),
     ] {
         let graph = kernel_graph(a, b);
         graph.validate().unwrap();
@@ -337,54 +429,111 @@ fn every_kernel_matches_the_scalar_reference_and_the_cpu_executor() {
         } else {
             BTreeMap::new()
         };
-        let mut exec = WgpuExecutor::with_gpu(gpu.clone(), &graph, &w, &act, size).unwrap();
-        // Dense convolutions c1..c6 run u8 x i8 when their inputs are quantized.
-        assert_eq!(exec.int8_convs(), (if int8 { 6 } else { 0 }, 9));
-        let shapes = exec.shapes().to_vec();
         let mut r = rng(seed + 100);
         // Wide enough that ReLU6's upper bound and the u8 clamps are reached.
         let x: Vec<f32> = (0..3 * size * size)
             .map(|_| r.random_range(-4.0..4.0))
             .collect();
-        let tensors: Vec<Vec<f32>> = (0..graph.tensors())
-            .map(|t| exec.run_and_read(&x, t).unwrap())
-            .collect();
-        assert_eq!(tensors[0], x, "the input reads back as uploaded");
-        let read = |t: TensorId| tensors[t].clone();
-        let mut layers = w.layers.iter();
-        for (i, op) in graph.ops.iter().enumerate() {
-            let layer = matches!(op, Op::Conv(_)).then(|| layers.next().unwrap());
-            let want = reference(op, layer, &act, &shapes, &read, shapes[i + 1]);
-            let (kind, tol) = match op {
-                Op::Conv(c) if c.groups != 1 => ("depthwise", F32_TOL),
-                Op::Conv(c) if act.contains_key(&c.input) => ("conv u8 x i8", INT8_TOL),
-                Op::Conv(_) => ("conv f32", F32_TOL),
-                Op::MaxPool(_) => ("max-pool", 0.0),
-                Op::GlobalAvgPool { .. } => ("global-avg-pool", F32_TOL),
+        let mut cpu = CpuExecutor::new(&graph, &w, &act, size, ExecOptions::default()).unwrap();
+        let mut want = vec![0f32; a];
+        cpu.run(&x, &mut want);
+        let mut outputs = BTreeMap::new();
+        for &(variant, opts) in &variants {
+            let mut exec =
+                WgpuExecutor::with_options(gpu.clone(), &graph, &w, &act, size, opts).unwrap();
+            let plan = exec.plan();
+            assert_eq!(
+                plan.options(),
+                opts,
+                "{variant}: explicit options are taken as given"
+            );
+            // Dense convolutions c1..c6 run u8 x i8 when their inputs are quantized, else f32 or
+            // f16 as planned; d1..d3 are depthwise, except with one channel (a = 1), where they
+            // are dense too (groups = 1, and their inputs are never quantized here).
+            let d = if a == 1 { 3 } else { 0 };
+            let dense = |on: bool| if on { 6 } else { 0 };
+            assert_eq!(
+                exec.conv_kernels(),
+                ConvKernels {
+                    f32: dense(!int8 && !plan.f16) + if plan.f16 { 0 } else { d },
+                    f16: dense(!int8 && plan.f16) + if plan.f16 { d } else { 0 },
+                    int8_shift: dense(int8 && !plan.dot4),
+                    int8_dot4: dense(int8 && plan.dot4),
+                    depthwise: 3 - d,
+                },
+                "{variant}"
+            );
+            assert_eq!(exec.int8_convs(), (dense(int8), 9));
+            if (variant == "dot4" && !int8) || (variant == "f16" && int8) {
+                // The same kernels as `shift` here: nothing new to run.
+                continue;
+            }
+            let shapes = exec.shapes().to_vec();
+            let tensors: Vec<Vec<f32>> = (0..graph.tensors())
+                .map(|t| exec.run_and_read(&x, t).unwrap())
+                .collect();
+            assert_eq!(tensors[0], x, "the input reads back as uploaded");
+            let read = |t: TensorId| tensors[t].clone();
+            let mut layers = w.layers.iter();
+            for (i, op) in graph.ops.iter().enumerate() {
+                let layer = matches!(op, Op::Conv(_)).then(|| layers.next().unwrap());
+                let want = reference(op, layer, &act, &shapes, &read, shapes[i + 1]);
+                let (kind, tol) = match op {
+                    Op::Conv(c) if c.groups != 1 => ("depthwise", F32_TOL),
+                    Op::Conv(c) if act.contains_key(&c.input) && plan.dot4 => {
+                        ("conv u8 x i8 dot4", INT8_TOL)
+                    }
+                    Op::Conv(c) if act.contains_key(&c.input) => ("conv u8 x i8 shift", INT8_TOL),
+                    Op::Conv(_) if plan.f16 => ("conv f16", F16_TOL),
+                    Op::Conv(_) => ("conv f32", F32_TOL),
+                    Op::MaxPool(_) => ("max-pool", 0.0),
+                    Op::GlobalAvgPool { .. } => ("global-avg-pool", F32_TOL),
+                };
+                let e = rel_err(&tensors[i + 1], &want);
+                assert!(
+                    e <= tol,
+                    "{variant}: op {i} ({kind}) at {size} px, channels {a}/{b}: error {e} > {tol}"
+                );
+                let wst = worst.entry(kind).or_default();
+                *wst = wst.max(e);
+                checked += 1;
+            }
+            // End to end against the CPU executor.
+            let mut got = vec![0f32; a];
+            exec.run(&x, &mut got).unwrap();
+            let (kind, tol) = if plan.f16 && !int8 {
+                ("graph f16 vs cpu", F16_GRAPH_TOL)
+            } else {
+                ("graph vs cpu", GRAPH_TOL)
             };
-            let e = rel_err(&tensors[i + 1], &want);
+            let e = rel_err(&got, &want);
             assert!(
                 e <= tol,
-                "op {i} ({kind}) at {size} px, channels {a}/{b}: error {e} > {tol}"
+                "{variant}: graph at {size} px vs cpu: {e} > {tol}"
             );
+            assert_eq!(got, tensors[graph.output], "run and run_and_read agree");
             let wst = worst.entry(kind).or_default();
             *wst = wst.max(e);
-            checked += 1;
+            outputs.insert(variant, tensors);
         }
-        // End to end against the CPU executor.
-        let mut cpu = CpuExecutor::new(&graph, &w, &act, size, ExecOptions::default()).unwrap();
-        let (mut got, mut want) = (vec![0f32; a], vec![0f32; a]);
-        exec.run(&x, &mut got).unwrap();
-        cpu.run(&x, &mut want);
-        let e = rel_err(&got, &want);
-        assert!(e <= GRAPH_TOL, "graph at {size} px vs cpu: {e}");
-        assert_eq!(got, tensors[graph.output], "run and run_and_read agree");
-        let wst = worst.entry("graph vs cpu").or_default();
-        *wst = wst.max(e);
+        // Both int8 kernels sum the same integers: every tensor is the same, bit for bit.
+        if let (Some(s), Some(d)) = (outputs.get("shift"), outputs.get("dot4")) {
+            for (t, (s, d)) in s.iter().zip(d).enumerate() {
+                assert!(
+                    same_bits(s, d),
+                    "tensor {t} at {size} px: dot4 differs from shift"
+                );
+            }
+        }
+    }
+    if variants.iter().any(|&(n, _)| n == "f16") {
+        // The f16 plan rounds like f16: an error this small would mean it ran f32.
+        let e = worst["conv f16"];
+        assert!(e > 10.0 * F32_TOL, "conv f16 errs by only {e}: is it f16?");
     }
     eprintln!(
-        "{checked} ops checked on {}; worst relative errors: {worst:?}",
-        gpu.info.name
+        "{checked} ops checked on {} ({:?}); worst relative errors: {worst:?}",
+        gpu.info.name, gpu.caps
     );
 }
 
@@ -392,8 +541,10 @@ fn cpu_emb_int8(b: &firm_shared::bundle::Bundle) -> (usize, usize) {
     CpuEmbedder::new(b).unwrap().executor().int8_convs()
 }
 
-/// A random bundle's features on wgpu and on the CPU, and the bundle's self-test on wgpu.
-fn check_bundle(gpu: &Gpu, encoder: EncoderConfig, size: u32, int8: bool) -> (f32, f64) {
+/// A random bundle's features on wgpu with each kernel variant and on the CPU, and the bundle's
+/// self-test on wgpu: passed with the bundle's own tolerance, or, where f16 convolutions ran,
+/// with the f16 tolerances (the same self-test, the bundle's tolerance replaced).
+fn check_bundle(gpu: &Gpu, encoder: EncoderConfig, size: u32, int8: bool) -> Vec<String> {
     let b = random_bundle(&SyntheticSpec {
         encoder,
         size,
@@ -405,17 +556,6 @@ fn check_bundle(gpu: &Gpu, encoder: EncoderConfig, size: u32, int8: bool) -> (f3
     .unwrap();
     let m = &b.manifest.model;
     let act = b.manifest.activation_quant();
-    let mut gpu_emb =
-        WgpuEmbedder::from_weights(gpu.clone(), &m.graph, &b.encoder, &act, m.input_size).unwrap();
-    assert_eq!(gpu_emb.name(), "wgpu");
-    assert_eq!(gpu_emb.adapter_name(), gpu.info.name);
-    let (i8s, convs) = gpu_emb.executor().int8_convs();
-    assert_eq!(i8s > 0, int8, "{i8s} of {convs} convolutions run u8 x i8");
-    assert_eq!(
-        (i8s, convs),
-        cpu_emb_int8(&b),
-        "the same convolutions are int8 on both backends"
-    );
     let mut cpu = CpuEmbedder::new(&b).unwrap();
     let n = 3;
     let s = size as usize;
@@ -423,26 +563,88 @@ fn check_bundle(gpu: &Gpu, encoder: EncoderConfig, size: u32, int8: bool) -> (f3
     let x: Vec<f32> = (0..n * 3 * s * s)
         .map(|_| r.random_range(-2.0..2.0))
         .collect();
-    let got = gpu_emb.embed(&x, n).unwrap();
     let want = cpu.embed(&x, n).unwrap();
-    let dim = gpu_emb.feature_dim();
-    let e = got
-        .chunks(dim)
-        .zip(want.chunks(dim))
-        .map(|(g, w)| rel_err(g, w))
-        .fold(0f32, f32::max);
-    assert!(e <= GRAPH_TOL, "{:?} at {size} px vs cpu: {e}", m.encoder);
-    let report = Detector::new(&b, gpu_emb).unwrap().self_test(&b).unwrap();
-    assert!(report.passed, "{report:?}");
-    (e, report.max_embedding_rel_err)
+    let mut features = BTreeMap::new();
+    let mut ran = BTreeMap::new();
+    let mut lines = Vec::new();
+    for (variant, opts) in variants(gpu) {
+        let mut gpu_emb = WgpuEmbedder::from_weights_with(
+            gpu.clone(),
+            &m.graph,
+            &b.encoder,
+            &act,
+            m.input_size,
+            opts,
+        )
+        .unwrap();
+        assert_eq!(gpu_emb.name(), "wgpu");
+        assert_eq!(gpu_emb.adapter_name(), gpu.info.name);
+        let (i8s, convs) = gpu_emb.executor().int8_convs();
+        assert_eq!(i8s > 0, int8, "{i8s} of {convs} convolutions run u8 x i8");
+        assert_eq!(
+            (i8s, convs),
+            cpu_emb_int8(&b),
+            "the same convolutions are int8 on both backends"
+        );
+        let kernels = gpu_emb.executor().conv_kernels();
+        assert_eq!(kernels.int8_dot4 > 0, int8 && opts.int8 == Int8Kernel::Dot4);
+        let f16 = kernels.f16 > 0;
+        // Every dense convolution that is not int8 runs f16 in the f16 plan: none in these u8
+        // bundles, whose dense convolutions are all int8 (the input image included).
+        assert_eq!(f16, opts.precision == ConvPrecision::F16 && !int8);
+        if ran.get("shift") == Some(&kernels) {
+            // The same kernels as the shift plan (dot4 on f32 activations, f16 on u8): nothing
+            // new to run.
+            continue;
+        }
+        ran.insert(variant, kernels);
+        let got = gpu_emb.embed(&x, n).unwrap();
+        let dim = gpu_emb.feature_dim();
+        let e = got
+            .chunks(dim)
+            .zip(want.chunks(dim))
+            .map(|(g, w)| rel_err(g, w))
+            .fold(0f32, f32::max);
+        let tol = if f16 { F16_BUNDLE_TOL } else { GRAPH_TOL };
+        assert!(
+            e <= tol,
+            "{:?} {variant} at {size} px vs cpu: {e} > {tol}",
+            m.encoder
+        );
+        let mut det = Detector::new(&b, gpu_emb).unwrap();
+        let own = det.self_test(&b).unwrap();
+        let report = if f16 {
+            let mut loose = b.clone();
+            let t = &mut loose.manifest.selftest.tolerance;
+            t.embedding_rel = F16_SELFTEST_EMBEDDING;
+            t.distance_abs = F16_SELFTEST_DISTANCE;
+            det.self_test(&loose).unwrap()
+        } else {
+            own.clone()
+        };
+        assert!(report.passed, "{variant}: {report:?}");
+        lines.push(format!(
+            "{variant}: vs cpu {e:.2e}, self-test embedding {:.2e} distance {:.2e} (own \
+             tolerance: {})",
+            report.max_embedding_rel_err,
+            report.max_distance_err,
+            if own.passed { "passed" } else { "failed" }
+        ));
+        features.insert(variant, got);
+    }
+    if let (Some(s), Some(d)) = (features.get("shift"), features.get("dot4")) {
+        assert!(same_bits(s, d), "dot4 features differ from shift");
+    }
+    lines
 }
 
 #[test]
 fn resnet18_bundles_match_the_cpu_backend() {
     let Some(gpu) = gpu() else { return };
     for int8 in [true, false] {
-        let (e, st) = check_bundle(&gpu, EncoderConfig::new(Stem::Imagenet, 0.25), 64, int8);
-        eprintln!("resnet-18 x0.25 64 px int8={int8}: vs cpu {e:e}, self-test {st:e}");
+        for l in check_bundle(&gpu, EncoderConfig::new(Stem::Imagenet, 0.25), 64, int8) {
+            eprintln!("resnet-18 x0.25 64 px int8={int8} {l}");
+        }
     }
 }
 
@@ -450,9 +652,31 @@ fn resnet18_bundles_match_the_cpu_backend() {
 fn efficientnet_lite0_bundles_match_the_cpu_backend() {
     let Some(gpu) = gpu() else { return };
     for int8 in [true, false] {
-        let (e, st) = check_bundle(&gpu, EncoderConfig::efficientnet(Features::Head), 64, int8);
-        eprintln!("efficientnet-lite0 64 px int8={int8}: vs cpu {e:e}, self-test {st:e}");
+        for l in check_bundle(&gpu, EncoderConfig::efficientnet(Features::Head), 64, int8) {
+            eprintln!("efficientnet-lite0 64 px int8={int8} {l}");
+        }
     }
+}
+
+/// The device gets every optional feature the adapter offers (so no variant is skipped because
+/// the device was opened without it), and the default kernels are what the bundle's self-test
+/// tolerance allows: f32, and dot4 only where it is native.
+#[test]
+fn the_device_enables_what_the_adapter_offers() {
+    let Some(gpu) = gpu() else { return };
+    let offers = gpu.adapter_features.contains(wgpu_f16());
+    assert_eq!(gpu.caps.shader_f16, offers, "{:?}", gpu.caps);
+    let plan = WgpuOptions::default().resolve(&gpu.caps).unwrap();
+    assert!(!plan.f16);
+    assert_eq!(plan.dot4, gpu.caps.dot4 == Dot4Support::Native);
+    eprintln!(
+        "{} ({:?}): {:?}, default plan {plan}",
+        gpu.info.name, gpu.info.device_type, gpu.caps
+    );
+}
+
+fn wgpu_f16() -> firm_shared::exec::wgpu::Features {
+    firm_shared::exec::wgpu::Features::SHADER_F16
 }
 
 #[test]

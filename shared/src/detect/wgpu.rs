@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use super::Embedder;
 use crate::bundle::{Bundle, BundleError, EncoderWeights};
-use crate::exec::wgpu::{AdapterPolicy, Gpu, WgpuExecutor, pick_adapter};
+use crate::exec::wgpu::{AdapterPolicy, Gpu, WgpuExecutor, WgpuOptions, pick_adapter};
 use crate::model::graph::{Graph, TensorId};
 use crate::quant::ActivationQuant;
 
@@ -24,14 +24,24 @@ impl WgpuEmbedder {
 
     /// `bundle` on the adapter `policy` picks.
     pub fn with_policy(bundle: &Bundle, policy: AdapterPolicy) -> Result<Self, BundleError> {
+        Self::with_options(bundle, policy, WgpuOptions::default())
+    }
+
+    /// `bundle` on the adapter `policy` picks, with the convolution kernels `options` choose.
+    pub fn with_options(
+        bundle: &Bundle,
+        policy: AdapterPolicy,
+        options: WgpuOptions,
+    ) -> Result<Self, BundleError> {
         let gpu = pick_adapter(policy).map_err(BundleError::runtime)?;
         let m = &bundle.manifest.model;
-        Self::from_weights(
+        Self::from_weights_with(
             gpu,
             &m.graph,
             &bundle.encoder,
             &bundle.manifest.activation_quant(),
             m.input_size,
+            options,
         )
     }
 
@@ -43,8 +53,34 @@ impl WgpuEmbedder {
         activations: &BTreeMap<TensorId, ActivationQuant>,
         input_size: u32,
     ) -> Result<Self, BundleError> {
-        let exec = WgpuExecutor::with_gpu(gpu, graph, weights, activations, input_size as usize)
-            .map_err(BundleError::runtime)?;
+        Self::from_weights_with(
+            gpu,
+            graph,
+            weights,
+            activations,
+            input_size,
+            WgpuOptions::default(),
+        )
+    }
+
+    /// As [`Self::from_weights`], with the convolution kernels `options` choose.
+    pub fn from_weights_with(
+        gpu: Gpu,
+        graph: &Graph,
+        weights: &EncoderWeights,
+        activations: &BTreeMap<TensorId, ActivationQuant>,
+        input_size: u32,
+        options: WgpuOptions,
+    ) -> Result<Self, BundleError> {
+        let exec = WgpuExecutor::with_options(
+            gpu,
+            graph,
+            weights,
+            activations,
+            input_size as usize,
+            options,
+        )
+        .map_err(BundleError::runtime)?;
         Ok(Self { exec })
     }
 

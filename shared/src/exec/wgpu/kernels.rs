@@ -2,6 +2,11 @@
 //! how they are specialised: one compute pipeline per op, built at load with the op's sizes,
 //! strides, padding and epilogue as WGSL override constants, so the per-frame work is one
 //! `dispatch_workgroups` per op with a bind group made at load too.
+//!
+//! `conv.wgsl` holds the f32 and both u8 x i8 convolutions (`conv_u8i8`, `conv_u8i8_dot4`);
+//! [`CONV_F16`] is `enable f16;` + `conv.wgsl` + `conv_f16.wgsl`, compiled only on a device with
+//! `SHADER_F16` (naga refuses `enable f16;` without it), so the f16 kernel shares the indexing
+//! and the epilogue with the others rather than copying them.
 
 use wgpu::util::DeviceExt;
 
@@ -10,6 +15,12 @@ use crate::error::Result;
 
 /// The shader sources, by op family.
 pub const CONV: &str = include_str!("shaders/conv.wgsl");
+/// `conv_f16` and everything of [`CONV`], behind `enable f16;`.
+pub const CONV_F16: &str = concat!(
+    "enable f16;\n",
+    include_str!("shaders/conv.wgsl"),
+    include_str!("shaders/conv_f16.wgsl")
+);
 pub const DEPTHWISE: &str = include_str!("shaders/depthwise.wgsl");
 pub const POOL: &str = include_str!("shaders/pool.wgsl");
 pub const L2NORM: &str = include_str!("shaders/l2norm.wgsl");
@@ -41,6 +52,8 @@ impl Dispatch {
 #[derive(Debug)]
 pub(crate) struct Modules {
     pub conv: wgpu::ShaderModule,
+    /// Only where the plan uses f16 (the device then has `SHADER_F16`).
+    pub conv_f16: Option<wgpu::ShaderModule>,
     pub depthwise: wgpu::ShaderModule,
     pub pool: wgpu::ShaderModule,
 }
@@ -53,9 +66,10 @@ pub(crate) fn module(device: &wgpu::Device, label: &str, src: &str) -> wgpu::Sha
 }
 
 impl Modules {
-    pub fn new(device: &wgpu::Device) -> Self {
+    pub fn new(device: &wgpu::Device, f16: bool) -> Self {
         Self {
             conv: module(device, "conv.wgsl", CONV),
+            conv_f16: f16.then(|| module(device, "conv_f16.wgsl", CONV_F16)),
             depthwise: module(device, "depthwise.wgsl", DEPTHWISE),
             pool: module(device, "pool.wgsl", POOL),
         }

@@ -3,9 +3,15 @@
 // the input tensor through its strides (CHW for the model input, NHWC for every other tensor).
 // A workgroup computes a 16 x 16 tile of C; A and B go through workgroup memory 16 k at a time.
 //
-// Two entry points: `conv_f32` (f32 weights) and `conv_u8i8` (the input quantized to u8 with the
-// tensor's scale and zero point on the fly, i8 weights packed four per u32, exact i32 sums of
-// (q - zp) * w, then acc * (s_w * s_x) + bias as the CPU epilogue computes it).
+// Three entry points here: `conv_f32` (f32 weights) and two u8 x i8 kernels with the same i32
+// sums, bit for bit: the input quantized to u8 with the tensor's scale and zero point on the fly,
+// i8 weights packed four per u32, exact i32 sums of (q - zp) * w, then acc * (s_w * s_x) + bias as
+// the CPU epilogue computes it.
+// - `conv_u8i8` unpacks the weight bytes with shifts into an i32 tile, one multiply-add per k;
+// - `conv_u8i8_dot4` packs four quantized activations per u32 too and sums with `dot4I8Packed`
+//   (SPIR-V OpSDot where the device has it): 64 k per tile step, a quarter of the workgroup loads
+//   per multiply-add.
+// `conv_f16.wgsl` adds `conv_f16` to this file behind `enable f16;` (kernels.rs).
 //
 // Epilogue: bias, then residual (RES = 1: before the activation), activation (ACT 0 none, 1 ReLU,
 // 2 ReLU6), residual (RES = 2: after it). Output NHWC [OH, OW, C_OUT].
@@ -47,6 +53,9 @@ var<workgroup> af: array<array<f32, 16>, 16>;
 var<workgroup> bf: array<array<f32, 16>, 16>;
 var<workgroup> ai: array<array<i32, 16>, 16>;
 var<workgroup> bi: array<array<i32, 16>, 16>;
+// conv_u8i8_dot4: [pixel][word of four k] and [word][output channel].
+var<workgroup> aq: array<array<u32, 16>, 16>;
+var<workgroup> bq: array<array<u32, 16>, 16>;
 
 fn k_len() -> u32 {
     return C_IN * KS * KS;
@@ -159,5 +168,64 @@ fn conv_u8i8(@builtin(local_invocation_id) l: vec3<u32>, @builtin(workgroup_id) 
     }
     if (p < m && co < C_OUT) {
         epilogue(f32(acc) * ep[C_OUT + co] + ep[co], p, co);
+    }
+}
+
+// conv_u8i8_dot4 only: (128 - zp) * sum_k w[co, k], per output channel.
+@group(0) @binding(5) var<storage, read> corr: array<i32>;
+
+// The byte (q - 128) of A[p, k] as dot4I8Packed reads it (an i8 in two's complement). The sum
+// over k of (q - 128) * w plus corr[co] = (128 - zp) * sum w is sum (q - zp) * w, the shift
+// kernel's sum exactly (integers: no rounding, and |(q - 128) * w|, |(128 - zp) * w| <= 2^14
+// keep every partial sum inside i32 for K < 2^16; ResNet-18's largest K is 4608). Padding is
+// q = zp: it adds (zp - 128) * w here and (128 - zp) * w through corr, so nothing, as on the CPU.
+// Bytes past K (the last word of a row) stay 0 and meet zero weight bytes.
+fn a_byte(p: u32, k: u32) -> u32 {
+    let i = a_index(p, k);
+    var q = ZP;
+    if (i >= 0) {
+        q = clamp(round(x[i] * INV_SCALE) + ZP, 0.0, 255.0);
+    }
+    return u32(i32(q) - 128) & 0xffu;
+}
+
+@compute @workgroup_size(16, 16)
+fn conv_u8i8_dot4(
+    @builtin(local_invocation_id) l: vec3<u32>,
+    @builtin(workgroup_id) g: vec3<u32>,
+) {
+    let m = OH * OW;
+    let kl = k_len();
+    let co = g.x * TILE + l.x;
+    let p = g.y * TILE + l.y;
+    var acc = 0i;
+    for (var w0 = 0u; w0 < K_WORDS; w0 = w0 + TILE) {
+        // A tile: row l.y (pixel), word l.x (k = 4 * word .. + 3).
+        let wa = w0 + l.x;
+        var a = 0u;
+        if (p < m && wa < K_WORDS) {
+            for (var j = 0u; j < 4u; j = j + 1u) {
+                let k = 4u * wa + j;
+                if (k < kl) {
+                    a = a | (a_byte(p, k) << (8u * j));
+                }
+            }
+        }
+        aq[l.y][l.x] = a;
+        // B tile: word l.y, output channel l.x, as packed at load.
+        let wb = w0 + l.y;
+        var b = 0u;
+        if (co < C_OUT && wb < K_WORDS) {
+            b = w[co * K_WORDS + wb];
+        }
+        bq[l.y][l.x] = b;
+        workgroupBarrier();
+        for (var kk = 0u; kk < TILE; kk = kk + 1u) {
+            acc = acc + dot4I8Packed(aq[l.y][kk], bq[kk][l.x]);
+        }
+        workgroupBarrier();
+    }
+    if (p < m && co < C_OUT) {
+        epilogue(f32(acc + corr[co]) * ep[C_OUT + co] + ep[co], p, co);
     }
 }
