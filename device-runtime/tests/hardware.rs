@@ -265,6 +265,24 @@ fn station(dir: &Path, images: usize, fps: f64) -> PathBuf {
     cfg
 }
 
+/// Flash the random bundle onto the station whose config is `cfg` (through the real binary).
+fn flash_station(dir: &Path, cfg: &Path) {
+    let bundle = dir.join("b.firm");
+    std::fs::write(&bundle, bundle_bytes()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_device-runtime"))
+        .arg("flash")
+        .arg(&bundle)
+        .arg("--config")
+        .arg(cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Datagrams received on a notify socket, with their arrival time.
 type Received = Arc<Mutex<Vec<(Instant, String)>>>;
 
@@ -343,21 +361,8 @@ fn an_inference_thread_panic_ends_the_process_with_an_error_within_a_second() {
     text = text.replace("fps = 20\n", "fps = 20\nloop = true\n");
     assert!(text.contains("loop = true"), "{text}");
     std::fs::write(&cfg, text).unwrap();
-    let bundle = dir.path().join("b.firm");
-    std::fs::write(&bundle, bundle_bytes()).unwrap();
     let bin = env!("CARGO_BIN_EXE_device-runtime");
-    let out = Command::new(bin)
-        .arg("flash")
-        .arg(&bundle)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    flash_station(dir.path(), &cfg);
     let mut child = Command::new(bin)
         .args(["run", "--listen", "127.0.0.1:0", "--config"])
         .arg(&cfg)
@@ -418,21 +423,8 @@ fn an_inference_thread_panic_ends_the_process_with_an_error_within_a_second() {
 fn a_busy_port_or_a_missing_source_never_counts_against_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = station(dir.path(), 2, 20.0);
-    let bundle = dir.path().join("b.firm");
-    std::fs::write(&bundle, bundle_bytes()).unwrap();
     let bin = env!("CARGO_BIN_EXE_device-runtime");
-    let flashed = Command::new(bin)
-        .arg("flash")
-        .arg(&bundle)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        flashed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&flashed.stderr)
-    );
+    flash_station(dir.path(), &cfg);
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = busy.local_addr().unwrap().to_string();
     let status = || {
@@ -471,21 +463,8 @@ fn a_busy_port_or_a_missing_source_never_counts_against_the_bundle() {
 fn the_real_binary_feeds_the_watchdog_only_while_the_pipeline_moves() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = station(dir.path(), 30, 10.0);
-    let bundle = dir.path().join("b.firm");
-    std::fs::write(&bundle, bundle_bytes()).unwrap();
     let bin = env!("CARGO_BIN_EXE_device-runtime");
-    let out = Command::new(bin)
-        .arg("flash")
-        .arg(&bundle)
-        .arg("--config")
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    flash_station(dir.path(), &cfg);
 
     let sock = dir.path().join("notify.sock");
     let got = listen(&sock);
