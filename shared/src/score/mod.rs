@@ -2,8 +2,11 @@
 //! detection metrics (AUROC, AULC). Shared so the trainer's evaluation and the device's verdicts
 //! are the same arithmetic.
 
+pub mod heat;
 pub mod knn;
+pub mod map;
 pub mod metrics;
+pub mod pixel;
 pub mod scan;
 pub mod topk;
 
