@@ -83,6 +83,7 @@ fn sinks(cfg: &DeviceConfig, shared: &Arc<Shared>) -> anyhow::Result<Vec<Box<dyn
     .map_err(|e| anyhow::anyhow!("journal {}: {e}", cfg.journal_dir().display()))?;
     shared.live.write().expect("state lock").alerts =
         journal.recent(crate::state::RECENT_ALERTS).into();
+    let _ = shared.ledger.set(journal.ledger());
     let mut v: Vec<Box<dyn AlertSink>> = vec![Box::new(journal)];
     if a.save_flagged {
         v.push(Box::new(

@@ -3,7 +3,7 @@
 //! verdict, recent scores and alerts, the bundle and slot in use, the camera state.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,8 @@ pub enum Event {
     Verdict(Verdict),
     Alert(AlertEntry),
     Bundle(BundleInfo),
+    /// An operator acknowledged alerts.
+    Ack(crate::alerts::ledger::Acknowledged),
 }
 
 /// The bundle in use, for the page.
@@ -185,6 +187,8 @@ pub struct Shared {
     /// Progress of the capture and inference threads (each writes its own counter); read by
     /// the systemd watchdog ([`crate::watchdog`]).
     pub heartbeat: Arc<crate::watchdog::Heartbeat>,
+    /// The journal's alerts and their acknowledgements (set once the journal is open).
+    pub ledger: OnceLock<Arc<crate::alerts::ledger::Ledger>>,
 }
 
 impl Shared {
@@ -200,6 +204,7 @@ impl Shared {
             pending_bundle: Mutex::new(None),
             closing: tokio::sync::watch::Sender::new(false),
             heartbeat: Arc::default(),
+            ledger: OnceLock::new(),
         })
     }
 

@@ -1,10 +1,16 @@
 //! Flagged frames saved as PNG within a disk budget: `FLAGGED/<time>-<seq>.png` with a JSON
-//! sidecar (`.json`: the verdict). File names start with the capture time, so name order is age
-//! order; when the folder exceeds its budget the oldest pairs are deleted first. Each file is
-//! written atomically, so a power cut leaves no half image; the temporary file such a cut leaves
-//! behind is deleted at the next start.
+//! sidecar (`.json`: the verdict) and a thumbnail (`.thumb.jpg`, [`THUMBNAIL_SIZE`] px on the long
+//! side, a few KB against the PNG's hundreds: what the status page's alert list loads). File names
+//! start with the capture time, so name order is age order; when the folder exceeds its budget the
+//! oldest sets are deleted first. Each file is written atomically, so a power cut leaves no half
+//! image; the temporary file such a cut leaves behind is deleted at the next start.
+//!
+//! Frames saved before thumbnails existed get theirs on first request ([`thumbnail_for`]): decoded
+//! once, then served from the file. Such thumbnails join the budget at the next start.
 
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use firm_shared::fsutil::write_atomic;
 
@@ -36,6 +42,7 @@ impl FlaggedFrames {
             let Some(stem) = name
                 .strip_suffix(".png")
                 .or_else(|| name.strip_suffix(".json"))
+                .or_else(|| name.strip_suffix(THUMBNAIL_SUFFIX))
             else {
                 continue;
             };
@@ -61,8 +68,8 @@ impl FlaggedFrames {
             let Some((stem, len)) = self.files.pop_front() else {
                 break;
             };
-            for ext in ["png", "json"] {
-                let _ = std::fs::remove_file(self.dir.join(format!("{stem}.{ext}")));
+            for ext in [".png", ".json", THUMBNAIL_SUFFIX] {
+                let _ = std::fs::remove_file(self.dir.join(format!("{stem}{ext}")));
             }
             self.total -= len;
         }
@@ -89,13 +96,121 @@ impl AlertSink for FlaggedFrames {
             .map_err(|e| format!("PNG encoding: {e}"))?;
         let png = png.into_inner();
         let json = serde_json::to_vec_pretty(&alert.verdict).expect("verdict serialises");
+        let thumb = thumbnail_jpeg(&frame.image)?;
         write_atomic(&self.dir.join(format!("{stem}.png")), &png).map_err(|e| e.to_string())?;
         write_atomic(&self.dir.join(format!("{stem}.json")), &json).map_err(|e| e.to_string())?;
-        let len = (png.len() + json.len()) as u64;
+        // No fsync: a lost thumbnail is made again from the PNG when it is asked for.
+        write_cache(&self.dir.join(format!("{stem}{THUMBNAIL_SUFFIX}")), &thumb)
+            .map_err(|e| e.to_string())?;
+        let len = (png.len() + json.len() + thumb.len()) as u64;
         self.files.push_back((stem.clone(), len));
         self.total += len;
         self.evict();
         alert.image = Some(format!("{stem}.png"));
         Ok(())
+    }
+}
+
+/// Long side of a flagged frame's thumbnail, pixels (twice the page's 64 px, for dense screens).
+pub const THUMBNAIL_SIZE: u32 = 128;
+const THUMBNAIL_SUFFIX: &str = ".thumb.jpg";
+const THUMBNAIL_QUALITY: u8 = 80;
+
+/// The thumbnail file of the saved frame `png` (`<stem>.png` -> `<stem>.thumb.jpg`).
+pub fn thumbnail_name(png: &str) -> Option<String> {
+    png.strip_suffix(".png")
+        .map(|stem| format!("{stem}{THUMBNAIL_SUFFIX}"))
+}
+
+/// `img` shrunk to [`THUMBNAIL_SIZE`] on its long side (never enlarged), as JPEG.
+pub fn thumbnail_jpeg(img: &image::RgbImage) -> Result<Vec<u8>, String> {
+    let (w, h) = img.dimensions();
+    let long = w.max(h).max(1);
+    let small = if long > THUMBNAIL_SIZE {
+        let scale = |x: u32| {
+            ((u64::from(x) * u64::from(THUMBNAIL_SIZE)).div_ceil(u64::from(long))).max(1) as u32
+        };
+        image::imageops::thumbnail(img, scale(w), scale(h))
+    } else {
+        img.clone()
+    };
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, THUMBNAIL_QUALITY)
+        .encode_image(&small)
+        .map_err(|e| format!("JPEG encoding: {e}"))?;
+    Ok(out)
+}
+
+/// The thumbnail of the saved frame `png` in `dir`: read from its file, or made from the PNG
+/// (once: it is written beside it). NotFound when the frame is not there (never saved, or
+/// deleted for the budget).
+pub fn thumbnail_for(dir: &Path, png: &str) -> io::Result<Vec<u8>> {
+    let name = thumbnail_name(png).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    let path = dir.join(&name);
+    match std::fs::read(&path) {
+        Ok(b) => return Ok(b),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
+    }
+    let bytes = std::fs::read(dir.join(png))?;
+    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{png}: {e}")))?
+        .to_rgb8();
+    let jpeg = thumbnail_jpeg(&img).map_err(io::Error::other)?;
+    if let Err(e) = write_cache(&path, &jpeg) {
+        tracing::warn!("cannot keep the thumbnail {}: {e}", path.display());
+    }
+    Ok(jpeg)
+}
+
+/// Write through a temporary file (named as [`write_atomic`] names them, so a start after a crash
+/// deletes a leftover) renamed into place, without fsync: for files that can be made again.
+/// Unique per call, so two requests making the same thumbnail do not write one temporary file.
+fn write_cache(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thumbnails_are_small_made_once_and_budgeted() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image::RgbImage::from_fn(640, 480, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8])
+        });
+        let mut png = std::io::Cursor::new(Vec::new());
+        image::DynamicImage::ImageRgb8(img)
+            .write_to(&mut png, image::ImageFormat::Png)
+            .unwrap();
+        let png = png.into_inner();
+        let name = "20261201T125000123Z-00000042.png";
+        std::fs::write(dir.path().join(name), &png).unwrap();
+        let t = thumbnail_for(dir.path(), name).unwrap();
+        let thumb = image::load_from_memory(&t).unwrap();
+        assert_eq!((thumb.width(), thumb.height()), (128, 96));
+        assert!(t.len() * 10 < png.len(), "{} vs {}", t.len(), png.len());
+        let cached = dir.path().join("20261201T125000123Z-00000042.thumb.jpg");
+        assert_eq!(std::fs::read(&cached).unwrap(), t);
+        // Served from the file from now on: a changed file is what comes back.
+        std::fs::write(&cached, b"cached").unwrap();
+        assert_eq!(thumbnail_for(dir.path(), name).unwrap(), b"cached");
+        let missing = thumbnail_for(dir.path(), "20261201T125000123Z-00000043.png");
+        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
+        // The thumbnail belongs to its frame's set in the budget.
+        let f = FlaggedFrames::open(dir.path(), 1 << 30).unwrap();
+        assert_eq!(f.total(), png.len() as u64 + 6);
+        assert_eq!(f.files.len(), 1);
     }
 }

@@ -1,43 +1,48 @@
 //! The journal as the first alert sink: every alert is appended (fsync) before any other sink or
-//! the page hears of it; the record is the alert as the API shows it.
+//! the page hears of it; the record is the alert as the API shows it. Appends go through the
+//! [`Ledger`], which also lists the alerts and takes acknowledgements from the web API.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use super::AlertSink;
-use super::journal::{self, Journal, JournalOptions};
+use super::journal::{JournalError, JournalOptions};
+use super::ledger::Ledger;
 use crate::capture::Frame;
 use crate::state::AlertEntry;
 
 #[derive(Debug)]
 pub struct JournalSink {
-    journal: Journal,
+    ledger: Arc<Ledger>,
 }
 
 impl JournalSink {
-    pub fn open(dir: &Path, max_file_bytes: u64, max_files: usize) -> Result<Self, String> {
-        let journal = Journal::open(
+    pub fn open(dir: &Path, max_file_bytes: u64, max_files: usize) -> Result<Self, JournalError> {
+        let ledger = Ledger::open(
             dir,
             JournalOptions {
                 max_file_bytes,
                 max_files,
             },
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(Self { journal })
+        )?;
+        Ok(Self {
+            ledger: Arc::new(ledger),
+        })
     }
 
-    /// The last `n` alerts, oldest first (for the page after a restart). Records that are not
-    /// alerts of this format are skipped.
+    /// The last `n` alerts, oldest first (for the page after a restart).
     pub fn recent(&self, n: usize) -> Vec<AlertEntry> {
-        journal::read_recent(self.journal.dir(), n)
-            .unwrap_or_default()
+        self.ledger
+            .page(None, n)
+            .alerts
             .into_iter()
-            .filter_map(|e| {
-                let mut a: AlertEntry = serde_json::from_value(e.record).ok()?;
-                a.journal_seq = Some(e.seq);
-                Some(a)
-            })
+            .map(|l| l.alert)
             .collect()
+    }
+
+    /// The alert list and its acknowledgements, for the web API.
+    pub fn ledger(&self) -> Arc<Ledger> {
+        self.ledger.clone()
     }
 }
 
@@ -47,9 +52,9 @@ impl AlertSink for JournalSink {
     }
 
     fn alert(&mut self, alert: &mut AlertEntry, _frame: &Frame) -> Result<(), String> {
-        let record = serde_json::to_value(&*alert).expect("alert serialises");
-        let done = self.journal.append(record).map_err(|e| e.to_string())?;
-        alert.journal_seq = Some(done.seq);
-        Ok(())
+        self.ledger
+            .append_alert(alert)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }

@@ -1,11 +1,13 @@
 //! Where alerts go (a flagged frame's verdict), in this order: the durable hash-chained
 //! [`journal`], the saved frame ([`flagged`]), then the outward sinks (webhook, GPIO reject line).
-//! Server-sent events to the status page are published by the pipeline itself.
+//! Server-sent events to the status page are published by the pipeline itself. The [`ledger`]
+//! lists the journal's alerts for the page and journals their acknowledgements.
 
 pub mod flagged;
 pub mod gpio;
 pub mod journal;
 pub mod journal_sink;
+pub mod ledger;
 pub mod webhook;
 
 use crate::capture::Frame;

@@ -1,4 +1,5 @@
-//! JSON API handlers, the event stream, images, health and the bundle upload.
+//! JSON API handlers, the event stream, the live frame and bank thumbnails, health and the bundle
+//! upload. The alert list and the flagged frames are in `alerts`.
 
 use std::convert::Infallible;
 use std::time::SystemTime;
@@ -38,6 +39,7 @@ pub fn status_json(st: &AppState) -> Value {
             "p99": live.latency_quantile(0.99),
         },
         "last": live.last,
+        "alerts": st.shared.ledger.get().map(|l| l.counts()),
     })
 }
 
@@ -79,11 +81,6 @@ pub async fn healthz(State(st): State<AppState>) -> Response {
     (code, why).into_response()
 }
 
-pub async fn alerts(State(st): State<AppState>) -> Json<Value> {
-    let live = st.shared.live.read().expect("state lock");
-    Json(json!({ "alerts": live.alerts, "total": live.counters.alerts }))
-}
-
 pub async fn scores(State(st): State<AppState>) -> Json<Value> {
     let live = st.shared.live.read().expect("state lock");
     let points: Vec<Value> = live
@@ -118,6 +115,7 @@ pub async fn events(
                 Event::Verdict(_) => "verdict",
                 Event::Alert(_) => "alert",
                 Event::Bundle(_) => "bundle",
+                Event::Ack(_) => "ack",
             };
             let data = serde_json::to_value(&*e).ok()?;
             SseEvent::default().event(name).json_data(data).ok().map(Ok)
@@ -125,7 +123,7 @@ pub async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-fn bytes_response(content_type: &'static str, body: Vec<u8>) -> Response {
+pub(super) fn bytes_response(content_type: &'static str, body: Vec<u8>) -> Response {
     (
         [
             (header::CONTENT_TYPE, content_type),
@@ -165,29 +163,6 @@ pub async fn thumbnail(
         .write_to(&mut png, image::ImageFormat::Png)
         .map_err(AppError::internal)?;
     Ok(bytes_response("image/png", png.into_inner()))
-}
-
-/// Saved frames are named `<digits/letters>-<digits>.png`; anything else is not one of ours.
-fn safe_flagged_name(name: &str) -> bool {
-    name.len() <= 80
-        && name.ends_with(".png")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-        && !name.contains("..")
-}
-
-pub async fn flagged(
-    State(st): State<AppState>,
-    Path(file): Path<String>,
-) -> Result<Response, AppError> {
-    if !safe_flagged_name(&file) {
-        return Err(AppError::new(StatusCode::NOT_FOUND, "no such image"));
-    }
-    match tokio::fs::read(st.flagged_dir.join(&file)).await {
-        Ok(b) => Ok(bytes_response("image/png", b)),
-        Err(_) => Err(AppError::new(StatusCode::NOT_FOUND, "no such image")),
-    }
 }
 
 /// `POST /api/bundle`: the body is a bundle file. Streamed to disk within the size limit, then
@@ -256,18 +231,5 @@ pub async fn upload_bundle(State(st): State<AppState>, body: Body) -> Result<Res
             e.to_string(),
         )),
         Err(e) => Err(AppError::internal(e)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::safe_flagged_name;
-
-    #[test]
-    fn flagged_names_cannot_escape() {
-        assert!(safe_flagged_name("20261201T125000123Z-00000042.png"));
-        for bad in ["../x.png", "a/b.png", "x.json", "..png", "%2e%2e.png", ""] {
-            assert!(!safe_flagged_name(bad), "{bad}");
-        }
     }
 }

@@ -136,6 +136,15 @@ pub fn render(st: &AppState) -> String {
             label(&b.device)
         );
     }
+    if let Some(ledger) = st.shared.ledger.get() {
+        metric(
+            &mut s,
+            "firm_alerts_unacknowledged",
+            "gauge",
+            "Alerts in the journal that no operator has acknowledged.",
+            ledger.counts().unacknowledged as f64,
+        );
+    }
     let healthy = super::api::health(st, &live).0;
     metric(
         &mut s,

@@ -5,20 +5,24 @@
 //! |---|---|---|
 //! | `GET /` , `/assets/*` | the status page (assets embedded in the binary, no external URL) | read |
 //! | `GET /api/status` | counters, FPS, latency p50/p99, camera, bundle, slots, health | read |
-//! | `GET /api/alerts`, `/api/scores` | recent alerts; recent distances with the threshold | read |
-//! | `GET /api/events` | server-sent events: `verdict`, `alert`, `bundle` | read |
+//! | `GET /api/alerts` | recent alerts; `?limit=N&before=SEQ`: a page from the journal (`alerts`) | read |
+//! | `GET /api/scores` | recent distances with the threshold | read |
+//! | `GET /api/events` | server-sent events: `verdict`, `alert`, `bundle`, `ack` | read |
 //! | `GET /api/frame.jpg` | the latest frame | read |
 //! | `GET /api/thumbnail/{i}` | bank entry `i`'s thumbnail (the nearest good image) | read |
 //! | `GET /api/flagged/{file}` | a saved flagged frame | read |
+//! | `GET /api/flagged/{file}/thumb.jpg` | its thumbnail (a few KB, cacheable) | read |
 //! | `GET /metrics` | Prometheus text format | read |
 //! | `GET /healthz` | 200 when a bundle runs and frames flow, else 503 | none |
 //! | `POST /api/bundle` | install a bundle (body = the file), as `device-runtime flash` | token |
+//! | `POST /api/alerts/ack` | acknowledge `{"alert": SEQ}` or `{"up-to": SEQ}`, journaled | token |
 //!
 //! "read" is public when the config says `public-reads = true`, otherwise it needs the token too
 //! (as `Authorization: Bearer TOKEN`, or `?token=TOKEN` for the page's event stream). Every
 //! mutating route needs the token; without a configured token they are refused. Errors answer
 //! with a short reason and never with internals (paths, backtraces); details go to the log.
 
+mod alerts;
 mod api;
 mod assets;
 mod metrics;
@@ -146,18 +150,28 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(assets::index))
         .route("/assets/{file}", get(assets::asset))
         .route("/api/status", get(api::status))
-        .route("/api/alerts", get(api::alerts))
+        .route("/api/alerts", get(alerts::list))
         .route("/api/scores", get(api::scores))
         .route("/api/events", get(api::events))
         .route("/api/frame.jpg", get(api::frame))
         .route("/api/thumbnail/{index}", get(api::thumbnail))
-        .route("/api/flagged/{file}", get(api::flagged))
+        .route("/api/flagged/{file}", get(alerts::flagged))
+        .route(
+            "/api/flagged/{file}/thumb.jpg",
+            get(alerts::flagged_thumbnail),
+        )
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let writes = Router::new()
-        .route("/api/bundle", post(api::upload_bundle))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .layer(DefaultBodyLimit::max(max_upload));
+        .route(
+            "/api/bundle",
+            post(api::upload_bundle).layer(DefaultBodyLimit::max(max_upload)),
+        )
+        .route(
+            "/api/alerts/ack",
+            post(alerts::acknowledge).layer(DefaultBodyLimit::max(4096)),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(reads)
         .merge(writes)

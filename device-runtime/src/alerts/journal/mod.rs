@@ -64,7 +64,8 @@
 //! - `line`: the line format: encoding a record, checking one line on its own, times and hashes.
 //! - `files`: the directory: journal file names and listing, `journal.anchor`, directory fsync.
 //! - `tail`: reading the ends of a journal file, and recovering from a torn last line.
-//! - `read`: the read side of a whole directory: [`verify`] and [`read_recent`].
+//! - `read`: the read side of a whole directory: [`verify`], [`read_recent`], and [`scan`] and
+//!   [`read_at`], which find records by their [`Position`] (the alert list's index).
 //! - `tests` (test builds only): the writer, its recovery on open, and what verify then sees.
 
 mod error;
@@ -86,7 +87,7 @@ use serde_json::Value;
 pub use error::{JournalError, JournalErrorKind};
 pub use files::{ANCHOR_FILE, Anchor, file_name};
 pub use line::{Entry, GENESIS_PREV};
-pub use read::{TornLine, VerifyReport, read_recent, verify};
+pub use read::{Position, TornLine, VerifyReport, read_at, read_recent, scan, verify};
 
 use error::{Result, io_err};
 use files::{list_files, read_anchor, sync_dir, write_anchor};
@@ -117,6 +118,8 @@ impl Default for JournalOptions {
 pub struct Appended {
     pub seq: u64,
     pub hash: String,
+    /// Where the line went, for [`read_at`].
+    pub position: Position,
 }
 
 /// The append side of a journal directory.
@@ -266,13 +269,22 @@ impl Journal {
         if rotate {
             self.rotate()?;
         }
+        let position = Position {
+            file: self.file_no,
+            offset: self.file_len,
+            len: line.len() as u64 - 1,
+        };
         self.write_line(&line)?;
         self.next_seq = next_seq;
         self.last_hash.clone_from(&hash);
         if rotate {
             self.enforce_retention_logged();
         }
-        Ok(Appended { seq, hash })
+        Ok(Appended {
+            seq,
+            hash,
+            position,
+        })
     }
 
     pub fn dir(&self) -> &Path {

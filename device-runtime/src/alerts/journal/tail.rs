@@ -74,7 +74,7 @@ pub(super) fn valid_entries(buf: &[u8], whole: bool) -> Vec<Entry> {
 }
 
 /// 1-based number of the line that starts at byte `offset` (rare paths: errors, torn lines).
-fn line_number(path: &Path, offset: u64) -> u64 {
+pub(super) fn line_number(path: &Path, offset: u64) -> u64 {
     let Ok(file) = File::open(path) else { return 0 };
     let mut newlines = 0u64;
     let mut reader = BufReader::new(file.take(offset));

@@ -1,5 +1,8 @@
-// firm-inspect status page: live verdicts over server-sent events, status polled every 2 s.
-// No external scripts: everything here is served by the device.
+// firm-inspect status page. It is live at once however many alerts the device holds: the event
+// stream, the status and the live frame are asked for first (one request each; HTTP/1.1 gives a
+// page six connections per host and the event stream keeps one), then the chart's scores, then
+// the alert list in pages of PAGE alerts with their few-KB thumbnails, loaded as they scroll into
+// view. No external scripts: everything here is served by the device.
 "use strict";
 
 const token = new URLSearchParams(location.hash.slice(1)).get("token");
@@ -9,6 +12,15 @@ const $ = (id) => document.getElementById(id);
 const scores = []; // [seq, distance, defect]
 let threshold = null;
 let events = 0;
+let verdictShown = false;
+
+const PAGE = 20;
+// List items kept; the oldest beyond it are dropped and come back with "older alerts".
+const MAX_LISTED = 500;
+let before = null; // journal seq: the next (older) page ends below it; null: no older alerts
+let loading = false;
+let newest = 0; // newest journal seq listed: what "acknowledge all" covers
+const listed = new Set(); // journal seqs in the list
 
 function fmt(x) {
   if (x === null || x === undefined) return "-";
@@ -51,6 +63,7 @@ function drawChart() {
 }
 
 function showVerdict(v) {
+  verdictShown = true;
   setBadge($("verdict"), v.defect ? "DEFECT" : "good", v.defect ? "defect" : "good");
   $("distance").textContent = fmt(v.distance);
   $("threshold").textContent = fmt(v.threshold);
@@ -58,20 +71,41 @@ function showVerdict(v) {
   threshold = v.threshold;
 }
 
-function addAlert(a, front) {
+function setUnacked(n) {
+  if (n === null || n === undefined) return;
+  $("alert-open").textContent = n;
+  const b = $("unacked");
+  b.hidden = false;
+  setBadge(b, n + " unacknowledged", n > 0 ? "defect" : "ok");
+  $("ack-all").hidden = !token || n === 0;
+  $("ack-hint").hidden = !!token || n === 0;
+}
+
+function alertItem(a) {
   const li = document.createElement("li");
-  li.className = "alert";
+  li.className = "alert" + (a.acknowledged ? " acked" : "");
   li.dataset.seq = a.seq;
+  const js = a["journal-seq"];
+  if (js !== null && js !== undefined) li.dataset.journalSeq = js;
+  const link = document.createElement("a");
   const frame = document.createElement("img");
+  frame.className = "frame";
   frame.alt = "flagged frame";
-  if (a.image) frame.src = withToken("/api/flagged/" + encodeURIComponent(a.image));
+  frame.loading = "lazy";
+  if (a.image) {
+    const img = "/api/flagged/" + encodeURIComponent(a.image);
+    frame.src = withToken(img + "/thumb.jpg");
+    link.href = withToken(img);
+    link.target = "_blank";
+  }
+  link.append(frame);
   const near = document.createElement("img");
   near.alt = "nearest good image";
   near.className = "nearest";
+  near.loading = "lazy";
   near.src = withToken("/api/thumbnail/" + a.nearest);
   const meta = document.createElement("div");
   meta.className = "meta";
-  meta.innerHTML = "";
   const b = document.createElement("b");
   b.textContent = "frame " + a.seq + " - distance " + fmt(a.distance);
   meta.appendChild(b);
@@ -79,10 +113,85 @@ function addAlert(a, front) {
   meta.appendChild(document.createTextNode(a.time + " - " + a.source));
   meta.appendChild(document.createElement("br"));
   meta.appendChild(document.createTextNode("nearest good image: " + (a["nearest-source"] || a.nearest)));
-  li.append(frame, near, meta);
+  li.append(link, near, meta);
+  if (token && li.dataset.journalSeq) {
+    const ack = document.createElement("button");
+    ack.type = "button";
+    ack.className = "ack";
+    ack.textContent = "acknowledge";
+    ack.addEventListener("click", () => acknowledge({ alert: js }));
+    li.append(ack);
+  }
+  return li;
+}
+
+// Newest first: `front` for alerts that just happened, else at the end (older pages).
+function addAlert(a, front) {
+  const js = a["journal-seq"];
+  if (js !== null && js !== undefined) {
+    if (listed.has(js)) return;
+    listed.add(js);
+    newest = Math.max(newest, js);
+  }
   const list = $("alerts");
+  const li = alertItem(a);
   if (front) list.prepend(li); else list.append(li);
-  while (list.children.length > 100) list.lastChild.remove();
+  while (list.children.length > MAX_LISTED) {
+    const last = list.lastChild;
+    last.remove();
+    if (last.dataset.journalSeq) listed.delete(Number(last.dataset.journalSeq));
+    const oldest = list.lastChild && list.lastChild.dataset.journalSeq;
+    if (oldest) {
+      before = Number(oldest);
+      $("more").hidden = false;
+    }
+  }
+}
+
+async function loadPage() {
+  if (loading) return;
+  loading = true;
+  try {
+    const r = await fetch("/api/alerts?limit=" + PAGE + (before !== null ? "&before=" + before : ""), auth);
+    const p = await r.json();
+    if (!r.ok) throw new Error(p.error);
+    p.alerts.slice().reverse().forEach((a) => addAlert(a, false));
+    before = p["next-before"];
+    $("more").hidden = before === null;
+    $("alert-total").textContent = p["in-journal"];
+    setUnacked(p.unacknowledged);
+  } catch (e) {
+    // A device without the journal's list: the alerts it holds in memory.
+    if (before === null && listed.size === 0) {
+      const al = await (await fetch("/api/alerts", auth)).json();
+      al.alerts.forEach((a) => addAlert(a, true));
+      $("alert-total").textContent = al.total;
+    }
+  } finally {
+    loading = false;
+  }
+}
+
+function applyAck(a) {
+  document.querySelectorAll("#alerts li[data-journal-seq]").forEach((li) => {
+    const s = Number(li.dataset.journalSeq);
+    if (s === a.alert || (a["up-to"] !== undefined && s <= a["up-to"])) li.classList.add("acked");
+  });
+  setUnacked(a.unacknowledged);
+}
+
+async function acknowledge(body) {
+  const r = await fetch("/api/alerts/ack", {
+    method: "POST",
+    headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const a = await r.json();
+  if (r.ok) applyAck(a);
+  else {
+    $("ack-hint").textContent = "Not acknowledged: " + a.error;
+    $("ack-hint").hidden = false;
+  }
 }
 
 function dl(el, rows) {
@@ -125,24 +234,21 @@ async function refreshStatus() {
       ["slots", slots.map((x) => x.slot + (x.active ? "*" : "") + ": " + (x.bundle ? "v" + x.bundle["bundle-version"] : x.problem)).join(", ")],
       ["uptime", Math.round(s["uptime-s"]) + " s"],
     ]);
+    if (s.last && !verdictShown) showVerdict(s.last);
+    if (s.alerts) {
+      $("alert-total").textContent = s.alerts["in-journal"];
+      setUnacked(s.alerts.unacknowledged);
+    }
   } catch (e) {
     setBadge($("health"), "device unreachable", "bad");
   }
 }
 
-async function start() {
-  const [sc, al] = await Promise.all([
-    fetch("/api/scores", auth).then((r) => r.json()),
-    fetch("/api/alerts", auth).then((r) => r.json()),
-  ]);
-  threshold = sc.threshold;
-  scores.push(...sc.scores);
-  al.alerts.forEach((a) => addAlert(a, true));
-  $("alert-total").textContent = al.total;
-  drawChart();
-  refreshStatus();
-  setInterval(refreshStatus, 2000);
-  setInterval(() => ($("frame").src = withToken("/api/frame.jpg?t=" + Date.now())), 500);
+function refreshFrame() {
+  $("frame").src = withToken("/api/frame.jpg?t=" + Date.now());
+}
+
+function openEvents() {
   const es = new EventSource(withToken("/api/events"));
   es.addEventListener("verdict", (e) => {
     const v = JSON.parse(e.data);
@@ -157,8 +263,34 @@ async function start() {
     const a = JSON.parse(e.data);
     addAlert(a, true);
     $("alert-total").textContent = Number($("alert-total").textContent) + 1;
+    setUnacked(Number($("alert-open").textContent) + 1);
   });
+  es.addEventListener("ack", (e) => applyAck(JSON.parse(e.data)));
   es.addEventListener("bundle", () => refreshStatus());
+}
+
+async function loadScores() {
+  const sc = await (await fetch("/api/scores", auth)).json();
+  threshold = threshold === null ? sc.threshold : threshold;
+  scores.unshift(...sc.scores.filter((p) => !scores.some((q) => q[0] === p[0])));
+  drawChart();
+}
+
+function start() {
+  openEvents();
+  // One frame request in flight at a time, at most two a second.
+  $("frame").addEventListener("load", () => setTimeout(refreshFrame, 500));
+  $("frame").addEventListener("error", () => setTimeout(refreshFrame, 1000));
+  refreshFrame();
+  refreshStatus().finally(() => {
+    setInterval(refreshStatus, 2000);
+    loadScores().catch(() => {}).finally(loadPage);
+  });
+  $("more").addEventListener("click", loadPage);
+  $("ack-all").addEventListener("click", () => acknowledge({ "up-to": newest }));
+  new IntersectionObserver((seen) => {
+    if (seen.some((e) => e.isIntersecting)) loadPage();
+  }, { root: $("alert-list") }).observe($("more"));
 }
 
 start();
