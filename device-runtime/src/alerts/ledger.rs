@@ -454,6 +454,22 @@ mod tests {
     }
 
     #[test]
+    fn a_line_changed_after_indexing_is_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), JournalOptions::default()).unwrap();
+        for i in 0..3 {
+            ledger.append_alert(&mut alert(i)).unwrap();
+        }
+        let path = dir.path().join(file_name(1));
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Same length, so the other lines stay where the index has them.
+        std::fs::write(&path, text.replacen("f1.png", "f9.png", 1)).unwrap();
+        let p = ledger.page(None, 10);
+        assert_eq!(seqs(&p), [1, 3], "the forged alert 2 is left out");
+        assert_eq!(p.alerts[1].alert.verdict.source, "f2.png");
+    }
+
+    #[test]
     fn retention_takes_alerts_and_their_counts_along() {
         let dir = tempfile::tempdir().unwrap();
         // About two alert lines per file, four files kept.
