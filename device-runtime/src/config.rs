@@ -100,6 +100,9 @@ pub struct InferenceConfig {
     pub threshold: Option<f64>,
     /// Threads the encoder's kernels use (default: every core).
     pub threads: Option<usize>,
+    /// The drift sentinel's windows and test levels (`[inference.drift]`; it runs when the
+    /// bundle carries drift statistics).
+    pub drift: firm_shared::drift::DriftConfig,
 }
 
 impl Default for InferenceConfig {
@@ -109,6 +112,7 @@ impl Default for InferenceConfig {
             operating_point: "calibrated".into(),
             threshold: None,
             threads: None,
+            drift: Default::default(),
         }
     }
 }
@@ -281,6 +285,9 @@ impl DeviceConfig {
             && !t.is_finite()
         {
             return Err("inference.threshold must be a finite distance".into());
+        }
+        if let Err(e) = self.inference.drift.validate() {
+            return Err(format!("inference.drift: {e}"));
         }
         if let Some(f) = self.source.fps
             && !(f > 0.0 && f <= 1000.0)

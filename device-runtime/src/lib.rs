@@ -7,6 +7,7 @@
 pub mod alerts;
 pub mod capture;
 pub mod config;
+pub mod drift;
 pub mod mailbox;
 pub mod pipeline;
 pub mod run;

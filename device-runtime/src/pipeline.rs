@@ -10,6 +10,11 @@
 //!
 //! A bundle flashed while running ([`crate::state::Shared::pending_bundle`]) is picked up between
 //! two frames.
+//!
+//! When the bundle carries drift statistics, each frame's test transform is taken once by the
+//! drift sentinel ([`crate::drift`]), which scores those bytes and watches their statistics and
+//! the passing distances; its warnings go to the same sinks (journal first), the page and
+//! `/metrics`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +28,7 @@ use tracing::{info, warn};
 use crate::alerts::AlertSink;
 use crate::capture::{ErrorKind, Frame, FrameSource};
 use crate::config::InferenceConfig;
+use crate::drift::DriftWatch;
 use crate::mailbox::Mailbox;
 use crate::slots::Loaded;
 use crate::state::{AlertEntry, BundleInfo, Event, Shared, Verdict, timestamp};
@@ -128,6 +134,8 @@ struct Scorer {
     detector: Detector<Box<dyn Embedder + Send>>,
     threshold: f64,
     sources: Vec<String>,
+    /// The drift sentinel, when the bundle carries its statistics.
+    drift: Option<DriftWatch>,
 }
 
 impl Scorer {
@@ -140,12 +148,19 @@ impl Scorer {
         let sources = l.bundle.manifest.bank.sources.clone();
         *shared.thumbnail_sources.write().expect("state lock") = sources.clone();
         let info = bundle_info(l, threshold, &point, detector.embedder());
-        shared.live.write().expect("state lock").bundle = Some(info.clone());
+        let drift = DriftWatch::new(&l.bundle, &cfg.drift);
+        {
+            let mut live = shared.live.write().expect("state lock");
+            live.bundle = Some(info.clone());
+            live.drift.status = drift.as_ref().map(DriftWatch::status);
+            live.drift.active.clear();
+        }
         shared.publish(Event::Bundle(info));
         Ok(Self {
             detector,
             threshold,
             sources,
+            drift,
         })
     }
 }
@@ -270,7 +285,11 @@ fn process(
     frame: &Frame,
     last_live: &mut Instant,
 ) {
-    let scored = match scorer.detector.score_image(&frame.image) {
+    let scored = match &mut scorer.drift {
+        Some(d) => d.score(&mut scorer.detector, &frame.image),
+        None => scorer.detector.score_image(&frame.image),
+    };
+    let scored = match scored {
         Ok(s) => s,
         Err(e) => {
             warn!("frame {} not scored: {e}", frame.seq);
@@ -300,14 +319,22 @@ fn process(
         *last_live = Instant::now();
         encode_live(&frame.image)
     });
+    let passing = (!v.defect).then_some(v.distance);
+    let drift = scorer.drift.as_mut().map(|d| d.observe(v.seq, passing));
     {
         let mut live = sh.live.write().expect("state lock");
         live.record(&v);
         if let Some(Some(j)) = live_jpeg {
             live.last_frame = Some(Arc::new(j));
         }
+        if let Some((status, _)) = drift {
+            live.drift.status = Some(status);
+        }
     }
     sh.publish(Event::Verdict(v.clone()));
+    if let Some((_, changes)) = drift.filter(|(_, c)| !c.is_empty()) {
+        crate::drift::report(sh, sinks, frame, changes);
+    }
     if !v.defect {
         return;
     }

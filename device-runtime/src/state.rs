@@ -55,6 +55,8 @@ pub enum Event {
     Bundle(BundleInfo),
     /// An operator acknowledged alerts.
     Ack(crate::alerts::ledger::Acknowledged),
+    /// The drift sentinel raised or cleared a warning ([`crate::drift`]).
+    Drift(firm_shared::drift::DriftWarning),
 }
 
 /// The bundle in use, for the page.
@@ -115,6 +117,8 @@ pub struct Live {
     pub bundle: Option<BundleInfo>,
     pub slots: Option<crate::slots::Status>,
     pub healthy_since: Option<Instant>,
+    /// The drift sentinel's windows and the warnings in force.
+    pub drift: crate::drift::DriftState,
 }
 
 impl Live {

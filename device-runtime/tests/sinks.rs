@@ -116,6 +116,51 @@ fn webhook_retries_until_delivered() {
 }
 
 #[test]
+fn webhook_delivers_drift_warnings_with_their_type_and_numbers() {
+    use firm_shared::drift::{DriftKind, DriftWarning, Evidence, RangeEvidence};
+    let (url, bodies) = server(vec![], Duration::ZERO);
+    let mut w = Webhook::start(
+        &WebhookConfig {
+            url,
+            timeout_ms: 2000,
+            attempts: 2,
+            queue: 8,
+        },
+        "line-9",
+    );
+    let warning = DriftWarning {
+        kind: DriftKind::Brightness,
+        active: true,
+        frame: 7,
+        evidence: Evidence::Range(RangeEvidence {
+            window: 32,
+            median: 61.5,
+            training: [96.0, 104.0],
+            allowed: [94.0, 106.0],
+        }),
+        message: "brightness drift".into(),
+    };
+    w.drift(&warning, &frame(7)).unwrap();
+    let stats = w.stats.clone();
+    wait_until("delivery", || stats.delivered.load(Ordering::Relaxed) == 1);
+    let v: serde_json::Value = serde_json::from_str(&bodies.lock().unwrap()[0]).unwrap();
+    assert_eq!(
+        (&v["type"], &v["kind"], &v["active"], &v["frame"]),
+        (
+            &"drift".into(),
+            &"brightness".into(),
+            &true.into(),
+            &7.into()
+        ),
+        "{v}"
+    );
+    assert_eq!(v["evidence"]["test"], "range");
+    assert_eq!(v["evidence"]["median"], 61.5);
+    assert_eq!(v["evidence"]["training"][1], 104.0);
+    assert!(v["time"].is_string(), "{v}");
+}
+
+#[test]
 fn webhook_gives_up_after_its_attempts_and_never_blocks() {
     // A receiver that always fails: each alert is tried `attempts` times, then counted failed.
     let (url, bodies) = server(vec![500; 100], Duration::ZERO);

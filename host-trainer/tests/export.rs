@@ -204,6 +204,19 @@ fn exported_bundle_verifies_inspects_and_reports() {
     let labels: Vec<&str> = cases.iter().map(|c| c["label"].as_str().unwrap()).collect();
     assert_eq!(labels.iter().filter(|l| **l == "good").count(), 4);
     assert_eq!(labels.iter().filter(|l| **l == "defective").count(), 4);
+    // The drift sentinel's reference: statistics of the 60 training images, the tail of the 12
+    // calibration distances (rank ceil(0.9 * 13) = 12: the largest).
+    let d = &m["drift"];
+    assert_eq!(d["images"], 60);
+    let b: Vec<f64> = serde_json::from_value(d["brightness"].clone()).unwrap();
+    assert!(
+        b.len() == 5 && b.is_sorted() && b[0] > 0.0 && b[4] < 255.0,
+        "{b:?}"
+    );
+    assert!(d["focus"][0].as_f64().unwrap() > 0.0, "{d}");
+    assert_eq!(d["distance"]["calibration-images"], 12);
+    assert_eq!(d["distance"]["tail-rank"], 12);
+    assert_eq!(d["distance"]["tail-distance"], cal["distance"]);
     let pv = &m["provenance"];
     assert_eq!(pv["dataset-sha256"].as_str().unwrap().len(), 64);
     assert_eq!(pv["config"]["seed"], 0);

@@ -17,6 +17,7 @@
 pub mod bundle;
 pub mod calibrate;
 pub mod detect;
+pub mod drift;
 pub mod error;
 pub mod exec;
 pub mod fsutil;

@@ -163,6 +163,7 @@ fn make(spec: &Spec) -> Bundle {
             step: 0,
             metrics: BTreeMap::new(),
         },
+        drift: None,
         members: BTreeMap::new(),
     };
     Bundle {

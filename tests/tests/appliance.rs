@@ -70,6 +70,10 @@ fn journal_alerts(cfg: &Path) -> BTreeMap<String, f64> {
         for line in std::fs::read_to_string(f).unwrap().lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap();
             let r = &v["record"];
+            // Records of other kinds (`"type": "drift"` warnings, `ack`) are not alerts.
+            if r.get("type").is_some() {
+                continue;
+            }
             out.insert(
                 r["source"].as_str().unwrap().to_string(),
                 r["distance"].as_f64().unwrap(),

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use super::AlertSink;
 use super::journal::{JournalError, JournalOptions};
 use super::ledger::Ledger;
+use firm_shared::drift::DriftWarning;
+
 use crate::capture::Frame;
+use crate::drift::DriftRecord;
 use crate::state::AlertEntry;
 
 #[derive(Debug)]
@@ -54,6 +57,16 @@ impl AlertSink for JournalSink {
     fn alert(&mut self, alert: &mut AlertEntry, _frame: &Frame) -> Result<(), String> {
         self.ledger
             .append_alert(alert)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A `{"type": "drift", ...}` record ([`DriftRecord`]), fsynced like an alert.
+    fn drift(&mut self, warning: &DriftWarning, frame: &Frame) -> Result<(), String> {
+        let record = serde_json::to_value(DriftRecord::new(warning, frame.time))
+            .expect("drift record serialises");
+        self.ledger
+            .append_record(record)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

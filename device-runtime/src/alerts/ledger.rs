@@ -279,6 +279,23 @@ impl Ledger {
         Ok(done.seq)
     }
 
+    /// Journal a record of another kind (fsynced when this returns), such as the drift
+    /// sentinel's `{"type": "drift", ...}`: it shares the hash chain and is not listed. Its
+    /// `type` must be set and not `ack`, so no reader takes it for an alert or an
+    /// acknowledgement.
+    pub fn append_record(&self, record: Value) -> Result<u64, JournalError> {
+        assert!(
+            record.get("type").and_then(Value::as_str).is_some() && !is_ack(&record),
+            "a journal record of another kind needs a `type` other than `ack`"
+        );
+        let mut journal = self.journal.lock().expect("journal lock");
+        let done = journal.append(record)?;
+        if done.position.offset == 0 {
+            self.index.write().expect("ledger lock").prune(&self.dir);
+        }
+        Ok(done.seq)
+    }
+
     /// Acknowledge one alert or all up to a journal seq: journaled (fsynced) before the list
     /// changes, so a failed write changes nothing.
     pub fn acknowledge(&self, ack: Ack) -> Result<Acknowledged, AckError> {
@@ -451,6 +468,27 @@ mod tests {
         assert_eq!(again.is_acknowledged(14), Some(false));
         let r = journal::verify(dir.path()).unwrap();
         assert_eq!(r.records, 14);
+    }
+
+    #[test]
+    fn records_of_other_kinds_share_the_chain_and_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = Ledger::open(dir.path(), JournalOptions::default()).unwrap();
+        ledger.append_alert(&mut alert(0)).unwrap();
+        let drift = json!({"type": "drift", "kind": "focus", "active": true, "frame": 3});
+        assert_eq!(ledger.append_record(drift).unwrap(), 2);
+        ledger.append_alert(&mut alert(4)).unwrap();
+        let p = ledger.page(None, 10);
+        assert_eq!(seqs(&p), [1, 3]);
+        assert_eq!(ledger.counts().in_journal, 2);
+        drop(ledger);
+        let again = Ledger::open(dir.path(), JournalOptions::default()).unwrap();
+        assert_eq!(
+            again.counts().in_journal,
+            2,
+            "not indexed after a restart either"
+        );
+        assert_eq!(journal::verify(dir.path()).unwrap().records, 3);
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod journal_sink;
 pub mod ledger;
 pub mod webhook;
 
+use firm_shared::drift::DriftWarning;
+
 use crate::capture::Frame;
 use crate::state::AlertEntry;
 
@@ -19,4 +21,9 @@ use crate::state::AlertEntry;
 pub trait AlertSink: Send {
     fn name(&self) -> &'static str;
     fn alert(&mut self, alert: &mut AlertEntry, frame: &Frame) -> Result<(), String>;
+    /// A drift warning raised or cleared by `frame` ([`crate::drift`]); sinks that do not
+    /// report drift (saved frames, the reject line) ignore it.
+    fn drift(&mut self, _warning: &DriftWarning, _frame: &Frame) -> Result<(), String> {
+        Ok(())
+    }
 }

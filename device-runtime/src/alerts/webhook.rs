@@ -2,18 +2,22 @@
 //! from a bounded queue. The pipeline only enqueues: when the receiver is slow or down, the queue
 //! fills and further alerts are dropped and counted (they are in the journal regardless), so the
 //! line never waits for the network. Each alert is tried `attempts` times with exponential
-//! backoff (100 ms doubling, at most 5 s); a 2xx answer counts as delivered.
+//! backoff (100 ms doubling, at most 5 s); a 2xx answer counts as delivered. Drift warnings
+//! ([`crate::drift`]) share the queue; their body has `"type": "drift"` (an alert's has no
+//! `type`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::time::Duration;
 
+use firm_shared::drift::DriftWarning;
 use tracing::warn;
 
 use super::AlertSink;
 use crate::capture::Frame;
 use crate::config::WebhookConfig;
+use crate::drift::DriftRecord;
 use crate::state::AlertEntry;
 
 /// Delivery counters, shared with the status page.
@@ -85,6 +89,19 @@ impl AlertSink for Webhook {
 
     fn alert(&mut self, alert: &mut AlertEntry, _frame: &Frame) -> Result<(), String> {
         let body = serde_json::to_vec(alert).expect("alert serialises");
+        self.enqueue(body)
+    }
+
+    /// The drift record ([`DriftRecord`], `"type": "drift"`) through the same queue.
+    fn drift(&mut self, warning: &DriftWarning, frame: &Frame) -> Result<(), String> {
+        let body = serde_json::to_vec(&DriftRecord::new(warning, frame.time))
+            .expect("drift record serialises");
+        self.enqueue(body)
+    }
+}
+
+impl Webhook {
+    fn enqueue(&mut self, body: Vec<u8>) -> Result<(), String> {
         match self.tx.try_send(body) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {

@@ -40,6 +40,7 @@ pub fn status_json(st: &AppState) -> Value {
         },
         "last": live.last,
         "alerts": st.shared.ledger.get().map(|l| l.counts()),
+        "drift": live.drift,
     })
 }
 
@@ -116,6 +117,7 @@ pub async fn events(
                 Event::Alert(_) => "alert",
                 Event::Bundle(_) => "bundle",
                 Event::Ack(_) => "ack",
+                Event::Drift(_) => "drift",
             };
             let data = serde_json::to_value(&*e).ok()?;
             SseEvent::default().event(name).json_data(data).ok().map(Ok)

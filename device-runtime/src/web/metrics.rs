@@ -7,6 +7,8 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 
+use firm_shared::drift::DriftKind;
+
 use super::AppState;
 
 fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
@@ -145,6 +147,7 @@ pub fn render(st: &AppState) -> String {
             ledger.counts().unacknowledged as f64,
         );
     }
+    drift(&mut s, &live.drift);
     let healthy = super::api::health(st, &live).0;
     metric(
         &mut s,
@@ -154,6 +157,109 @@ pub fn render(st: &AppState) -> String {
         f64::from(u8::from(healthy)),
     );
     s
+}
+
+/// Family header for metrics with labels.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+/// The drift sentinel ([`crate::drift`]): which warnings are raised, and the numbers they are
+/// decided on. Without drift statistics in the bundle only the counter is written.
+fn drift(s: &mut String, d: &crate::drift::DriftState) {
+    metric(
+        s,
+        "firm_drift_warnings_total",
+        "counter",
+        "Drift warnings raised (image statistics out of the training range, or passing distances shifted).",
+        d.raised as f64,
+    );
+    let Some(st) = &d.status else { return };
+    family(
+        s,
+        "firm_drift_active",
+        "gauge",
+        "1 while the drift warning of this kind is raised.",
+    );
+    for k in DriftKind::ALL {
+        let _ = writeln!(
+            s,
+            "firm_drift_active{{kind=\"{}\"}} {}",
+            k.name(),
+            u8::from(st.active(k))
+        );
+    }
+    family(
+        s,
+        "firm_drift_window_median",
+        "gauge",
+        "Median of an image statistic over the drift window (absent until the window is full).",
+    );
+    for x in st.statistics.iter().filter(|x| x.median.is_some()) {
+        let m = x.median.unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "firm_drift_window_median{{statistic=\"{}\"}} {m}",
+            x.statistic.name()
+        );
+    }
+    family(
+        s,
+        "firm_drift_range",
+        "gauge",
+        "An image statistic's training range (p1, p99) and the range its window median may reach (allowed-low, allowed-high).",
+    );
+    for x in &st.statistics {
+        let bounds = [
+            ("p1", x.training[0]),
+            ("p99", x.training[1]),
+            ("allowed-low", x.allowed[0]),
+            ("allowed-high", x.allowed[1]),
+        ];
+        for (bound, v) in bounds {
+            let _ = writeln!(
+                s,
+                "firm_drift_range{{statistic=\"{}\",bound=\"{bound}\"}} {v}",
+                x.statistic.name()
+            );
+        }
+    }
+    let dist = &st.distance;
+    let gauges = [
+        (
+            "firm_drift_distance_window",
+            "Passing frames in the distance window.",
+            dist.window as f64,
+        ),
+        (
+            "firm_drift_distance_above",
+            "Of them, above the calibration's 90th percentile.",
+            dist.above as f64,
+        ),
+        (
+            "firm_drift_distance_expected",
+            "How many the binomial null expects above it (window x null share).",
+            dist.expected,
+        ),
+        (
+            "firm_drift_distance_tail",
+            "The calibration's 90th percentile distance.",
+            dist.tail_distance,
+        ),
+    ];
+    for (name, help, v) in gauges {
+        metric(s, name, "gauge", help, v);
+    }
+    if let Some(p) = dist.p_value {
+        metric(
+            s,
+            "firm_drift_distance_p_value",
+            "gauge",
+            "One-sided binomial p-value of the count above the 90th percentile (a warning below alpha).",
+            p,
+        );
+    }
 }
 
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {

@@ -4,10 +4,10 @@
 //! | route | what | auth |
 //! |---|---|---|
 //! | `GET /` , `/assets/*` | the status page (assets embedded in the binary, no external URL) | read |
-//! | `GET /api/status` | counters, FPS, latency p50/p99, camera, bundle, slots, health | read |
+//! | `GET /api/status` | counters, FPS, latency p50/p99, camera, bundle, slots, health, drift | read |
 //! | `GET /api/alerts` | recent alerts; `?limit=N&before=SEQ`: a page from the journal (`alerts`) | read |
 //! | `GET /api/scores` | recent distances with the threshold | read |
-//! | `GET /api/events` | server-sent events: `verdict`, `alert`, `bundle`, `ack` | read |
+//! | `GET /api/events` | server-sent events: `verdict`, `alert`, `bundle`, `ack`, `drift` | read |
 //! | `GET /api/frame.jpg` | the latest frame | read |
 //! | `GET /api/thumbnail/{i}` | bank entry `i`'s thumbnail (the nearest good image) | read |
 //! | `GET /api/flagged/{file}` | a saved flagged frame | read |

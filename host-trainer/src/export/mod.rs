@@ -7,6 +7,9 @@
 //! 3. Score the held-out good images (and the defective ones, when any) on that path; calibrate
 //!    the threshold from the good ones only ([`firm_shared::calibrate`]); with defects, AUROC, the
 //!    F1-optimal threshold and the confusion matrix at the chosen threshold.
+//!    The drift sentinel's reference goes into the manifest's `drift` section: brightness,
+//!    contrast, colour and focus quantiles of the good training images and the quantiles of the
+//!    calibration distances ([`firm_shared::drift`]).
 //! 4. Compare with the float model on the same test images: AUROC drop and Spearman rank
 //!    correlation of the scores.
 //! 5. Self-test: the expected embeddings and distances of at least 8 preprocessed images come
@@ -27,6 +30,7 @@ use firm_shared::bundle::manifest::{
 use firm_shared::bundle::{BankData, Bundle, EncoderWeights, Limits, SelfTestData, weights};
 use firm_shared::calibrate::{self, CalibrationSpec};
 use firm_shared::detect::{CpuEmbedder, Detector};
+use firm_shared::drift::{DriftSection, FrameStats};
 use firm_shared::preprocess::{self, PreprocessSpec, ResizeFilter};
 use firm_shared::score;
 use image::RgbImage;
@@ -297,6 +301,14 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         .map(|(v, _)| *v)
         .collect();
     let cal = calibrate::conformal_threshold(&good_d, &spec)?;
+    // The drift sentinel's reference: the good training images' statistics after the test
+    // transform (what the device computes per frame) and the calibration distances' tail.
+    let train_stats: Vec<FrameStats> = imgs
+        .train
+        .iter()
+        .map(|i| FrameStats::of(i.as_raw(), cfg.size))
+        .collect();
+    let drift = DriftSection::new(&train_stats, &good_d, spec.confidence)?;
     let has_defects = imgs.n_bad() > 0;
     let mut operating_points = BTreeMap::from([("calibrated".to_string(), cal.distance)]);
     let test = if has_defects {
@@ -437,6 +449,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
             step: state.global_step,
             metrics,
         },
+        drift: Some(drift),
         members: BTreeMap::new(),
     };
     let bundle = Bundle {

@@ -35,6 +35,10 @@ pub struct Manifest {
     pub bank: BankSection,
     pub selftest: SelfTestSection,
     pub provenance: Provenance,
+    /// The good training images' statistics and the calibration distances' quantiles, for the
+    /// device's drift sentinel ([`crate::drift`]); absent in bundles exported before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<crate::drift::DriftSection>,
     /// Size and SHA-256 of every other member (the manifest cannot list itself).
     pub members: BTreeMap<String, MemberInfo>,
 }
@@ -357,6 +361,9 @@ impl Manifest {
         let tol = &self.selftest.tolerance;
         if !(tol.embedding_rel > 0.0 && tol.distance_abs > 0.0) {
             return bad("selftest.tolerance values must be positive".into());
+        }
+        if let Some(Err(e)) = self.drift.as_ref().map(|d| d.validate()) {
+            return bad(e);
         }
         Ok(())
     }

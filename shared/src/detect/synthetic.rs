@@ -172,6 +172,7 @@ pub fn random_bundle(spec: &SyntheticSpec) -> crate::Result<Bundle> {
             step: 0,
             metrics: BTreeMap::new(),
         },
+        drift: None,
         members: BTreeMap::new(),
     };
     Ok(Bundle {

@@ -205,6 +205,38 @@ function dl(el, rows) {
   }
 }
 
+// The drift sentinel: the warnings in force with their numbers, and each statistic's window
+// median beside its training range (hidden when the bundle carries no drift statistics).
+function showDrift(d) {
+  const st = d && d.status;
+  $("drift").hidden = !st;
+  if (!st) return;
+  const active = d.active || [];
+  setBadge($("drift-badge"), active.length ? active.length + " warning" + (active.length > 1 ? "s" : "") : "in range", active.length ? "bad" : "ok");
+  $("drift-warnings").replaceChildren(...active.map((w) => {
+    const li = document.createElement("li");
+    li.className = "drift-warning";
+    li.dataset.kind = w.kind;
+    li.textContent = w.message + " (frame " + w.frame + ")";
+    return li;
+  }));
+  const range = (r) => fmt(r[0]) + " .. " + fmt(r[1]);
+  $("drift-table").tBodies[0].replaceChildren(...st.statistics.map((x) => {
+    const tr = document.createElement("tr");
+    if (x.active) tr.className = "out";
+    for (const v of [x.statistic, x.median === null ? "(filling)" : fmt(x.median), range(x.training), range(x.allowed)]) {
+      const td = document.createElement("td");
+      td.textContent = v;
+      tr.append(td);
+    }
+    return tr;
+  }));
+  const ds = st.distance;
+  $("drift-distance").textContent = "Passing frames above the calibration's 90th percentile (" + fmt(ds["tail-distance"]) + "): " +
+    ds.above + " of the last " + ds.window + " (expected " + ds.expected.toFixed(1) + "; binomial p " +
+    (ds["p-value"] === null ? "-" : fmt(ds["p-value"])) + ", warns below " + ds.alpha + ").";
+}
+
 async function refreshStatus() {
   try {
     const s = await (await fetch("/api/status", auth)).json();
@@ -235,6 +267,7 @@ async function refreshStatus() {
       ["uptime", Math.round(s["uptime-s"]) + " s"],
     ]);
     if (s.last && !verdictShown) showVerdict(s.last);
+    showDrift(s.drift);
     if (s.alerts) {
       $("alert-total").textContent = s.alerts["in-journal"];
       setUnacked(s.alerts.unacknowledged);
@@ -267,6 +300,7 @@ function openEvents() {
   });
   es.addEventListener("ack", (e) => applyAck(JSON.parse(e.data)));
   es.addEventListener("bundle", () => refreshStatus());
+  es.addEventListener("drift", () => refreshStatus());
 }
 
 async function loadScores() {
