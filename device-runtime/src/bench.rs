@@ -86,6 +86,14 @@ pub struct BenchReport {
     pub encoder_p99_ms: f64,
     pub knn_p50_ms: f64,
     pub knn_p99_ms: f64,
+    /// Patch scoring (features, patch bank, map); 0 for bundles without it.
+    #[serde(default)]
+    pub patch_p50_ms: f64,
+    #[serde(default)]
+    pub patch_p99_ms: f64,
+    /// Patch bank entries (0: no patch scoring).
+    #[serde(default)]
+    pub patch_bank_entries: usize,
     pub decision_p50_ms: f64,
     pub decision_p99_ms: f64,
     pub total_p50_ms: f64,
@@ -135,7 +143,7 @@ pub fn bench(bundle: &Bundle, a: &RunArgs) -> Result<BenchReport> {
         for f in frames.iter().cycle().take(a.warmup) {
             det.score_image(f)?;
         }
-        let mut stages: [Vec<f64>; 5] = Default::default();
+        let mut stages: [Vec<f64>; 6] = Default::default();
         let mut last = 0.0;
         let mut flagged = 0usize;
         let start = Instant::now();
@@ -148,16 +156,17 @@ pub fn bench(bundle: &Bundle, a: &RunArgs) -> Result<BenchReport> {
             let decision = t1.elapsed();
             let total = t0.elapsed();
             last = s.distance;
-            for (v, d) in stages
-                .iter_mut()
-                .zip([t.preprocess, t.encoder, t.knn, decision, total])
+            for (v, d) in
+                stages
+                    .iter_mut()
+                    .zip([t.preprocess, t.encoder, t.knn, t.patch, decision, total])
             {
                 v.push(ms(d));
             }
         }
         let wall = start.elapsed();
         std::hint::black_box(flagged);
-        let [pre, enc, knn, dec, total] = stages.map(percentiles);
+        let [pre, enc, knn, patch, dec, total] = stages.map(percentiles);
         let side = m.model.input_size as usize;
         let activation_bytes = det.embedder().activation_bytes();
         Ok(BenchReport {
@@ -184,6 +193,9 @@ pub fn bench(bundle: &Bundle, a: &RunArgs) -> Result<BenchReport> {
             encoder_p99_ms: enc.p99_ms,
             knn_p50_ms: knn.p50_ms,
             knn_p99_ms: knn.p99_ms,
+            patch_p50_ms: patch.p50_ms,
+            patch_p99_ms: patch.p99_ms,
+            patch_bank_entries: det.patch_bank_len(),
             decision_p50_ms: dec.p50_ms,
             decision_p99_ms: dec.p99_ms,
             total_p50_ms: total.p50_ms,
@@ -224,10 +236,18 @@ pub fn print(r: &BenchReport, json: bool) {
         ("preprocess", r.preprocess_p50_ms, r.preprocess_p99_ms),
         ("encoder", r.encoder_p50_ms, r.encoder_p99_ms),
         ("knn", r.knn_p50_ms, r.knn_p99_ms),
+        ("patch", r.patch_p50_ms, r.patch_p99_ms),
         ("decision", r.decision_p50_ms, r.decision_p99_ms),
         ("total", r.total_p50_ms, r.total_p99_ms),
     ] {
         println!("| {name} | {p50:.3} | {p99:.3} |");
+    }
+    if r.patch_bank_entries > 0 {
+        println!(
+            "patch scoring ({} bank entries): {:.0} % of the encoder's p50",
+            r.patch_bank_entries,
+            100.0 * r.patch_p50_ms / r.encoder_p50_ms.max(1e-9)
+        );
     }
     println!("{:.1} frames per second over {} frames", r.fps, r.frames);
 }

@@ -31,7 +31,13 @@ use crate::config::InferenceConfig;
 use crate::drift::DriftWatch;
 use crate::mailbox::Mailbox;
 use crate::slots::Loaded;
-use crate::state::{AlertEntry, BundleInfo, Event, Shared, Verdict, timestamp};
+use crate::state::{AlertEntry, BundleInfo, Event, Heat, Shared, Verdict, timestamp};
+use firm_shared::score::heat;
+use firm_shared::score::map::RegionScratch;
+use image::RgbImage;
+
+/// Opacity of the heat map at its hottest (blended over the live frame and saved alerts).
+const HEAT_ALPHA: f32 = 0.6;
 
 /// Frames waiting between capture and inference.
 pub const QUEUE: usize = 2;
@@ -136,6 +142,73 @@ struct Scorer {
     sources: Vec<String>,
     /// The drift sentinel, when the bundle carries its statistics.
     drift: Option<DriftWatch>,
+    /// The patch score's threshold and colour scale, when the bundle scores patches.
+    patch: Option<firm_shared::bundle::manifest::PatchSection>,
+    regions: RegionScratch,
+}
+
+impl Scorer {
+    /// The hottest region of the last frame's map, in frame pixels.
+    fn heat(&mut self, w: u32, h: u32, patch_score: Option<f64>) -> Option<Heat> {
+        let p = self.patch.as_ref()?;
+        let map = self.detector.map()?;
+        let score = patch_score?;
+        // The region around the maximum above halfway from the threshold to it: where the
+        // defect is, not everything above the threshold (a large defect lifts its whole
+        // smoothed neighbourhood over it).
+        let (top, _) = map.max();
+        let level = if top > p.threshold {
+            0.5 * (top + p.threshold)
+        } else {
+            p.threshold
+        };
+        let (bx0, by0, bx1, by1) = map
+            .box_of_hottest_with(level, &mut self.regions)
+            .unwrap_or_else(|| {
+                let (_, (x, y)) = map.max();
+                let r = (map.w / 16).max(1);
+                (
+                    x.saturating_sub(r),
+                    y.saturating_sub(r),
+                    (x + r + 1).min(map.w),
+                    (y + r + 1).min(map.h),
+                )
+            });
+        let (wx, wy, ww, wh) = self.detector.preprocess.input_window(w, h).ok()?;
+        let (sx, sy) = (ww / map.w as f64, wh / map.h as f64);
+        let clamp = |v: f64, hi: u32| (v.max(0.0) as u32).min(hi);
+        Some(Heat {
+            score,
+            threshold: p.threshold as f64,
+            region: [
+                clamp((wx + bx0 as f64 * sx).floor(), w),
+                clamp((wy + by0 as f64 * sy).floor(), h),
+                clamp((wx + bx1 as f64 * sx).ceil(), w),
+                clamp((wy + by1 as f64 * sy).ceil(), h),
+            ],
+        })
+    }
+
+    /// `img` (the frame, or the frame scaled by `scale`) with the last map blended over the
+    /// part of the frame the model saw.
+    fn overlay(&self, img: &RgbImage, frame: (u32, u32), scale: f64) -> Option<RgbImage> {
+        let p = self.patch.as_ref()?;
+        let map = self.detector.map()?;
+        let (wx, wy, ww, wh) = self
+            .detector
+            .preprocess
+            .input_window(frame.0, frame.1)
+            .ok()?;
+        let x0 = ((wx * scale).round() as u32).min(img.width());
+        let y0 = ((wy * scale).round() as u32).min(img.height());
+        let cw = ((ww * scale).round() as u32).clamp(1, img.width() - x0.min(img.width() - 1));
+        let ch = ((wh * scale).round() as u32).clamp(1, img.height() - y0.min(img.height() - 1));
+        let sub = image::imageops::crop_imm(img, x0, y0, cw, ch).to_image();
+        let blended = heat::overlay(&sub, map, p.low, p.high, HEAT_ALPHA);
+        let mut out = img.clone();
+        image::imageops::replace(&mut out, &blended, x0 as i64, y0 as i64);
+        Some(out)
+    }
 }
 
 impl Scorer {
@@ -149,6 +222,7 @@ impl Scorer {
         *shared.thumbnail_sources.write().expect("state lock") = sources.clone();
         let info = bundle_info(l, threshold, &point, detector.embedder());
         let drift = DriftWatch::new(&l.bundle, &cfg.drift);
+        let patch = l.bundle.manifest.patch.clone();
         {
             let mut live = shared.live.write().expect("state lock");
             live.bundle = Some(info.clone());
@@ -161,6 +235,8 @@ impl Scorer {
             threshold,
             sources,
             drift,
+            patch,
+            regions: RegionScratch::default(),
         })
     }
 }
@@ -314,10 +390,14 @@ fn process(
             .cloned()
             .unwrap_or_default(),
         latency_ms,
+        heat: scorer.heat(frame.image.width(), frame.image.height(), scored.patch),
     };
     let live_jpeg = (last_live.elapsed() >= LIVE_FRAME_EVERY || v.defect).then(|| {
         *last_live = Instant::now();
-        encode_live(&frame.image)
+        let (small, scale) = live_image(&frame.image);
+        let dims = frame.image.dimensions();
+        let shown = scorer.overlay(&small, dims, scale).unwrap_or(small);
+        encode_jpeg(&shown)
     });
     let passing = (!v.defect).then_some(v.distance);
     let drift = scorer.drift.as_mut().map(|d| d.observe(v.seq, passing));
@@ -338,10 +418,15 @@ fn process(
     if !v.defect {
         return;
     }
+    let overlay = scorer
+        .overlay(&frame.image, frame.image.dimensions(), 1.0)
+        .map(Arc::new);
     let mut alert = AlertEntry {
         verdict: v,
         journal_seq: None,
         image: None,
+        heat_image: None,
+        overlay,
     };
     let mut errors = 0;
     for s in sinks.iter_mut() {
@@ -358,22 +443,26 @@ fn process(
     sh.publish(Event::Alert(alert));
 }
 
-/// The frame, downscaled to the page's width, as JPEG.
-fn encode_live(img: &image::RgbImage) -> Option<Vec<u8>> {
+/// The frame downscaled to the page's width, and the scale applied.
+fn live_image(img: &RgbImage) -> (RgbImage, f64) {
     let (w, h) = img.dimensions();
-    let small = if w > LIVE_FRAME_WIDTH {
+    if w > LIVE_FRAME_WIDTH {
         let nh = (h as u64 * LIVE_FRAME_WIDTH as u64 / w as u64).max(1) as u32;
-        image::imageops::resize(
+        let small = image::imageops::resize(
             img,
             LIVE_FRAME_WIDTH,
             nh,
             image::imageops::FilterType::Triangle,
-        )
+        );
+        (small, LIVE_FRAME_WIDTH as f64 / w as f64)
     } else {
-        img.clone()
-    };
+        (img.clone(), 1.0)
+    }
+}
+
+fn encode_jpeg(img: &RgbImage) -> Option<Vec<u8>> {
     let mut out = std::io::Cursor::new(Vec::new());
-    image::DynamicImage::ImageRgb8(small)
+    image::DynamicImage::ImageRgb8(img.clone())
         .write_to(&mut out, image::ImageFormat::Jpeg)
         .ok()?;
     Some(out.into_inner())

@@ -32,6 +32,23 @@ pub struct Verdict {
     pub nearest_source: String,
     /// Capture to verdict, milliseconds.
     pub latency_ms: f64,
+    /// Where the defect is, for bundles that score patches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat: Option<Heat>,
+}
+
+/// The patch score of a frame and its hottest region.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Heat {
+    /// The anomaly map's maximum.
+    pub score: f64,
+    /// The patch score the bundle calibrated on good images.
+    pub threshold: f64,
+    /// The 8-connected region around the map's maximum above halfway from `threshold` to the
+    /// maximum (the maximum's neighbourhood when it is below `threshold`), in camera-frame
+    /// pixels `[x0, y0, x1, y1]` (right and bottom exclusive).
+    pub region: [u32; 4],
 }
 
 /// A flagged frame as the page and the API list it.
@@ -44,6 +61,13 @@ pub struct AlertEntry {
     pub journal_seq: Option<u64>,
     /// Saved frame under /api/flagged/{file} (when saving is on).
     pub image: Option<String>,
+    /// The same frame with its heat map blended on, under /api/flagged/{file} (bundles that
+    /// score patches, when saving is on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heat_image: Option<String>,
+    /// The frame with its heat map, for the sinks that save it (not serialised).
+    #[serde(skip)]
+    pub overlay: Option<Arc<image::RgbImage>>,
 }
 
 /// Server-sent events.
@@ -238,6 +262,7 @@ mod tests {
             nearest: 0,
             nearest_source: String::new(),
             latency_ms,
+            heat: None,
         }
     }
 

@@ -29,9 +29,12 @@ fn alert(frame: u64) -> AlertEntry {
             nearest: 0,
             nearest_source: "train/good/000.png".into(),
             latency_ms: 3.0,
+            heat: None,
         },
         journal_seq: None,
         image: Some(format!("20261201T120000000Z-{frame:08}.png")),
+        heat_image: None,
+        overlay: None,
     }
 }
 

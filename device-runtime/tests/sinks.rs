@@ -28,9 +28,12 @@ fn alert(seq: u64) -> AlertEntry {
             nearest: 3,
             nearest_source: "train/good/003.png".into(),
             latency_ms: 5.0,
+            heat: None,
         },
         journal_seq: None,
         image: None,
+        heat_image: None,
+        overlay: None,
     }
 }
 

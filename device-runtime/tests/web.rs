@@ -45,6 +45,7 @@ fn verdict(seq: u64, distance: f64) -> Verdict {
         nearest: 0,
         nearest_source: "train/good/000.png".into(),
         latency_ms: 12.5,
+        heat: None,
     }
 }
 
@@ -71,6 +72,8 @@ fn with_activity(shared: &Arc<Shared>) {
         verdict: verdict(9, 0.9),
         journal_seq: Some(1),
         image: None,
+        heat_image: None,
+        overlay: None,
     });
     live.camera.connected = true;
 }

@@ -99,7 +99,8 @@ pub struct Settings {
     pub outliers: Option<String>,
     /// View augmentation: simclr (the reference), light or none.
     pub augment: Option<Augmentation>,
-    /// Score used for the verdict and the headline AUROC, e.g. cos_1 or cos_1+rot.
+    /// Score used for the verdict and the headline AUROC, e.g. cos_1 or cos_1+rot, or `patch`
+    /// (the anomaly map's maximum: the defect's location decides, not the whole image).
     pub score: Option<String>,
     /// Evaluations (and checkpoints) spread evenly over the run, the last at the end.
     pub checkpoints: Option<usize>,
@@ -340,6 +341,11 @@ pub struct FitConfig {
     pub weight_decay: f64,
     pub seed: u64,
     pub score: ScoreSpec,
+    /// Set when the profile's score is `patch`: the patch score (the anomaly map's maximum)
+    /// decides the verdict, with this spec; `score` is then the image score the training
+    /// curve follows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<firm_shared::score::patch::PatchSpec>,
     pub checkpoints: usize,
     /// Set once the length is known (after the time-budget calibration).
     pub length: Option<Length>,
@@ -428,7 +434,16 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
     }
     let outliers = s.outliers.clone().expect("default");
     outliers.parse::<OutlierSpec>()?;
-    let score: ScoreSpec = s.score.as_deref().expect("default").parse()?;
+    let score_name = s.score.as_deref().expect("default");
+    let patch_verdict = score_name == "patch";
+    let score: ScoreSpec = if patch_verdict {
+        ScoreSpec {
+            f: firm_shared::score::ScoreFn::CosK { k: 1 },
+            ensemble: firm_shared::score::Ensemble::None,
+        }
+    } else {
+        score_name.parse()?
+    };
     let size = s.size.expect("default");
     if !(16..=1024).contains(&size) {
         return Err(Error::invalid(
@@ -489,6 +504,13 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
     if !(tau > 0.0 && lr > 0.0) {
         return Err(Error::invalid("--tau/--lr", "must be positive"));
     }
+    let patch = if patch_verdict {
+        Some(firm_shared::score::patch::PatchSpec::for_graph(
+            &model.encoder.graph(),
+        )?)
+    } else {
+        None
+    };
     let cfg = FitConfig {
         schema_version: SCHEMA_VERSION,
         profile: args.profile.clone(),
@@ -509,6 +531,7 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
         weight_decay: s.weight_decay.expect("default"),
         seed: args.seed,
         score,
+        patch,
         checkpoints: s.checkpoints.expect("default").max(1),
         length: None,
         schedule: None,

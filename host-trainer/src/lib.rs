@@ -27,6 +27,7 @@ pub mod keys;
 pub mod loss;
 pub mod optim;
 pub mod outliers;
+pub mod patch;
 pub mod plots;
 pub mod preview;
 pub mod report;

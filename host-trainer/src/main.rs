@@ -104,6 +104,12 @@ fn main() -> ExitCode {
                     json: false,
                     checkpoint: None,
                     device: args.device,
+                    score: None,
+                    quick: false,
+                    patch_bank: None,
+                    patch_taps: None,
+                    patch_sigma: None,
+                    patch_neighbourhood: None,
                 };
                 report::evaluate_run(&eval, &cwd).map(|r| report::print_summary(&r))
             }

@@ -34,6 +34,30 @@ pub struct EvalArgs {
     /// Where to embed the images: cpu, or cuda / cuda:N (a build with --features cuda).
     #[arg(long, default_value = "cpu", env = "FIRM_DEVICE")]
     pub device: DeviceSpec,
+    /// Also score with patches: `patch` builds a patch bank from the encoder's tap maps, scores
+    /// every test image by its anomaly map's maximum, and reports that image AUROC beside the
+    /// image scores, pixel AUROC and AUPRO on the dataset's defect masks, and heat-map overlays
+    /// in RUN/eval/patch/.
+    #[arg(long, value_name = "SCORE", value_parser = ["patch"])]
+    pub score: Option<String>,
+    /// Only the profile's score (and the patch score when asked): skips the other image scores
+    /// and the ensembles, which take most of a full evaluation's time.
+    #[arg(long)]
+    pub quick: bool,
+    /// Patch bank budget: entries kept by the coreset selection (default: the run's, else
+    /// 1024).
+    #[arg(long, value_name = "N")]
+    pub patch_bank: Option<usize>,
+    /// Graph taps the patch features come from, comma-separated (default: layer2,layer3 for
+    /// ResNet-18, stage3,stage5 for EfficientNet-Lite0).
+    #[arg(long, value_name = "TAPS", value_delimiter = ',')]
+    pub patch_taps: Option<Vec<String>>,
+    /// Gaussian smoothing of the patch map, in input pixels (default: the run's, else 4).
+    #[arg(long, value_name = "PX")]
+    pub patch_sigma: Option<f32>,
+    /// Side of the window each patch feature averages (odd; default: the run's, else 3).
+    #[arg(long, value_name = "N")]
+    pub patch_neighbourhood: Option<usize>,
 }
 
 /// AUROC of one score, without the per-image values.
@@ -69,6 +93,17 @@ pub struct EvalReport {
     pub scores: BTreeMap<String, ScoreSummary>,
     pub data: String,
     pub run: PathBuf,
+    /// The patch score (`eval --score patch`): image AUROC of the map's maximum.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_auroc: Option<f64>,
+    /// Pixel AUROC of the patch maps on the defect masks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_auroc: Option<f64>,
+    /// Per-region overlap of the patch maps up to a false-positive rate of 0.3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aupro: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<crate::patch::PatchSummary>,
 }
 
 /// Rebuild the run's model and load a checkpoint's weights.
@@ -110,7 +145,11 @@ pub fn evaluate_run(args: &EvalArgs, cwd: &Path) -> Result<EvalReport> {
             ),
         ));
     }
-    let specs = eval::report_specs(cfg.score);
+    let specs = if args.quick {
+        eval::quick_specs(cfg.score)
+    } else {
+        eval::report_specs(cfg.score)
+    };
     let results = eval::evaluate(
         &model,
         cfg.model.encoder.normalization(),
@@ -119,6 +158,46 @@ pub fn evaluate_run(args: &EvalArgs, cwd: &Path) -> Result<EvalReport> {
         cfg.seed,
     )?;
     let headline = &results[&cfg.score.to_string()];
+    let patch = match (args.score.as_deref(), &cfg.patch) {
+        (Some("patch"), _) | (_, Some(_)) => {
+            let graph = cfg.model.encoder.graph();
+            let mut spec = match &cfg.patch {
+                Some(p) => p.clone(),
+                None => firm_shared::score::patch::PatchSpec::for_graph(&graph)?,
+            };
+            if let Some(t) = &args.patch_taps {
+                spec.taps = t.clone();
+            }
+            if let Some(b) = args.patch_bank {
+                spec.bank = b;
+            }
+            if let Some(v) = args.patch_sigma {
+                spec.sigma = v;
+            }
+            if let Some(v) = args.patch_neighbourhood {
+                spec.neighbourhood = v;
+            }
+            let model = crate::patch::checkpoint_graph(&graph, &run.weights(&checkpoint))?;
+            let t0 = std::time::Instant::now();
+            let (r, maps) = crate::patch::evaluate(
+                &model,
+                &spec,
+                &cfg.model.encoder.normalization(),
+                &imgs,
+                &ds,
+                cfg.seed,
+            )?;
+            tracing::info!(
+                "patch score: image AUROC {}, pixel AUROC {}, AUPRO {} ({:.1} s)",
+                fmt_auroc(r.image_auroc),
+                fmt_auroc(r.pixel_auroc),
+                fmt_auroc(r.aupro),
+                t0.elapsed().as_secs_f64()
+            );
+            Some((r, maps))
+        }
+        _ => None,
+    };
     let metrics = run.metrics()?;
     let evals = || {
         metrics
@@ -165,8 +244,15 @@ pub fn evaluate_run(args: &EvalArgs, cwd: &Path) -> Result<EvalReport> {
             .collect(),
         data: ds.origin.clone(),
         run: run.root.clone(),
+        patch_auroc: patch.as_ref().and_then(|p| p.0.image_auroc),
+        pixel_auroc: patch.as_ref().and_then(|p| p.0.pixel_auroc),
+        aupro: patch.as_ref().and_then(|p| p.0.aupro),
+        patch: patch.as_ref().map(|p| crate::patch::PatchSummary::of(&p.0)),
     };
     write_outputs(&run, &report, &results, &imgs)?;
+    if let Some((r, maps)) = &patch {
+        crate::patch::write_overlays(&run.eval_dir().join("patch"), r, maps, &imgs)?;
+    }
     Ok(report)
 }
 
@@ -301,6 +387,32 @@ pub fn markdown(r: &EvalReport) -> String {
             let _ = writeln!(s, "| {k} | {v:.4} |");
         }
     }
+    if let Some(p) = &r.patch {
+        let _ = writeln!(
+            s,
+            "\n## Patch score\n\nTaps {} ({}x{} grid, {}-d), bank {} patches, smoothing {} px.\n\n| metric | value |\n|---|---|\n| image AUROC (map maximum) | {} |\n| pixel AUROC ({} masks) | {} |\n| AUPRO (FPR <= 0.3) | {} |",
+            p.taps.join("+"),
+            p.grid.0,
+            p.grid.1,
+            p.dim,
+            p.bank_entries,
+            p.sigma,
+            fmt_auroc(r.patch_auroc),
+            p.n_masks,
+            fmt_auroc(r.pixel_auroc),
+            fmt_auroc(r.aupro)
+        );
+        if !p.per_type.is_empty() {
+            let _ = writeln!(s, "\n| type | patch AUROC |\n|---|---|");
+            for (k, v) in &p.per_type {
+                let _ = writeln!(s, "| {k} | {v:.4} |");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nOverlays of the worst and the borderline test images: `patch/*.png` (`patch/index.md`)."
+        );
+    }
     let _ = writeln!(
         s,
         "\nPlots: `roc.png`, `histogram.png`{}; per-image scores: `scores.csv`.",
@@ -326,6 +438,14 @@ pub fn print_summary(r: &EvalReport) {
         r.checkpoint
     );
     println!("  before training     {}", fmt_auroc(r.init_auroc));
+    if r.patch.is_some() {
+        println!(
+            "  patch              {} (pixel AUROC {}, AUPRO {})",
+            fmt_auroc(r.patch_auroc),
+            fmt_auroc(r.pixel_auroc),
+            fmt_auroc(r.aupro)
+        );
+    }
     for (k, v) in &r.scores {
         println!("  {k:<18} {}", fmt_auroc(v.image_auroc));
     }

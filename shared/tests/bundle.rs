@@ -147,6 +147,7 @@ fn make(spec: &Spec) -> Bundle {
             tolerance: Tolerance {
                 embedding_rel: 1e-4,
                 distance_abs: 1e-5,
+                patch_rel: firm_shared::bundle::manifest::PATCH_TOLERANCE,
                 why: "test".into(),
             },
             reference: "the CPU path".into(),
@@ -163,6 +164,7 @@ fn make(spec: &Spec) -> Bundle {
             step: 0,
             metrics: BTreeMap::new(),
         },
+        patch: None,
         drift: None,
         members: BTreeMap::new(),
     };
@@ -176,6 +178,7 @@ fn make(spec: &Spec) -> Bundle {
             images: cases.iter().flat_map(|i| i.as_raw().clone()).collect(),
             embeddings: feats,
             distances: dist.iter().map(|&d| d as f32).collect(),
+            patch_scores: None,
         },
     }
 }

@@ -42,7 +42,8 @@ impl FlaggedFrames {
                 continue;
             }
             let Some(stem) = name
-                .strip_suffix(".png")
+                .strip_suffix(HEAT_SUFFIX)
+                .or_else(|| name.strip_suffix(".png"))
                 .or_else(|| name.strip_suffix(".json"))
                 .or_else(|| name.strip_suffix(THUMBNAIL_SUFFIX))
             else {
@@ -70,7 +71,7 @@ impl FlaggedFrames {
             let Some((stem, len)) = self.files.pop_front() else {
                 break;
             };
-            for ext in [".png", ".json", THUMBNAIL_SUFFIX] {
+            for ext in [".png", ".json", THUMBNAIL_SUFFIX, HEAT_SUFFIX] {
                 let _ = std::fs::remove_file(self.dir.join(format!("{stem}{ext}")));
             }
             self.total -= len;
@@ -104,7 +105,18 @@ impl AlertSink for FlaggedFrames {
         // No fsync: a lost thumbnail is made again from the PNG when it is asked for.
         write_cache(&self.dir.join(format!("{stem}{THUMBNAIL_SUFFIX}")), &thumb)
             .map_err(|e| e.to_string())?;
-        let len = (png.len() + json.len() + thumb.len()) as u64;
+        let mut len = (png.len() + json.len() + thumb.len()) as u64;
+        if let Some(o) = &alert.overlay {
+            // The heat map over the frame, as JPEG (it is for eyes, not for measurements).
+            let mut jpeg = Vec::new();
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 90)
+                .encode_image(&**o)
+                .map_err(|e| format!("JPEG encoding: {e}"))?;
+            let name = format!("{stem}{HEAT_SUFFIX}");
+            write_atomic(&self.dir.join(&name), &jpeg).map_err(|e| e.to_string())?;
+            len += jpeg.len() as u64;
+            alert.heat_image = Some(name);
+        }
         self.files.push_back((stem.clone(), len));
         self.total += len;
         self.evict();
@@ -116,6 +128,8 @@ impl AlertSink for FlaggedFrames {
 /// Long side of a flagged frame's thumbnail, pixels (twice the page's 64 px, for dense screens).
 pub const THUMBNAIL_SIZE: u32 = 128;
 const THUMBNAIL_SUFFIX: &str = ".thumb.jpg";
+/// The frame with its heat map blended on (bundles that score patches).
+pub const HEAT_SUFFIX: &str = ".heat.jpg";
 const THUMBNAIL_QUALITY: u8 = 80;
 
 /// The thumbnail file of the saved frame `png` (`<stem>.png` -> `<stem>.thumb.jpg`).

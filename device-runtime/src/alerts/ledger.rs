@@ -411,9 +411,12 @@ mod tests {
                 nearest: 0,
                 nearest_source: "good/0.png".into(),
                 latency_ms: 1.0,
+                heat: None,
             },
             journal_seq: None,
             image: None,
+            heat_image: None,
+            overlay: None,
         }
     }
 

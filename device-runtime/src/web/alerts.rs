@@ -150,10 +150,11 @@ pub async fn acknowledge(State(st): State<AppState>, body: Bytes) -> Result<Resp
     }
 }
 
-/// Saved frames are named `<digits/letters>-<digits>.png`; anything else is not one of ours.
+/// Saved frames are named `<digits/letters>-<digits>.png` (their heat maps `.heat.jpg`);
+/// anything else is not one of ours.
 fn safe_flagged_name(name: &str) -> bool {
     name.len() <= 80
-        && name.ends_with(".png")
+        && (name.ends_with(".png") || name.ends_with(flagged::HEAT_SUFFIX))
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
@@ -171,8 +172,13 @@ pub async fn flagged(
     if !safe_flagged_name(&file) {
         return Err(no_image());
     }
+    let kind = if file.ends_with(".png") {
+        "image/png"
+    } else {
+        "image/jpeg"
+    };
     match tokio::fs::read(st.flagged_dir.join(&file)).await {
-        Ok(b) => Ok(bytes_response("image/png", b)),
+        Ok(b) => Ok(bytes_response(kind, b)),
         Err(_) => Err(no_image()),
     }
 }

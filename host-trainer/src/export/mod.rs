@@ -31,8 +31,10 @@ use firm_shared::bundle::{BankData, Bundle, EncoderWeights, Limits, SelfTestData
 use firm_shared::calibrate::{self, CalibrationSpec};
 use firm_shared::detect::{CpuEmbedder, Detector};
 use firm_shared::drift::{DriftSection, FrameStats};
+use firm_shared::model::graph::Graph;
 use firm_shared::preprocess::{self, PreprocessSpec, ResizeFilter};
 use firm_shared::score;
+use firm_shared::score::patch::{PatchLayout, PatchSpec, coreset};
 use image::RgbImage;
 use tracing::info;
 
@@ -97,6 +99,11 @@ pub struct ExportArgs {
     /// Side of the thumbnail stored per bank entry, in pixels.
     #[arg(long, default_value_t = 64, value_name = "PX")]
     pub thumbnail: u32,
+    /// Patch bank budget: the coreset of good patch features the device's heat maps (and the
+    /// patch score, in runs trained with `--score patch`) compare against; 0 leaves patch
+    /// scoring out of the bundle (no heat maps on the device).
+    #[arg(long, default_value_t = firm_shared::score::patch::DEFAULT_BANK, value_name = "N")]
+    pub patch_bank: usize,
 }
 
 /// What the convolutions' inputs are stored as on the device.
@@ -286,11 +293,39 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         .map(|i| preprocess::resize_center_square(i, thumb, ResizeFilter::Bilinear))
         .collect::<firm_shared::Result<_>>()?;
     let dim = enc.feature_dim();
-    let bank = BankData::new(dim, angles, &raw, &thumbs, thumb)?;
+    let mut bank = BankData::new(dim, angles, &raw, &thumbs, thumb)?;
+    let patch_spec = patch_spec(&graph, &cfg, args.patch_bank)?;
+    if let Some(p) = &patch_spec {
+        let layout = PatchLayout::new(&graph, p, cfg.size as usize)?;
+        info!(
+            "patch bank: taps {} ({}x{} grid, {}-d) of {} good training images on the int8 path",
+            p.taps.join("+"),
+            layout.gh,
+            layout.gw,
+            layout.dim,
+            imgs.train.len()
+        );
+        let all = firm_shared::detect::patch_features(
+            &mut quantized,
+            &layout,
+            &pre.normalization,
+            &imgs.train,
+        )?;
+        let rows: Vec<f32> = coreset(&all, layout.dim, p.bank, cfg.seed)
+            .iter()
+            .flat_map(|&i| all[i * layout.dim..][..layout.dim].iter().copied())
+            .collect();
+        bank = bank.with_patch(&rows, layout.dim)?;
+    }
+    let patch_verdict = cfg.patch.is_some();
 
     // 3. The bundle path's distances; calibration on the good ones.
     info!("scoring {} test images on the int8 path", imgs.test.len());
-    let mut det = Detector::from_parts(pre.clone(), cfg.score, &bank, quantized)?;
+    let det = Detector::from_parts(pre.clone(), cfg.score, &bank, quantized)?;
+    let mut det = match (&patch_spec, bank.patch_rows()) {
+        (Some(p), Some(rows)) => det.with_patch(&graph, p, rows, patch_verdict)?,
+        _ => det,
+    };
     let (scored, _) = det.score_preprocessed(&imgs.test)?;
     let q_dist: Vec<f64> = scored.iter().map(|s| s.distance).collect();
     let is_defect: Vec<bool> = imgs.defect.iter().map(Option::is_some).collect();
@@ -301,6 +336,25 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         .map(|(v, _)| *v)
         .collect();
     let cal = calibrate::conformal_threshold(&good_d, &spec)?;
+    let patch_section = match &patch_spec {
+        Some(p) => {
+            let good_p: Vec<f64> = scored
+                .iter()
+                .zip(&is_defect)
+                .filter(|(_, d)| !**d)
+                .filter_map(|(s, _)| s.patch)
+                .collect();
+            let thr = calibrate::conformal_threshold(&good_p, &spec)?;
+            Some(manifest::PatchSection::calibrated(
+                p,
+                &bank,
+                patch_verdict,
+                &good_p,
+                thr.distance,
+            ))
+        }
+        None => None,
+    };
     // The drift sentinel's reference: the good training images' statistics after the test
     // transform (what the device computes per frame) and the calibration distances' tail.
     let train_stats: Vec<FrameStats> = imgs
@@ -360,7 +414,11 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     let mut refe = firm_shared::detect::reference::ReferenceEmbedder::new(
         &graph, cfg.size, &qweights, &floats, &act_quant,
     )?;
-    let mut ref_det = Detector::from_parts(pre.clone(), cfg.score, &bank, &mut refe)?;
+    let ref_det = Detector::from_parts(pre.clone(), cfg.score, &bank, &mut refe)?;
+    let mut ref_det = match (&patch_spec, bank.patch_rows()) {
+        (Some(p), Some(rows)) => ref_det.with_patch(&graph, p, rows, patch_verdict)?,
+        _ => ref_det,
+    };
     let (ref_scored, ref_feats) = ref_det.score_preprocessed(&case_imgs)?;
     let selftest = SelfTestData {
         size: cfg.size,
@@ -368,10 +426,17 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         images: case_imgs.iter().flat_map(|i| i.as_raw().clone()).collect(),
         embeddings: ref_feats,
         distances: ref_scored.iter().map(|s| s.distance as f32).collect(),
+        patch_scores: patch_spec.as_ref().map(|_| {
+            ref_scored
+                .iter()
+                .map(|s| s.patch.unwrap_or(f64::NAN) as f32)
+                .collect()
+        }),
     };
     let tolerance = Tolerance {
         embedding_rel: EMBEDDING_TOLERANCE,
         distance_abs: DISTANCE_TOLERANCE,
+        patch_rel: manifest::PATCH_TOLERANCE,
         why: TOLERANCE_WHY.into(),
     };
 
@@ -449,6 +514,7 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
             step: state.global_step,
             metrics,
         },
+        patch: patch_section,
         drift: Some(drift),
         members: BTreeMap::new(),
     };
@@ -481,6 +547,28 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
     let test_names = &rel[imgs.train.len()..];
     report::write(&run, &report, test_names, &q_dist, &is_defect)?;
     Ok(report)
+}
+
+/// The patch spec a bundle carries: the run's own when it was trained with `--score patch`,
+/// else the graph's default taps with the export's budget (`None` when the budget is 0).
+fn patch_spec(
+    graph: &Graph,
+    cfg: &crate::config::FitConfig,
+    budget: usize,
+) -> Result<Option<PatchSpec>> {
+    if let Some(p) = &cfg.patch {
+        return Ok(Some(p.clone()));
+    }
+    if budget == 0 {
+        return Ok(None);
+    }
+    match PatchSpec::for_graph(graph) {
+        Ok(p) => Ok(Some(PatchSpec { bank: budget, ..p })),
+        Err(e) => {
+            tracing::warn!("no heat maps in this bundle: {e}");
+            Ok(None)
+        }
+    }
 }
 
 fn unix_seconds() -> u64 {

@@ -26,6 +26,8 @@ use super::tensors::{OwnedTensor, TensorFile};
 use crate::score::Bank;
 
 pub const MEMBER: &str = "bank.safetensors";
+/// The patch bank's tensor.
+pub const PATCH: &str = "patch";
 
 /// The banks (one per angle) and thumbnails.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,6 +41,9 @@ pub struct BankData {
     pub thumbnail_size: u32,
     /// `[n, t, t, 3]`.
     pub thumbnails: Vec<u8>,
+    /// The patch bank (`patch`: `[entries, patch_dim]` f16), when the bundle scores patches.
+    pub patch: Option<Vec<f16>>,
+    pub patch_dim: usize,
 }
 
 impl BankData {
@@ -97,7 +102,34 @@ impl BankData {
             residual: residuals,
             thumbnail_size,
             thumbnails: pixels,
+            patch: None,
+            patch_dim: 0,
         })
+    }
+
+    /// With a patch bank of `dim`-d rows (stored in f16).
+    pub fn with_patch(mut self, rows: &[f32], dim: usize) -> Result<Self, BundleError> {
+        if dim == 0 || rows.is_empty() || !rows.len().is_multiple_of(dim) {
+            return Err(BundleError::inconsistent(format!(
+                "a patch bank of {} values is not whole rows of {dim}",
+                rows.len()
+            )));
+        }
+        if let Some(v) = rows.iter().find(|v| !v.is_finite() || v.abs() > 60000.0) {
+            return Err(BundleError::inconsistent(format!(
+                "patch bank value {v} does not fit f16"
+            )));
+        }
+        self.patch = Some(rows.iter().map(|&v| f16::from_f32(v)).collect());
+        self.patch_dim = dim;
+        Ok(self)
+    }
+
+    /// The patch bank's rows in f32 (what every path scores against), if any.
+    pub fn patch_rows(&self) -> Option<Vec<f32>> {
+        self.patch
+            .as_ref()
+            .map(|p| p.iter().map(|v| v.to_f32()).collect())
     }
 
     pub fn len(&self) -> usize {
@@ -146,16 +178,21 @@ impl BankData {
             &[n, t, t, 3],
             &self.thumbnails,
         ));
+        if let Some(p) = &self.patch {
+            let d = self.patch_dim.max(1);
+            v.push(OwnedTensor::f16(PATCH, &[p.len() / d, d], p));
+        }
         super::tensors::serialize(MEMBER, &v)
     }
 
-    /// Read with the sizes the manifest gives.
+    /// Read with the sizes the manifest gives (`patch`: the patch bank's entries and dimension).
     pub fn from_safetensors(
         bytes: &[u8],
         n: usize,
         dim: usize,
         angles: &[u8],
         thumbnail_size: u32,
+        patch: Option<(usize, usize)>,
     ) -> Result<Self, BundleError> {
         let f = TensorFile::parse(MEMBER, bytes)?;
         let mut expected = BTreeSet::new();
@@ -185,6 +222,21 @@ impl BankData {
         let t = thumbnail_size as usize;
         let thumbnails = f.u8("thumbnails", &[n, t, t, 3])?;
         expected.insert("thumbnails".to_string());
+        let patch_rows = match patch {
+            Some((entries, pd)) => {
+                let p = f.f16(PATCH, &[entries, pd])?;
+                if let Some(i) = p.iter().position(|v| !v.is_finite()) {
+                    return Err(BundleError::tensor(
+                        MEMBER,
+                        PATCH,
+                        format!("value {i} is not finite"),
+                    ));
+                }
+                expected.insert(PATCH.to_string());
+                Some(p)
+            }
+            None => None,
+        };
         f.expect_exactly(&expected)?;
         Ok(Self {
             dim,
@@ -193,6 +245,8 @@ impl BankData {
             residual: residuals,
             thumbnail_size,
             thumbnails,
+            patch_dim: patch.map_or(0, |p| p.1),
+            patch: patch_rows,
         })
     }
 }
@@ -263,7 +317,8 @@ mod tests {
         assert!(e_stored < 2e-6, "{e_stored:e}");
         // Round trip through the member.
         let back =
-            BankData::from_safetensors(&data.to_safetensors().unwrap(), n, dim, &[0], 2).unwrap();
+            BankData::from_safetensors(&data.to_safetensors().unwrap(), n, dim, &[0], 2, None)
+                .unwrap();
         assert_eq!(back, data);
     }
 }

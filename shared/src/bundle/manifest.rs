@@ -35,6 +35,10 @@ pub struct Manifest {
     pub bank: BankSection,
     pub selftest: SelfTestSection,
     pub provenance: Provenance,
+    /// Patch scoring (issue 17): the patch bank's shape and how maps are made and shown; absent
+    /// in bundles that score whole images only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchSection>,
     /// The good training images' statistics and the calibration distances' quantiles, for the
     /// device's drift sentinel ([`crate::drift`]); absent in bundles exported before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +126,15 @@ impl ScoreSection {
     }
 }
 
+/// The self-test's default patch-score tolerance: the int8 and f32 paths' patch scores agree
+/// to well under 1e-3 of the score on the bundles of `shared/tests` (the map's maximum moves
+/// with the features' relative error).
+pub const PATCH_TOLERANCE: f64 = 2e-3;
+
+fn default_patch_rel() -> f64 {
+    PATCH_TOLERANCE
+}
+
 /// The distance every bundle exposes.
 pub const DISTANCE_DEFINITION: &str =
     "1 - score (for cos_k: the cosine distance to the nearest good images; higher = less normal)";
@@ -176,6 +189,56 @@ pub struct BankSection {
     pub sources: Vec<String>,
 }
 
+/// The patch score: a patch bank of good features (`bank.safetensors`: `patch`, F16
+/// `[entries, dim]`), the anomaly map of every frame, and whether it decides the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct PatchSection {
+    pub spec: crate::score::patch::PatchSpec,
+    pub entries: usize,
+    pub dim: usize,
+    /// True: a frame's distance is its patch score (the map's maximum) and the threshold was
+    /// calibrated on it; false: the map is shown as evidence, the image score decides.
+    pub verdict: bool,
+    /// The heat map's colour scale: map values at or below `low` stay uncoloured (the held-out
+    /// good images' median patch score), `high` is the hottest colour (the patch threshold
+    /// plus its distance from `low`).
+    pub low: f32,
+    pub high: f32,
+    /// The patch score a frame is flagged above when `verdict` is false (calibrated the same
+    /// way as the image threshold): the heat map's boxes and the overlay use it.
+    pub threshold: f32,
+}
+
+impl PatchSection {
+    /// The manifest's patch section: the colour scale runs from the held-out good images' median
+    /// patch score to the threshold plus its distance from that median.
+    pub fn calibrated(
+        spec: &crate::score::patch::PatchSpec,
+        bank: &super::BankData,
+        verdict: bool,
+        good_scores: &[f64],
+        threshold: f64,
+    ) -> Self {
+        let mut s = good_scores.to_vec();
+        s.sort_by(f64::total_cmp);
+        let low = s.get(s.len() / 2).copied().unwrap_or(0.0).min(threshold);
+        let high = threshold + (threshold - low).max(threshold.abs() * 0.1).max(1e-6);
+        Self {
+            spec: spec.clone(),
+            entries: bank
+                .patch
+                .as_ref()
+                .map_or(0, |p| p.len() / bank.patch_dim.max(1)),
+            dim: bank.patch_dim,
+            verdict,
+            low: low as f32,
+            high: high as f32,
+            threshold: threshold as f32,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct SelfTestSection {
@@ -201,6 +264,10 @@ pub struct Tolerance {
     pub embedding_rel: f64,
     /// Max |distance - expected|.
     pub distance_abs: f64,
+    /// Max |patch score - expected| relative to the expected score (bundles that score
+    /// patches).
+    #[serde(default = "default_patch_rel")]
+    pub patch_rel: f64,
     pub why: String,
 }
 
@@ -364,6 +431,22 @@ impl Manifest {
         }
         if let Some(Err(e)) = self.drift.as_ref().map(|d| d.validate()) {
             return bad(e);
+        }
+        if let Some(p) = &self.patch {
+            let layout = crate::score::patch::PatchLayout::new(g, &p.spec, side)
+                .map_err(|e| BundleError::manifest(format!("patch: {e}")))?;
+            if p.dim != layout.dim || p.entries == 0 || p.entries > p.spec.bank {
+                return bad(format!(
+                    "patch: {} entries of {} dimensions; the taps give {} and the budget is {}",
+                    p.entries, p.dim, layout.dim, p.spec.bank
+                ));
+            }
+            if !(p.low.is_finite() && p.high > p.low && p.threshold.is_finite()) {
+                return bad(format!(
+                    "patch: colour scale {}..{} or threshold {} is not finite and increasing",
+                    p.low, p.high, p.threshold
+                ));
+            }
         }
         Ok(())
     }

@@ -172,12 +172,14 @@ impl Bundle {
             m.model.feature_dim,
             &m.bank.angles,
             m.bank.thumbnail_size,
+            m.patch.as_ref().map(|p| (p.entries, p.dim)),
         )?;
         let selftest = SelfTestData::from_safetensors(
             get(selftest::MEMBER)?,
             m.selftest.cases.len(),
             m.model.input_size,
             m.model.feature_dim,
+            m.patch.is_some(),
         )?;
         Ok(Self {
             manifest,

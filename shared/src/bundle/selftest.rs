@@ -21,6 +21,7 @@ use super::manifest::Tolerance;
 use super::tensors::{OwnedTensor, TensorFile};
 
 pub const MEMBER: &str = "selftest.safetensors";
+const PATCH_SCORES: &str = "patch-scores";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SelfTestData {
@@ -30,6 +31,9 @@ pub struct SelfTestData {
     pub images: Vec<u8>,
     pub embeddings: Vec<f32>,
     pub distances: Vec<f32>,
+    /// `patch-scores`: `F32 [m]`, each image's patch score (its map's maximum), when the bundle
+    /// scores patches.
+    pub patch_scores: Option<Vec<f32>>,
 }
 
 impl SelfTestData {
@@ -53,21 +57,24 @@ impl SelfTestData {
 
     pub fn to_safetensors(&self) -> Result<Vec<u8>, BundleError> {
         let (m, s) = (self.len(), self.size as usize);
-        super::tensors::serialize(
-            MEMBER,
-            &[
-                OwnedTensor::u8("images", &[m, s, s, 3], &self.images),
-                OwnedTensor::f32("embeddings", &[m, self.dim], &self.embeddings),
-                OwnedTensor::f32("distances", &[m], &self.distances),
-            ],
-        )
+        let mut v = vec![
+            OwnedTensor::u8("images", &[m, s, s, 3], &self.images),
+            OwnedTensor::f32("embeddings", &[m, self.dim], &self.embeddings),
+            OwnedTensor::f32("distances", &[m], &self.distances),
+        ];
+        if let Some(p) = &self.patch_scores {
+            v.push(OwnedTensor::f32(PATCH_SCORES, &[p.len()], p));
+        }
+        super::tensors::serialize(MEMBER, &v)
     }
 
+    /// Read with the sizes the manifest gives; `patch`: the bundle scores patches.
     pub fn from_safetensors(
         bytes: &[u8],
         m: usize,
         size: u32,
         dim: usize,
+        patch: bool,
     ) -> Result<Self, BundleError> {
         let f = TensorFile::parse(MEMBER, bytes)?;
         let s = size as usize;
@@ -77,10 +84,17 @@ impl SelfTestData {
             images: f.u8("images", &[m, s, s, 3])?,
             embeddings: f.f32("embeddings", &[m, dim])?,
             distances: f.f32("distances", &[m])?,
+            patch_scores: if patch {
+                Some(f.f32(PATCH_SCORES, &[m])?)
+            } else {
+                None
+            },
         };
-        f.expect_exactly(&BTreeSet::from(
-            ["images", "embeddings", "distances"].map(String::from),
-        ))?;
+        let mut names = BTreeSet::from(["images", "embeddings", "distances"].map(String::from));
+        if patch {
+            names.insert(PATCH_SCORES.to_string());
+        }
+        f.expect_exactly(&names)?;
         Ok(out)
     }
 }
@@ -94,6 +108,9 @@ pub struct CaseResult {
     pub embedding_rel_err: f64,
     pub distance: f64,
     pub expected_distance: f64,
+    /// |patch score - expected| / expected, when the bundle scores patches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_rel_err: Option<f64>,
 }
 
 /// Outcome of running a bundle's self-test on one path.
@@ -105,6 +122,8 @@ pub struct SelfTestReport {
     pub cases: Vec<CaseResult>,
     pub max_embedding_rel_err: f64,
     pub max_distance_err: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_patch_rel_err: Option<f64>,
     pub tolerance: Tolerance,
     pub passed: bool,
 }
@@ -117,9 +136,19 @@ impl SelfTestReport {
         data: &SelfTestData,
         embeddings: &[f32],
         distances: &[f64],
+        patch_scores: Option<&[f64]>,
         tolerance: &Tolerance,
     ) -> Result<Self, BundleError> {
         let m = data.len();
+        match (&data.patch_scores, patch_scores) {
+            (Some(w), Some(g)) if w.len() == m && g.len() == m => {}
+            (None, _) => {}
+            _ => {
+                return Err(BundleError::SelfTest {
+                    why: "the bundle expects patch scores this path did not give".into(),
+                });
+            }
+        }
         if embeddings.len() != m * data.dim || distances.len() != m || names.len() != m {
             return Err(BundleError::SelfTest {
                 why: format!(
@@ -153,6 +182,10 @@ impl SelfTestReport {
                 embedding_rel_err: err / norm,
                 distance: distances[i],
                 expected_distance: data.distances[i] as f64,
+                patch_rel_err: data.patch_scores.as_ref().zip(patch_scores).map(|(w, g)| {
+                    let e = (g[i] - w[i] as f64).abs() / (w[i] as f64).abs().max(1e-6);
+                    if e.is_nan() { f64::INFINITY } else { e }
+                }),
             });
         }
         let max_e = cases
@@ -166,9 +199,16 @@ impl SelfTestReport {
                 if e.is_nan() { f64::INFINITY } else { e }
             })
             .fold(0.0, f64::max);
+        let max_p = cases
+            .iter()
+            .filter_map(|c| c.patch_rel_err)
+            .reduce(f64::max);
         Ok(Self {
             backend: backend.into(),
-            passed: max_e <= tolerance.embedding_rel && max_d <= tolerance.distance_abs,
+            passed: max_e <= tolerance.embedding_rel
+                && max_d <= tolerance.distance_abs
+                && max_p.is_none_or(|p| p <= tolerance.patch_rel),
+            max_patch_rel_err: max_p,
             cases,
             max_embedding_rel_err: max_e,
             max_distance_err: max_d,

@@ -94,4 +94,31 @@ impl Embedder for CpuEmbedder {
         }
         Ok(())
     }
+
+    fn embed_taps(
+        &mut self,
+        input: &[f32],
+        out: &mut [f32],
+        taps: &mut [(TensorId, Vec<f32>)],
+    ) -> Result<(), BundleError> {
+        let s = self.exec.input_size();
+        if input.len() != 3 * s * s || out.len() != self.exec.feature_dim() {
+            return Err(BundleError::runtime(format!(
+                "{} input values and {} outputs for one image of 3x{s}x{s}",
+                input.len(),
+                out.len()
+            )));
+        }
+        for (t, buf) in taps.iter() {
+            let want = self.exec.shape(*t).map(|sh| sh.len());
+            if *t == 0 || want != Some(buf.len()) {
+                return Err(BundleError::runtime(format!(
+                    "tap tensor {t}: a buffer of {} values for {want:?}",
+                    buf.len()
+                )));
+            }
+        }
+        self.exec.run_taps(input, out, taps);
+        Ok(())
+    }
 }

@@ -16,7 +16,10 @@ use image::RgbImage;
 
 use super::{Backend, CpuEmbedder, Embedder, embedder};
 use crate::bundle::{BankData, Bundle, BundleError, SelfTestReport};
+use crate::model::graph::{Graph, TensorId};
 use crate::preprocess::{FramePreprocessor, PreprocessSpec};
+use crate::score::map::Map;
+use crate::score::patch::{MAX_TAPS, PatchBank, PatchLayout, PatchScorer, PatchSpec};
 use crate::score::scan::ScoreScratch;
 use crate::score::{Bank, ScoreFn, ScoreSpec};
 
@@ -30,6 +33,9 @@ pub struct Scored {
     /// Index of the most similar bank entry (unrotated view); its thumbnail is the evidence.
     pub nearest: usize,
     pub nearest_cosine: f64,
+    /// The patch score (the anomaly map's maximum, [`Detector::map`]), when the bundle scores
+    /// patches; when the patch score decides, `distance` is this value.
+    pub patch: Option<f64>,
 }
 
 /// Where one image's time went.
@@ -41,6 +47,9 @@ pub struct StageTimes {
     pub encoder: Duration,
     /// The bank scans and the ensemble mean.
     pub knn: Duration,
+    /// Patch scoring: patch features, the patch bank's nearest rows, the map (upsampling and
+    /// smoothing); zero for bundles without patch scoring.
+    pub patch: Duration,
 }
 
 /// A loaded bundle ready to score images on one backend.
@@ -66,6 +75,16 @@ struct Core<E> {
     /// Features of the unrotated view of the last image.
     plain: Vec<f32>,
     scratch: Vec<ScoreScratch>,
+    patch: Option<PatchState>,
+}
+
+/// Patch scoring inside a detector: the scorer and the tap maps the embedder fills.
+#[derive(Debug)]
+struct PatchState {
+    scorer: PatchScorer,
+    taps: Vec<(TensorId, Vec<f32>)>,
+    /// The patch score decides the verdict.
+    verdict: bool,
 }
 
 impl Detector<Box<dyn Embedder + Send>> {
@@ -94,7 +113,51 @@ impl<E: Embedder> Detector<E> {
                 m.model.feature_dim
             )));
         }
-        Self::from_parts(m.preprocess.clone(), m.score.spec, &bundle.bank, embedder)
+        let det = Self::from_parts(m.preprocess.clone(), m.score.spec, &bundle.bank, embedder)?;
+        match (&m.patch, bundle.bank.patch_rows()) {
+            (Some(p), Some(rows)) => det.with_patch(&m.model.graph, &p.spec, rows, p.verdict),
+            (None, None) => Ok(det),
+            _ => Err(BundleError::inconsistent(
+                "the manifest's patch section and the bank's patch rows disagree",
+            )),
+        }
+    }
+
+    /// Also score patches: the anomaly map of every image from `graph`'s taps against the patch
+    /// bank `rows` (`verdict`: the patch score is the distance thresholds compare against).
+    pub fn with_patch(
+        mut self,
+        graph: &Graph,
+        spec: &PatchSpec,
+        rows: Vec<f32>,
+        verdict: bool,
+    ) -> Result<Self, BundleError> {
+        let size = self.preprocess.size as usize;
+        let layout = PatchLayout::new(graph, spec, size).map_err(BundleError::runtime)?;
+        let bank = PatchBank::new(rows, layout.dim).map_err(BundleError::runtime)?;
+        let taps = layout
+            .taps
+            .iter()
+            .map(|t| (t.tensor, vec![0f32; t.shape.len()]))
+            .collect();
+        let scorer = PatchScorer::new(layout, bank, spec.sigma).map_err(BundleError::runtime)?;
+        self.core.patch = Some(PatchState {
+            scorer,
+            taps,
+            verdict,
+        });
+        Ok(self)
+    }
+
+    /// The anomaly map of the last image, at the model input's size (bundles that score
+    /// patches).
+    pub fn map(&self) -> Option<&Map> {
+        self.core.patch.as_ref().map(|p| p.scorer.map())
+    }
+
+    /// Entries of the patch bank (0 without patch scoring).
+    pub fn patch_bank_len(&self) -> usize {
+        self.core.patch.as_ref().map_or(0, |p| p.scorer.bank.len())
     }
 
     /// From the pieces a bundle is made of (the exporter scores with these before the bundle
@@ -131,6 +194,7 @@ impl<E: Embedder> Detector<E> {
                 banks,
                 embedder,
                 scratch,
+                patch: None,
             },
             frame,
             preprocess,
@@ -218,12 +282,14 @@ impl<E: Embedder> Detector<E> {
             .map(|c| c.name.clone())
             .collect();
         let distances: Vec<f64> = scored.iter().map(|s| s.distance).collect();
+        let patch: Option<Vec<f64>> = scored.iter().map(|s| s.patch).collect();
         SelfTestReport::compare(
             self.core.embedder.name(),
             &names,
             &bundle.selftest,
             &feats,
             &distances,
+            patch.as_deref(),
             &bundle.manifest.selftest.tolerance,
         )
     }
@@ -252,7 +318,13 @@ impl<E: Embedder> Core<E> {
             let t0 = Instant::now();
             normalize(angle, &mut self.input);
             let t1 = Instant::now();
-            self.embedder.embed_into(&self.input, 1, &mut self.feats)?;
+            match (&mut self.patch, angle) {
+                (Some(p), 0) => {
+                    self.embedder
+                        .embed_taps(&self.input, &mut self.feats, &mut p.taps)?
+                }
+                _ => self.embedder.embed_into(&self.input, 1, &mut self.feats)?,
+            }
             let t2 = Instant::now();
             if self.feats.iter().any(|v| !v.is_finite()) {
                 return Err(BundleError::runtime("the encoder produced NaN or infinity"));
@@ -270,11 +342,30 @@ impl<E: Embedder> Core<E> {
             t.knn += t2.elapsed();
         }
         let score = sum / self.angles.len() as f64;
+        let mut distance = crate::bundle::manifest::distance_of(score);
+        let mut patch = None;
+        if let Some(p) = &mut self.patch {
+            let t0 = Instant::now();
+            let mut maps: [&[f32]; MAX_TAPS] = [&[]; MAX_TAPS];
+            for (m, (_, v)) in maps.iter_mut().zip(&p.taps) {
+                *m = v;
+            }
+            let v = p.scorer.score(&maps[..p.taps.len()]) as f64;
+            if !v.is_finite() {
+                return Err(BundleError::runtime("the patch score is NaN or infinite"));
+            }
+            if p.verdict {
+                distance = v;
+            }
+            patch = Some(v);
+            t.patch += t0.elapsed();
+        }
         Ok(Scored {
             score,
-            distance: crate::bundle::manifest::distance_of(score),
+            distance,
             nearest: nearest.0,
             nearest_cosine: nearest.1,
+            patch,
         })
     }
 }

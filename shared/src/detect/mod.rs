@@ -45,6 +45,21 @@ pub trait Embedder {
         self.name().to_string()
     }
 
+    /// One image's features (`out`) and the feature maps of the graph tensors `taps[i].0`,
+    /// each written HWC into `taps[i].1` (sized to the tensor): what patch scoring reads.
+    fn embed_taps(
+        &mut self,
+        input: &[f32],
+        out: &mut [f32],
+        taps: &mut [(crate::model::graph::TensorId, Vec<f32>)],
+    ) -> Result<(), BundleError> {
+        let _ = (input, out, taps);
+        Err(BundleError::runtime(format!(
+            "the {} backend does not give feature maps (patch scoring runs on the cpu backend)",
+            self.name()
+        )))
+    }
+
     /// [`Self::embed_into`] into a new vector.
     fn embed(&mut self, inputs: &[f32], n: usize) -> Result<Vec<f32>, BundleError> {
         let mut out = vec![0f32; n * self.feature_dim()];
@@ -63,6 +78,14 @@ impl<E: Embedder + ?Sized> Embedder for &mut E {
     fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError> {
         (**self).embed_into(inputs, n, out)
     }
+    fn embed_taps(
+        &mut self,
+        input: &[f32],
+        out: &mut [f32],
+        taps: &mut [(crate::model::graph::TensorId, Vec<f32>)],
+    ) -> Result<(), BundleError> {
+        (**self).embed_taps(input, out, taps)
+    }
     fn activation_bytes(&self) -> Option<usize> {
         (**self).activation_bytes()
     }
@@ -80,6 +103,14 @@ impl<E: Embedder + ?Sized> Embedder for Box<E> {
     }
     fn embed_into(&mut self, inputs: &[f32], n: usize, out: &mut [f32]) -> Result<(), BundleError> {
         (**self).embed_into(inputs, n, out)
+    }
+    fn embed_taps(
+        &mut self,
+        input: &[f32],
+        out: &mut [f32],
+        taps: &mut [(crate::model::graph::TensorId, Vec<f32>)],
+    ) -> Result<(), BundleError> {
+        (**self).embed_taps(input, out, taps)
     }
     fn activation_bytes(&self) -> Option<usize> {
         (**self).activation_bytes()
@@ -106,6 +137,33 @@ pub fn embed_views<E: Embedder + ?Sized>(
         .collect::<Vec<_>>()
         .concat();
     embedder.embed(&inputs, images.len())
+}
+
+/// The patch features (`layout.patches() x layout.dim` per image, concatenated) of images
+/// already through the test transform, unrotated: how every patch bank is built (exporter,
+/// synthetic bundles) on the path the device runs.
+pub fn patch_features<E: Embedder + ?Sized>(
+    embedder: &mut E,
+    layout: &crate::score::patch::PatchLayout,
+    norm: &crate::preprocess::Normalization,
+    images: &[image::RgbImage],
+) -> Result<Vec<f32>, BundleError> {
+    let per = layout.patches() * layout.dim;
+    let mut out = vec![0f32; images.len() * per];
+    let mut taps: Vec<(crate::model::graph::TensorId, Vec<f32>)> = layout
+        .taps
+        .iter()
+        .map(|t| (t.tensor, vec![0f32; t.shape.len()]))
+        .collect();
+    let mut feats = vec![0f32; embedder.feature_dim()];
+    let mut scratch = Vec::new();
+    for (img, o) in images.iter().zip(out.chunks_exact_mut(per)) {
+        let x = crate::preprocess::normalize_chw(img, norm);
+        embedder.embed_taps(&x, &mut feats, &mut taps)?;
+        let maps: Vec<&[f32]> = taps.iter().map(|(_, v)| v.as_slice()).collect();
+        layout.features_into(&maps, &mut scratch, o);
+    }
+    Ok(out)
 }
 
 /// Where a bundle's encoder runs (the device config's `inference.backend`).

@@ -97,4 +97,41 @@ impl Embedder for ReferenceEmbedder {
         };
         run().map_err(|e| BundleError::Runtime { why: e.to_string() })
     }
+
+    fn embed_taps(
+        &mut self,
+        input: &[f32],
+        out: &mut [f32],
+        taps: &mut [(TensorId, Vec<f32>)],
+    ) -> std::result::Result<(), BundleError> {
+        let s = self.size;
+        if input.len() != 3 * s * s || out.len() != self.dim {
+            return Err(BundleError::runtime(format!(
+                "{} inputs / {} outputs for one image",
+                input.len(),
+                out.len()
+            )));
+        }
+        let mut run = || -> candle_core::Result<()> {
+            let x = Tensor::from_slice(input, (1, 3, s, s), &Device::Cpu)?;
+            let mut want: Vec<TensorId> = vec![self.model.graph().output];
+            want.extend(taps.iter().map(|(t, _)| *t));
+            let got = self.model.forward_tensors(&x, &want)?;
+            out.copy_from_slice(&got[0].flatten_all()?.to_vec1::<f32>()?);
+            for ((_, buf), t) in taps.iter_mut().zip(&got[1..]) {
+                // [1, C, H, W] -> HWC
+                let hwc = t
+                    .squeeze(0)?
+                    .permute((1, 2, 0))?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                if hwc.len() != buf.len() {
+                    candle_core::bail!("tap of {} values for a buffer of {}", hwc.len(), buf.len());
+                }
+                buf.copy_from_slice(&hwc);
+            }
+            Ok(())
+        };
+        run().map_err(|e| BundleError::Runtime { why: e.to_string() })
+    }
 }

@@ -27,6 +27,7 @@ use crate::model::graph::calibrate::calibrate;
 use crate::model::{Encoder, EncoderConfig, params};
 use crate::preprocess::{self, PreprocessSpec, ResizeFilter};
 use crate::score::ScoreSpec;
+use crate::score::patch::{PatchLayout, PatchSpec, coreset};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -62,6 +63,20 @@ fn images(n: usize, size: u32, rng: &mut impl Rng) -> Vec<RgbImage> {
 
 /// The bundle `spec` describes.
 pub fn random_bundle(spec: &SyntheticSpec) -> crate::Result<Bundle> {
+    build(spec, None)
+}
+
+/// The bundle `spec` describes, also scoring patches with `patch` (`verdict`: the patch score
+/// decides).
+pub fn random_bundle_with_patch(
+    spec: &SyntheticSpec,
+    patch: &PatchSpec,
+    verdict: bool,
+) -> crate::Result<Bundle> {
+    build(spec, Some((patch, verdict)))
+}
+
+fn build(spec: &SyntheticSpec, patch: Option<(&PatchSpec, bool)>) -> crate::Result<Bundle> {
     let enc = &spec.encoder;
     enc.validate()?;
     let vm = VarMap::new();
@@ -101,13 +116,46 @@ pub fn random_bundle(spec: &SyntheticSpec) -> crate::Result<Bundle> {
         .iter()
         .map(|i| preprocess::resize_center_square(i, thumb, ResizeFilter::Bilinear))
         .collect::<crate::Result<Vec<_>>>()?;
-    let bank = BankData::new(dim, angles, &raw, &thumbs, thumb)?;
-    let mut det = Detector::from_parts(pre.clone(), spec.score, &bank, emb)?;
+    let mut bank = BankData::new(dim, angles, &raw, &thumbs, thumb)?;
+    if let Some((p, _)) = patch {
+        let layout = PatchLayout::new(&graph, p, spec.size as usize)?;
+        let all = super::patch_features(&mut emb, &layout, &pre.normalization, &train)?;
+        let rows: Vec<f32> = coreset(&all, layout.dim, p.bank, spec.seed)
+            .iter()
+            .flat_map(|&i| all[i * layout.dim..][..layout.dim].iter().copied())
+            .collect();
+        bank = bank.with_patch(&rows, layout.dim)?;
+    }
+    let with_patch = |d: Detector<_>| -> crate::Result<_> {
+        Ok(match (patch, bank.patch_rows()) {
+            (Some((p, verdict)), Some(rows)) => d.with_patch(&graph, p, rows, verdict)?,
+            _ => d,
+        })
+    };
+    let mut det = with_patch(Detector::from_parts(pre.clone(), spec.score, &bank, emb)?)?;
     let (held, _) = det.score_preprocessed(&held_out)?;
     let dist: Vec<f64> = held.iter().map(|s| s.distance).collect();
     let cal = calibrate::conformal_threshold(&dist, &CalibrationSpec::default())?;
+    let patch_section = match patch {
+        Some((p, verdict)) => {
+            let scores: Vec<f64> = held.iter().filter_map(|s| s.patch).collect();
+            let thr = calibrate::conformal_threshold(&scores, &CalibrationSpec::default())?;
+            Some(manifest::PatchSection::calibrated(
+                p,
+                &bank,
+                verdict,
+                &scores,
+                thr.distance,
+            ))
+        }
+        None => None,
+    };
     let mut refe = ReferenceEmbedder::new(&graph, spec.size, &w, &floats, &act)?;
-    let mut ref_det = Detector::from_parts(pre.clone(), spec.score, &bank, &mut refe)?;
+    let ref_det = Detector::from_parts(pre.clone(), spec.score, &bank, &mut refe)?;
+    let mut ref_det = match (patch, bank.patch_rows()) {
+        (Some((p, verdict)), Some(rows)) => ref_det.with_patch(&graph, p, rows, verdict)?,
+        _ => ref_det,
+    };
     let (ref_scored, ref_feats) = ref_det.score_preprocessed(&held_out)?;
     let manifest = Manifest {
         schema_version: manifest::SCHEMA_VERSION,
@@ -156,6 +204,7 @@ pub fn random_bundle(spec: &SyntheticSpec) -> crate::Result<Bundle> {
             tolerance: Tolerance {
                 embedding_rel: 1e-4,
                 distance_abs: 1e-5,
+                patch_rel: manifest::PATCH_TOLERANCE,
                 why: "as the exporter's".into(),
             },
             reference: "the reference path".into(),
@@ -172,6 +221,7 @@ pub fn random_bundle(spec: &SyntheticSpec) -> crate::Result<Bundle> {
             step: 0,
             metrics: BTreeMap::new(),
         },
+        patch: patch_section,
         drift: None,
         members: BTreeMap::new(),
     };
@@ -185,6 +235,12 @@ pub fn random_bundle(spec: &SyntheticSpec) -> crate::Result<Bundle> {
             images: held_out.iter().flat_map(|i| i.as_raw().clone()).collect(),
             embeddings: ref_feats,
             distances: ref_scored.iter().map(|s| s.distance as f32).collect(),
+            patch_scores: patch.map(|_| {
+                ref_scored
+                    .iter()
+                    .map(|s| s.patch.unwrap_or(f64::NAN) as f32)
+                    .collect()
+            }),
         },
     })
 }
@@ -218,6 +274,56 @@ mod tests {
             let back = Bundle::open(&bytes, &key.verifying_key(), &limits).unwrap();
             let r = back.self_test_cpu().unwrap();
             assert!(r.passed, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn patch_bundles_reproduce_their_patch_scores_and_refuse_a_changed_patch_bank() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        for (encoder, int8, verdict) in [
+            (EncoderConfig::new(Stem::Imagenet, 0.125), true, true),
+            (EncoderConfig::efficientnet(Features::Stage5), false, false),
+        ] {
+            let spec = SyntheticSpec {
+                encoder,
+                size: 64,
+                score: "cos_1".parse().unwrap(),
+                int8_activations: int8,
+                bank: 6,
+                seed: 5,
+            };
+            let graph = spec.encoder.graph();
+            let patch = PatchSpec {
+                bank: 100,
+                ..PatchSpec::for_graph(&graph).unwrap()
+            };
+            let b = random_bundle_with_patch(&spec, &patch, verdict).unwrap();
+            let p = b.manifest.patch.clone().unwrap();
+            assert_eq!((p.entries, p.verdict), (100, verdict));
+            assert_eq!(b.selftest.patch_scores.as_ref().map(Vec::len), Some(8));
+            let limits = crate::bundle::Limits::default();
+            let bytes = b.to_bytes(&key, &limits).unwrap();
+            let back = Bundle::open(&bytes, &key.verifying_key(), &limits).unwrap();
+            let r = back.self_test_cpu().unwrap();
+            assert!(r.passed && r.max_patch_rel_err.is_some(), "{r:?}");
+            // The map is at the input size, its maximum is the patch score, and the verdict's
+            // distance is the patch score exactly when the bundle says so.
+            let mut det = Detector::cpu(&back).unwrap();
+            let img = back.selftest.image(0).unwrap();
+            let s = det.score_image(&img).unwrap();
+            let map = det.map().unwrap();
+            assert_eq!((map.w, map.h), (64, 64));
+            assert_eq!(map.max().0 as f64, s.patch.unwrap());
+            assert_eq!(s.distance == s.patch.unwrap(), verdict, "{s:?}");
+            // A changed patch bank changes the scores: the self-test catches it.
+            let mut bad = back.clone();
+            if let Some(rows) = &mut bad.bank.patch {
+                for v in rows.iter_mut() {
+                    *v = half::f16::from_f32(v.to_f32() * 1.05 + 0.01);
+                }
+            }
+            let r = Detector::cpu(&bad).unwrap().self_test(&bad).unwrap();
+            assert!(!r.passed, "{r:?}");
         }
     }
 }

@@ -354,6 +354,25 @@ impl CpuExecutor {
 
     /// One image: `chw` (3 x size x size, normalised) -> `out` (feature_dim values).
     pub fn run(&mut self, chw: &[f32], out: &mut [f32]) {
+        self.run_taps(chw, out, &mut []);
+    }
+
+    /// Shape of tensor `t` at this executor's input size.
+    pub fn shape(&self, t: TensorId) -> Option<Shape> {
+        self.shapes.get(t).copied()
+    }
+
+    /// [`Self::run`], also copying each tensor `taps[i].0` (HWC) into `taps[i].1` as soon as it
+    /// is written (its arena region may be reused later).
+    pub fn run_taps(&mut self, chw: &[f32], out: &mut [f32], taps: &mut [(TensorId, Vec<f32>)]) {
+        for (t, buf) in taps.iter() {
+            let len = self.shapes.get(*t).map_or(0, Shape::len);
+            assert!(
+                *t > 0 && *t < self.shapes.len() && buf.len() == len,
+                "tap tensor {t}: buffer of {} values for {len}",
+                buf.len()
+            );
+        }
         let s = self.size;
         assert_eq!(
             chw.len(),
@@ -375,6 +394,10 @@ impl CpuExecutor {
             self.step(i);
             let t = self.steps[i].output;
             self.quantize(t);
+            for (tap, buf) in taps.iter_mut().filter(|(tap, _)| *tap == t) {
+                let (o, len) = (self.offsets[*tap], buf.len());
+                buf.copy_from_slice(&self.arena[o..o + len]);
+            }
         }
         let o = self.offsets[self.output];
         out.copy_from_slice(&self.arena[o..o + self.dim]);

@@ -165,6 +165,21 @@ impl PreprocessSpec {
         Ok(center_crop(&resized, self.size, self.size))
     }
 
+    /// The part of a `w` x `h` frame the model input shows after [`Self::test_transform`], in
+    /// frame pixels (continuous): `(x, y, width, height)`. Input pixel edge `u` (0..=size) is at
+    /// frame x `x + u * width / size`: how a map over the input is drawn back onto the frame.
+    pub fn input_window(&self, w: u32, h: u32) -> Result<(f64, f64, f64, f64)> {
+        let (nw, nh) = short_side_dims((w, h), self.resize_side())?;
+        let r = center_crop_rect((nw, nh), self.size, self.size);
+        let (sx, sy) = (w as f64 / nw as f64, h as f64 / nh as f64);
+        Ok((
+            r.x as f64 * sx,
+            r.y as f64 * sy,
+            r.width as f64 * sx,
+            r.height as f64 * sy,
+        ))
+    }
+
     /// Scale to [0, 1], subtract mean, divide by std; returns CHW planes.
     pub fn normalize(&self, img: &RgbImage) -> Vec<f32> {
         normalize_chw(img, &self.normalization)

@@ -6,6 +6,7 @@ pub mod heat;
 pub mod knn;
 pub mod map;
 pub mod metrics;
+pub mod patch;
 pub mod pixel;
 pub mod scan;
 pub mod topk;

@@ -113,6 +113,23 @@ function alertItem(a) {
   meta.appendChild(document.createTextNode(a.time + " - " + a.source));
   meta.appendChild(document.createElement("br"));
   meta.appendChild(document.createTextNode("nearest good image: " + (a["nearest-source"] || a.nearest)));
+  if (a.heat) {
+    // Bundles that score patches: where the defect is, and the frame with its heat map.
+    const r = a.heat.region;
+    meta.appendChild(document.createElement("br"));
+    meta.appendChild(document.createTextNode(
+      "hottest region x " + r[0] + "-" + r[2] + ", y " + r[1] + "-" + r[3] +
+      " (patch score " + fmt(a.heat.score) + ")"));
+  }
+  if (a["heat-image"]) {
+    const h = document.createElement("a");
+    h.className = "heat-link";
+    h.href = withToken("/api/flagged/" + encodeURIComponent(a["heat-image"]));
+    h.target = "_blank";
+    h.textContent = "heat map";
+    meta.appendChild(document.createTextNode(" "));
+    meta.appendChild(h);
+  }
   li.append(link, near, meta);
   if (token && li.dataset.journalSeq) {
     const ack = document.createElement("button");
