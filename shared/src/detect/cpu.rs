@@ -95,6 +95,10 @@ impl Embedder for CpuEmbedder {
         Ok(())
     }
 
+    fn has_taps(&self) -> bool {
+        true
+    }
+
     fn embed_taps(
         &mut self,
         input: &[f32],

@@ -115,6 +115,20 @@ impl<E: Embedder> Detector<E> {
         }
         let det = Self::from_parts(m.preprocess.clone(), m.score.spec, &bundle.bank, embedder)?;
         match (&m.patch, bundle.bank.patch_rows()) {
+            (Some(p), Some(_)) if !det.core.embedder.has_taps() => {
+                if p.verdict {
+                    return Err(BundleError::runtime(format!(
+                        "this bundle's verdict is the patch score, which the {} backend cannot \
+                         compute (it gives no feature maps); run it on the cpu backend",
+                        det.core.embedder.name()
+                    )));
+                }
+                tracing::warn!(
+                    "the {} backend gives no feature maps: this bundle's heat maps are off",
+                    det.core.embedder.name()
+                );
+                Ok(det)
+            }
             (Some(p), Some(rows)) => det.with_patch(&m.model.graph, &p.spec, rows, p.verdict),
             (None, None) => Ok(det),
             _ => Err(BundleError::inconsistent(

@@ -45,6 +45,11 @@ pub trait Embedder {
         self.name().to_string()
     }
 
+    /// Whether [`Self::embed_taps`] works on this backend (patch scoring needs it).
+    fn has_taps(&self) -> bool {
+        false
+    }
+
     /// One image's features (`out`) and the feature maps of the graph tensors `taps[i].0`,
     /// each written HWC into `taps[i].1` (sized to the tensor): what patch scoring reads.
     fn embed_taps(
@@ -86,6 +91,9 @@ impl<E: Embedder + ?Sized> Embedder for &mut E {
     ) -> Result<(), BundleError> {
         (**self).embed_taps(input, out, taps)
     }
+    fn has_taps(&self) -> bool {
+        (**self).has_taps()
+    }
     fn activation_bytes(&self) -> Option<usize> {
         (**self).activation_bytes()
     }
@@ -111,6 +119,9 @@ impl<E: Embedder + ?Sized> Embedder for Box<E> {
         taps: &mut [(crate::model::graph::TensorId, Vec<f32>)],
     ) -> Result<(), BundleError> {
         (**self).embed_taps(input, out, taps)
+    }
+    fn has_taps(&self) -> bool {
+        (**self).has_taps()
     }
     fn activation_bytes(&self) -> Option<usize> {
         (**self).activation_bytes()

@@ -98,6 +98,10 @@ impl Embedder for ReferenceEmbedder {
         run().map_err(|e| BundleError::Runtime { why: e.to_string() })
     }
 
+    fn has_taps(&self) -> bool {
+        true
+    }
+
     fn embed_taps(
         &mut self,
         input: &[f32],

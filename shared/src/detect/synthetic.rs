@@ -277,6 +277,27 @@ mod tests {
         }
     }
 
+    /// The CPU backend without its feature maps, as a GPU backend is.
+    #[derive(Debug)]
+    struct NoTaps(CpuEmbedder);
+
+    impl Embedder for NoTaps {
+        fn name(&self) -> &str {
+            "no-taps"
+        }
+        fn feature_dim(&self) -> usize {
+            self.0.feature_dim()
+        }
+        fn embed_into(
+            &mut self,
+            inputs: &[f32],
+            n: usize,
+            out: &mut [f32],
+        ) -> Result<(), crate::bundle::BundleError> {
+            self.0.embed_into(inputs, n, out)
+        }
+    }
+
     #[test]
     fn patch_bundles_reproduce_their_patch_scores_and_refuse_a_changed_patch_bank() {
         let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
@@ -315,6 +336,17 @@ mod tests {
             assert_eq!((map.w, map.h), (64, 64));
             assert_eq!(map.max().0 as f64, s.patch.unwrap());
             assert_eq!(s.distance == s.patch.unwrap(), verdict, "{s:?}");
+            // A backend without feature maps (the GPU ones) runs the bundle without heat maps
+            // and passes the rest of the self-test; it refuses a bundle whose verdict needs them.
+            let plain = Detector::new(&back, NoTaps(CpuEmbedder::new(&back).unwrap()));
+            if verdict {
+                let e = plain.unwrap_err().to_string();
+                assert!(e.contains("cpu backend"), "{e}");
+            } else {
+                let mut d = plain.unwrap();
+                assert!(d.score_image(&img).unwrap().patch.is_none() && d.map().is_none());
+                assert!(d.self_test(&back).unwrap().passed);
+            }
             // A changed patch bank changes the scores: the self-test catches it.
             let mut bad = back.clone();
             if let Some(rows) = &mut bad.bank.patch {

@@ -39,7 +39,10 @@ pub const DEFAULT_SIGMA: f32 = 4.0;
 /// Most taps a spec may name.
 pub const MAX_TAPS: usize = 8;
 /// Most patches a bank may be selected from (above this, a seeded subsample is taken first).
-pub const MAX_CANDIDATES: usize = 400_000;
+/// On MVTec bottle (209 images x 784 cells = 163,856 patches, Lite0 defaults, bank 1024) the
+/// subsample cut the selection from 7.3 s to 2.0 s (release) and moved pixel AUROC from 0.9798
+/// to 0.9797, AUPRO from 0.9193 to 0.9195, image AUROC from 1.0000 to 0.9992.
+pub const MAX_CANDIDATES: usize = 65_536;
 
 fn bad(why: impl Into<String>) -> Error {
     Error::invalid("patch score", why.into())
