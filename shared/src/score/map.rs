@@ -521,28 +521,4 @@ mod tests {
         assert_close(&out.data, &twice.data, 1e-6, "in place vs allocating");
         assert_eq!(blurred, src.resize_bilinear(12, 8).gaussian_blur(1.0));
     }
-
-    /// Timing of the device's per-frame work (28x28 grid -> 224x224, sigma 4). Ignored: run with
-    /// `cargo test --release -p firm-shared --lib score::map -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn time_resize_and_blur() {
-        let grid =
-            Map::from_vec(28, 28, (0..784).map(|i| (i % 37) as f32 * 0.1).collect()).unwrap();
-        let mut map = Map::new(224, 224);
-        let mut scratch = Vec::new();
-        let n = 500;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            grid.resize_bilinear_into(&mut map);
-            map.gaussian_blur_in_place(4.0, &mut scratch);
-        }
-        let per = t.elapsed() / n;
-        println!("resize 28x28 -> 224x224 + blur sigma 4: {per:?} per frame");
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            grid.resize_bilinear_into(&mut map);
-        }
-        println!("resize alone: {:?} per frame", t.elapsed() / n);
-    }
 }

@@ -377,49 +377,4 @@ mod tests {
             );
         }
     }
-
-    /// Timing on 100 images of 224x224. Ignored: run with
-    /// `cargo test --release -p firm-shared --lib score::pixel -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn time_on_100_images() {
-        let (w, h, n) = (224, 224, 100);
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
-        let masks: Vec<Vec<bool>> = (0..n)
-            .map(|i| {
-                (0..w * h)
-                    .map(|p| i % 2 == 0 && (p % w) / 20 == i % 10 && (p / w) / 30 == 3)
-                    .collect()
-            })
-            .collect();
-        let maps: Vec<Vec<f32>> = masks
-            .iter()
-            .map(|m| {
-                m.iter()
-                    .map(|&d| next() + if d { 0.5 } else { 0.0 })
-                    .collect()
-            })
-            .collect();
-        let cases: Vec<PixelCase> = maps
-            .iter()
-            .zip(&masks)
-            .map(|(m, k)| case(m, Some(k), w, h))
-            .collect();
-        let t = std::time::Instant::now();
-        let a = pixel_auroc(&cases).unwrap();
-        let ta = t.elapsed();
-        let t = std::time::Instant::now();
-        let p = aupro(&cases, 0.3).unwrap();
-        let tp = t.elapsed();
-        println!(
-            "{n} x {w}x{h}, {} threads: pixel_auroc {a:.4} in {ta:?}, aupro@0.3 {p:.4} in {tp:?}",
-            rayon::current_num_threads()
-        );
-    }
 }
