@@ -48,6 +48,16 @@ fn bad(why: impl Into<String>) -> Error {
     Error::invalid("patch score", why.into())
 }
 
+/// The graph's tap names, for error messages.
+fn tap_names(graph: &Graph) -> String {
+    graph
+        .taps
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// How patches are made and scored (the bundle's manifest and the training profile carry it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -78,12 +88,7 @@ impl PatchSpec {
             .ok_or_else(|| {
                 bad(format!(
                     "no default taps for this graph (taps: {}); name them with patch-taps",
-                    graph
-                        .taps
-                        .iter()
-                        .map(|t| t.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    tap_names(graph)
                 ))
             })?;
         Ok(Self {
@@ -148,12 +153,7 @@ impl PatchLayout {
             let t = graph.taps.iter().find(|t| &t.name == name).ok_or_else(|| {
                 bad(format!(
                     "tap `{name}` is not in the graph (taps: {})",
-                    graph
-                        .taps
-                        .iter()
-                        .map(|t| t.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    tap_names(graph)
                 ))
             })?;
             let shape = shapes[t.tensor];
