@@ -153,27 +153,7 @@ impl Scorer {
         let p = self.patch.as_ref()?;
         let map = self.detector.map()?;
         let score = patch_score?;
-        // The region around the maximum above halfway from the threshold to it: where the
-        // defect is, not everything above the threshold (a large defect lifts its whole
-        // smoothed neighbourhood over it).
-        let (top, _) = map.max();
-        let level = if top > p.threshold {
-            0.5 * (top + p.threshold)
-        } else {
-            p.threshold
-        };
-        let (bx0, by0, bx1, by1) = map
-            .box_of_hottest_with(level, &mut self.regions)
-            .unwrap_or_else(|| {
-                let (_, (x, y)) = map.max();
-                let r = (map.w / 16).max(1);
-                (
-                    x.saturating_sub(r),
-                    y.saturating_sub(r),
-                    (x + r + 1).min(map.w),
-                    (y + r + 1).min(map.h),
-                )
-            });
+        let (bx0, by0, bx1, by1) = map.hottest_region(p.threshold, &mut self.regions);
         let (wx, wy, ww, wh) = self.detector.preprocess.input_window(w, h).ok()?;
         let (sx, sy) = (ww / map.w as f64, wh / map.h as f64);
         let clamp = |v: f64, hi: u32| (v.max(0.0) as u32).min(hi);

@@ -104,23 +104,9 @@ fn random_encoder(enc: &EncoderConfig, seed: u64) -> CandleGraph {
     .unwrap()
 }
 
-/// The device's hottest region (`Scorer::heat`), as `(x0, y0, x1, y1)`, ends exclusive.
+/// The device's hottest region (`Scorer::heat` calls the same [`Map::hottest_region`]).
 fn hottest_region(map: &Map, threshold: f32) -> (usize, usize, usize, usize) {
-    let (top, (x, y)) = map.max();
-    let level = if top > threshold {
-        0.5 * (top + threshold)
-    } else {
-        threshold
-    };
-    map.box_of_hottest(level).unwrap_or_else(|| {
-        let r = (map.w / 16).max(1);
-        (
-            x.saturating_sub(r),
-            y.saturating_sub(r),
-            (x + r + 1).min(map.w),
-            (y + r + 1).min(map.h),
-        )
-    })
+    map.hottest_region(threshold, &mut Default::default())
 }
 
 fn overlaps((x0, y0, x1, y1): (usize, usize, usize, usize), mask: &[bool], w: usize) -> bool {

@@ -219,6 +219,32 @@ impl Map {
         self.box_of_hottest_with(threshold, &mut RegionScratch::default())
     }
 
+    /// The region an operator is shown, `(x0, y0, x1, y1)` with exclusive ends: the 8-connected
+    /// region around the maximum above halfway from `threshold` to the maximum (a large defect
+    /// lifts its whole smoothed neighbourhood over the threshold itself), or a box of radius
+    /// `w / 16` around the maximum when it is below `threshold`.
+    pub fn hottest_region(
+        &self,
+        threshold: f32,
+        scratch: &mut RegionScratch,
+    ) -> (usize, usize, usize, usize) {
+        let (top, (x, y)) = self.max();
+        let level = if top > threshold {
+            0.5 * (top + threshold)
+        } else {
+            threshold
+        };
+        self.box_of_hottest_with(level, scratch).unwrap_or_else(|| {
+            let r = (self.w / 16).max(1);
+            (
+                x.saturating_sub(r),
+                y.saturating_sub(r),
+                (x + r + 1).min(self.w),
+                (y + r + 1).min(self.h),
+            )
+        })
+    }
+
     /// [`Self::box_of_hottest`] with the caller's buffers.
     pub fn box_of_hottest_with(
         &self,
