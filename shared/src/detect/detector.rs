@@ -36,6 +36,9 @@ pub struct Scored {
     /// The patch score (the anomaly map's maximum, [`Detector::map`]), when the bundle scores
     /// patches; when the patch score decides, `distance` is this value.
     pub patch: Option<f64>,
+    /// The overlay entry (frames an operator marked good, [`Detector::set_overlay`]) nearer to
+    /// the image than the bundle's bank is: its image score is that entry's.
+    pub overlay: Option<usize>,
 }
 
 /// Where one image's time went.
@@ -76,6 +79,17 @@ struct Core<E> {
     plain: Vec<f32>,
     scratch: Vec<ScoreScratch>,
     patch: Option<PatchState>,
+    /// Raw features of every view of the last image, `[angle][dim]`.
+    views: Vec<f32>,
+    /// Frames marked good on the device: one bank per angle, scored by their nearest row.
+    overlay: Option<Overlay>,
+}
+
+/// The image-level part of a device's overlay ([`Detector::set_overlay`]).
+#[derive(Debug)]
+struct Overlay {
+    banks: Vec<Bank<f32>>,
+    scratch: Vec<ScoreScratch>,
 }
 
 /// Patch scoring inside a detector: the scorer and the tap maps the embedder fills.
@@ -174,6 +188,87 @@ impl<E: Embedder> Detector<E> {
         self.core.patch.as_ref().map_or(0, |p| p.scorer.bank.len())
     }
 
+    /// Raw features of every view of the last image scored, `[angle][dim]` in the bank's angle
+    /// order: what an overlay entry holds ([`Self::set_overlay`]).
+    pub fn views(&self) -> &[f32] {
+        &self.core.views
+    }
+
+    /// Patch features of the last image whose distance to the nearest good patch (the patch
+    /// bank and the overlay's patches) is above `cutoff`, `rows x dim` (empty without patch
+    /// scoring): the patches an overlay entry needs so that this image's map stays at or below
+    /// `cutoff` everywhere (upsampling and smoothing only average the grid).
+    pub fn hot_patches(&self, cutoff: f32) -> Vec<f32> {
+        let Some(p) = &self.core.patch else {
+            return Vec::new();
+        };
+        let dim = p.scorer.layout.dim;
+        p.scorer
+            .grid()
+            .data
+            .iter()
+            .zip(p.scorer.features().chunks_exact(dim))
+            .filter(|(d, _)| **d > cutoff)
+            .flat_map(|(_, f)| f.iter().copied())
+            .collect()
+    }
+
+    /// Frames an operator marked good on the device, scored beside the bundle's banks without
+    /// changing them: `views` is `n` entries of [`Self::views`] (`n x angles x dim`), `patch`
+    /// their patch rows (`rows x patch dim`; [`Self::hot_patches`]). An image's score is the
+    /// better of the bank's and its nearest entry's (mean over angles of the cosine); each
+    /// patch's distance is the smaller of the two banks'. The calibration is untouched: a
+    /// frame passes only by being near a marked frame. Empty `views` and `patch` remove the
+    /// overlay. Only `cos_K` scores take an image overlay (kde, center and cos_K_norm are not
+    /// on the cosine scale of one entry).
+    pub fn set_overlay(&mut self, views: &[f32], patch: &[f32]) -> Result<(), BundleError> {
+        let c = &mut self.core;
+        let (dim, na) = (c.feats.len(), c.angles.len());
+        if !views.len().is_multiple_of(dim * na) {
+            return Err(BundleError::runtime(format!(
+                "overlay views of {} values are not whole entries of {na} x {dim}",
+                views.len()
+            )));
+        }
+        if views.is_empty() {
+            c.overlay = None;
+        } else {
+            if !matches!(c.score.f, ScoreFn::CosK { .. }) {
+                return Err(BundleError::runtime(format!(
+                    "frames cannot be marked good under the score {}: only cos_K scores take them",
+                    c.score
+                )));
+            }
+            let n = views.len() / (dim * na);
+            let banks = (0..na)
+                .map(|a| {
+                    let rows: Vec<f32> = (0..n)
+                        .flat_map(|e| views[(e * na + a) * dim..][..dim].iter().copied())
+                        .collect();
+                    Bank::from_raw(&rows, dim)
+                })
+                .collect::<crate::error::Result<Vec<_>>>()
+                .map_err(BundleError::runtime)?;
+            let scratch = banks.iter().map(|b| ScoreScratch::new(b, 1)).collect();
+            c.overlay = Some(Overlay { banks, scratch });
+        }
+        match &mut c.patch {
+            Some(p) => p
+                .scorer
+                .set_overlay(patch.to_vec())
+                .map_err(BundleError::runtime),
+            None if patch.is_empty() => Ok(()),
+            None => Err(BundleError::runtime(
+                "overlay patch rows for a bundle that does not score patches",
+            )),
+        }
+    }
+
+    /// Entries of the image overlay (0 without one).
+    pub fn overlay_len(&self) -> usize {
+        self.core.overlay.as_ref().map_or(0, |o| o.banks[0].len())
+    }
+
     /// From the pieces a bundle is made of (the exporter scores with these before the bundle
     /// exists).
     pub fn from_parts(
@@ -209,6 +304,8 @@ impl<E: Embedder> Detector<E> {
                 embedder,
                 scratch,
                 patch: None,
+                views: vec![0f32; dim * bank.angles.len()],
+                overlay: None,
             },
             frame,
             preprocess,
@@ -327,7 +424,10 @@ impl<E: Embedder> Core<E> {
         t: &mut StageTimes,
     ) -> Result<Scored, BundleError> {
         let mut sum = 0f64;
+        let mut overlay_sum = 0f64;
+        let mut overlay_nearest = 0usize;
         let mut nearest = (0usize, 0f64);
+        let dim = self.feats.len();
         for (ai, &angle) in self.angles.iter().enumerate() {
             let t0 = Instant::now();
             normalize(angle, &mut self.input);
@@ -347,6 +447,16 @@ impl<E: Embedder> Core<E> {
                 .score_into(self.score.f, &self.feats, &mut self.scratch[ai])
                 .map_err(BundleError::runtime)?;
             sum += n.score as f64;
+            if let Some(o) = &mut self.overlay {
+                let on = o.banks[ai]
+                    .score_into(ScoreFn::CosK { k: 1 }, &self.feats, &mut o.scratch[ai])
+                    .map_err(BundleError::runtime)?;
+                overlay_sum += on.score as f64;
+                if angle == 0 {
+                    overlay_nearest = on.index;
+                }
+            }
+            self.views[ai * dim..][..dim].copy_from_slice(&self.feats);
             if angle == 0 {
                 nearest = (n.index, n.cosine as f64);
                 self.plain.copy_from_slice(&self.feats);
@@ -355,7 +465,15 @@ impl<E: Embedder> Core<E> {
             t.encoder += t2 - t1;
             t.knn += t2.elapsed();
         }
-        let score = sum / self.angles.len() as f64;
+        let mut score = sum / self.angles.len() as f64;
+        let mut overlay = None;
+        if self.overlay.is_some() {
+            let o = overlay_sum / self.angles.len() as f64;
+            if o > score {
+                score = o;
+                overlay = Some(overlay_nearest);
+            }
+        }
         let mut distance = crate::bundle::manifest::distance_of(score);
         let mut patch = None;
         if let Some(p) = &mut self.patch {
@@ -380,6 +498,7 @@ impl<E: Embedder> Core<E> {
             nearest: nearest.0,
             nearest_cosine: nearest.1,
             patch,
+            overlay,
         })
     }
 }

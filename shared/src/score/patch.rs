@@ -514,6 +514,10 @@ pub struct PatchScorer {
     gemm: Vec<f32>,
     grid: Map,
     map: Map,
+    /// Patches of frames marked good on the device ([`Self::set_overlay`]).
+    overlay: Option<PatchBank>,
+    /// Per-cell distances to the overlay.
+    overlay_grid: Vec<f32>,
 }
 
 impl PatchScorer {
@@ -536,7 +540,25 @@ impl PatchScorer {
             layout,
             bank,
             sigma,
+            overlay: None,
+            overlay_grid: vec![0f32; p],
         })
+    }
+
+    /// Score each patch against `rows` (`n x dim`) as well as the bank, keeping the smaller
+    /// distance; empty `rows` remove the overlay.
+    pub fn set_overlay(&mut self, rows: Vec<f32>) -> Result<()> {
+        self.overlay = if rows.is_empty() {
+            None
+        } else {
+            Some(PatchBank::new(rows, self.layout.dim)?)
+        };
+        Ok(())
+    }
+
+    /// Rows of the overlay (0 without one).
+    pub fn overlay_len(&self) -> usize {
+        self.overlay.as_ref().map_or(0, PatchBank::len)
     }
 
     pub fn with_threads(mut self, threads: usize) -> Self {
@@ -557,6 +579,18 @@ impl PatchScorer {
             &mut self.gemm,
             &mut self.grid.data,
         );
+        if let Some(o) = &self.overlay {
+            o.nearest_into(
+                &self.feats,
+                p,
+                self.threads,
+                &mut self.gemm,
+                &mut self.overlay_grid,
+            );
+            for (g, v) in self.grid.data.iter_mut().zip(&self.overlay_grid) {
+                *g = g.min(*v);
+            }
+        }
         self.grid.resize_bilinear_into(&mut self.map);
         if self.sigma > 0.0 {
             self.map
