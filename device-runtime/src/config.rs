@@ -31,6 +31,9 @@ pub struct DeviceConfig {
     pub alerts: AlertsConfig,
     #[serde(default)]
     pub web: WebConfig,
+    /// Frames operators mark good on the status page ([`crate::overlay`]).
+    #[serde(default)]
+    pub overlay: crate::overlay::OverlayConfig,
 }
 
 fn default_site() -> String {
@@ -359,6 +362,10 @@ impl DeviceConfig {
 
     pub fn flagged_dir(&self) -> PathBuf {
         self.state_dir.join("flagged")
+    }
+
+    pub fn overlay_dir(&self) -> PathBuf {
+        self.state_dir.join("overlay")
     }
 }
 

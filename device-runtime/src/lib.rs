@@ -9,6 +9,7 @@ pub mod capture;
 pub mod config;
 pub mod drift;
 pub mod mailbox;
+pub mod overlay;
 pub mod pipeline;
 pub mod run;
 pub mod slots;

@@ -49,6 +49,11 @@ enum Command {
         /// Allow a lower bundle version than the active one.
         #[arg(long)]
         force: bool,
+        /// Keep the frames operators marked good: they are marked again with the new bundle
+        /// when it starts (without this flag a new bundle starts without them; the old
+        /// bundle's stay with it for a rollback).
+        #[arg(long)]
+        carry_overlay: bool,
     },
     /// Make the other slot active (it must hold a bundle that verifies and self-tests).
     Rollback {
@@ -79,6 +84,9 @@ enum Command {
     /// The alert journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Frames operators marked good on the status page ("this part is good").
+    #[command(subcommand)]
+    Overlay(OverlayCommand),
     /// Time a bundle's detector per stage (preprocess, encoder, kNN, decision) on generated
     /// camera frames, as the pipeline runs it; `--json` prints one object.
     Bench(bench::BenchArgs),
@@ -98,6 +106,68 @@ enum JournalCommand {
         #[command(flatten)]
         config: ConfigArg,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum OverlayCommand {
+    /// List the frames marked good for the active bundle (or --bundle SHA256).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A bundle's SHA-256 (as `status` prints it; a unique prefix will do) instead of the
+        /// active one.
+        #[arg(long, value_name = "SHA256")]
+        bundle: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the frames marked good as PNG images into a folder (with overlay.json listing
+    /// them), to train the next bundle with them: `host-trainer fit --good DIR` on a folder
+    /// that holds them beside the other good images.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Folder to write into (created when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A bundle's SHA-256 (or a unique prefix) instead of the active one.
+        #[arg(long, value_name = "SHA256")]
+        bundle: Option<String>,
+    },
+}
+
+/// The overlay file of `bundle` (a SHA-256 or unique prefix), else of the active slot's bundle.
+fn overlay_file(cfg: &DeviceConfig, bundle: Option<&str>) -> Result<PathBuf, Failure> {
+    let dir = cfg.overlay_dir();
+    let sha = match bundle {
+        Some(b) => b.to_string(),
+        None => open_slots(cfg)?
+            .active_sha256()
+            .ok_or_else(|| anyhow::anyhow!("no active bundle; name one with --bundle"))?,
+    };
+    let suffix = device_runtime::overlay::SUFFIX;
+    let found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|r| {
+            r.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&sha) && n.ends_with(suffix))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(anyhow::anyhow!(
+            "no frames are marked good for bundle {} (nothing in {})",
+            device_runtime::overlay::short(&sha),
+            dir.display()
+        )
+        .into()),
+        _ => Err(anyhow::anyhow!("--bundle {sha} matches several overlay files").into()),
+    }
 }
 
 /// An error with its exit code.
@@ -132,6 +202,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             file,
             config,
             force,
+            carry_overlay,
         } => {
             let cfg = DeviceConfig::load(&config.config).map_err(config_failure)?;
             let slots = open_slots(&cfg)?;
@@ -150,10 +221,23 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            let (done, _) = slots.flash(&bytes, force).map_err(|e| Failure {
+            let from = carry_overlay.then(|| slots.active_sha256()).flatten();
+            let (done, loaded) = slots.flash(&bytes, force).map_err(|e| Failure {
                 code: 3,
                 error: e.into(),
             })?;
+            if let Some(from) = from {
+                device_runtime::overlay::Carry::request(
+                    &cfg.overlay_dir(),
+                    &from,
+                    &loaded.summary.sha256,
+                )
+                .map_err(anyhow::Error::msg)?;
+                println!(
+                    "frames marked good under bundle {} will be marked again when this bundle starts",
+                    device_runtime::overlay::short(&from)
+                );
+            }
             println!(
                 "installed {} (class {}, version {}) into slot {}; self-test max distance error {:.2e}",
                 file.display(),
@@ -252,6 +336,61 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     t.line
                 );
             }
+            Ok(())
+        }
+        Command::Overlay(OverlayCommand::List {
+            config,
+            bundle,
+            json,
+        }) => {
+            let cfg = DeviceConfig::load(&config.config).map_err(config_failure)?;
+            let path = overlay_file(&cfg, bundle.as_deref())?;
+            let o = device_runtime::overlay::Overlay::read(&path).map_err(anyhow::Error::msg)?;
+            if json {
+                let v = serde_json::json!({"bundle": o.bundle, "patch-rows": o.patch_rows(), "entries": o.entries});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "bundle {}: {} frames marked good, {} patch rows",
+                device_runtime::overlay::short(&o.bundle),
+                o.entries.len(),
+                o.patch_rows()
+            );
+            for e in &o.entries {
+                println!(
+                    "  entry {:>3}: alert {} (frame {} from {}), distance {:.4e}, marked {}{}",
+                    e.id,
+                    e.alert,
+                    e.frame,
+                    e.source,
+                    e.distance,
+                    e.marked_at,
+                    e.carried_from
+                        .as_deref()
+                        .map(|f| format!(
+                            ", carried over from {}",
+                            device_runtime::overlay::short(f)
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Overlay(OverlayCommand::Export {
+            config,
+            out,
+            bundle,
+        }) => {
+            let cfg = DeviceConfig::load(&config.config).map_err(config_failure)?;
+            let path = overlay_file(&cfg, bundle.as_deref())?;
+            let written = device_runtime::overlay::export(&cfg.overlay_dir(), &path, &out)
+                .map_err(anyhow::Error::msg)?;
+            println!(
+                "wrote {} frames marked good and overlay.json to {}",
+                written.len(),
+                out.display()
+            );
             Ok(())
         }
         Command::Bench(args) => Ok(bench::run(&args)?),

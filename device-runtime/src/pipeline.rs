@@ -145,6 +145,8 @@ struct Scorer {
     /// The patch score's threshold and colour scale, when the bundle scores patches.
     patch: Option<firm_shared::bundle::manifest::PatchSection>,
     regions: RegionScratch,
+    /// Frames marked good on this device for this bundle.
+    overlay: crate::overlay::Active,
 }
 
 impl Scorer {
@@ -194,7 +196,7 @@ impl Scorer {
 impl Scorer {
     fn new(shared: &Shared, l: &Loaded, cfg: &InferenceConfig) -> Result<Self, String> {
         let (threshold, point) = threshold(&l.bundle, cfg)?;
-        let detector = Detector::on(&l.bundle, cfg.backend).map_err(|e| e.to_string())?;
+        let mut detector = Detector::on(&l.bundle, cfg.backend).map_err(|e| e.to_string())?;
         let n = l.bundle.bank.len();
         *shared.thumbnails.write().expect("state lock") =
             (0..n).filter_map(|i| l.bundle.bank.thumbnail(i)).collect();
@@ -203,6 +205,13 @@ impl Scorer {
         let info = bundle_info(l, threshold, &point, detector.embedder());
         let drift = DriftWatch::new(&l.bundle, &cfg.drift);
         let patch = l.bundle.manifest.patch.clone();
+        let overlay = crate::overlay::Active::attach(
+            shared,
+            &mut detector,
+            &l.summary.sha256,
+            patch.as_ref(),
+            threshold,
+        );
         {
             let mut live = shared.live.write().expect("state lock");
             live.bundle = Some(info.clone());
@@ -217,6 +226,7 @@ impl Scorer {
             drift,
             patch,
             regions: RegionScratch::default(),
+            overlay,
         })
     }
 }
@@ -312,6 +322,9 @@ pub fn start(
                             Err(e) => warn!("the flashed bundle cannot run here: {e}"),
                         }
                     }
+                    if sh.overlay.has_requests() {
+                        scorer.overlay.serve(&sh, &mut scorer.detector);
+                    }
                     let Some(frame) = mb.pop(Duration::from_millis(100)) else {
                         if mb.is_finished() || st.load(Ordering::SeqCst) {
                             break;
@@ -371,6 +384,10 @@ fn process(
             .unwrap_or_default(),
         latency_ms,
         heat: scorer.heat(frame.image.width(), frame.image.height(), scored.patch),
+        marked_good: scored
+            .overlay
+            .and_then(|i| scorer.overlay.overlay.entries.get(i))
+            .map(|e| e.id),
     };
     let live_jpeg = (last_live.elapsed() >= LIVE_FRAME_EVERY || v.defect).then(|| {
         *last_live = Instant::now();

@@ -127,6 +127,11 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
         _ => capture::open(&spec, &copts)?,
     };
     let sinks = sinks(cfg, &shared)?;
+    let _ = shared.overlay.config.set(crate::overlay::DeskConfig {
+        dir: cfg.overlay_dir(),
+        flagged_dir: cfg.flagged_dir(),
+        limits: cfg.overlay.clone(),
+    });
     let starts = slots.note_start()?;
     if starts > 1 {
         warn!("start {starts} without a healthy run in between");

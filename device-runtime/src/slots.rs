@@ -417,6 +417,12 @@ impl Slots {
         Ok(r.max_distance_err)
     }
 
+    /// The SHA-256 of the active slot's bundle file, when it holds one that verifies.
+    pub fn active_sha256(&self) -> Option<String> {
+        let (b, bytes) = self.read_slot(self.active()?).ok()?;
+        Some(BundleSummary::new(&b, &bytes).sha256)
+    }
+
     pub fn status(&self) -> Status {
         let active = self.active();
         let slots = [Slot::A, Slot::B]

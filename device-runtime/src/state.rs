@@ -35,6 +35,10 @@ pub struct Verdict {
     /// Where the defect is, for bundles that score patches.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heat: Option<Heat>,
+    /// The overlay entry (a frame an operator marked good) nearer to this frame than any good
+    /// image of the bundle: the image score is that entry's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marked_good: Option<u64>,
 }
 
 /// The patch score of a frame and its hottest region.
@@ -81,6 +85,8 @@ pub enum Event {
     Ack(crate::alerts::ledger::Acknowledged),
     /// The drift sentinel raised or cleared a warning ([`crate::drift`]).
     Drift(firm_shared::drift::DriftWarning),
+    /// Frames marked good changed ([`crate::overlay`]).
+    Overlay(crate::overlay::Status),
 }
 
 /// The bundle in use, for the page.
@@ -217,6 +223,8 @@ pub struct Shared {
     pub heartbeat: Arc<crate::watchdog::Heartbeat>,
     /// The journal's alerts and their acknowledgements (set once the journal is open).
     pub ledger: OnceLock<Arc<crate::alerts::ledger::Ledger>>,
+    /// Frames marked good: requests for the inference thread and the overlay in force.
+    pub overlay: crate::overlay::Desk,
 }
 
 impl Shared {
@@ -233,6 +241,7 @@ impl Shared {
             closing: tokio::sync::watch::Sender::new(false),
             heartbeat: Arc::default(),
             ledger: OnceLock::new(),
+            overlay: Default::default(),
         })
     }
 
@@ -263,6 +272,7 @@ mod tests {
             nearest_source: String::new(),
             latency_ms,
             heat: None,
+            marked_good: None,
         }
     }
 

@@ -30,6 +30,7 @@ fn alert(frame: u64) -> AlertEntry {
             nearest_source: "train/good/000.png".into(),
             latency_ms: 3.0,
             heat: None,
+            marked_good: None,
         },
         journal_seq: None,
         image: Some(format!("20261201T120000000Z-{frame:08}.png")),

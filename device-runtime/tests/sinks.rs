@@ -29,6 +29,7 @@ fn alert(seq: u64) -> AlertEntry {
             nearest_source: "train/good/003.png".into(),
             latency_ms: 5.0,
             heat: None,
+            marked_good: None,
         },
         journal_seq: None,
         image: None,

@@ -46,6 +46,7 @@ fn verdict(seq: u64, distance: f64) -> Verdict {
         nearest_source: "train/good/000.png".into(),
         latency_ms: 12.5,
         heat: None,
+        marked_good: None,
     }
 }
 

@@ -40,7 +40,11 @@ fn patch_bundle(verdict: bool) -> Bundle {
 fn checker(mut img: RgbImage, x: u32, y: u32, side: u32, cell: u32) -> RgbImage {
     for yy in y..y + side {
         for xx in x..x + side {
-            let v = if (xx / cell + yy / cell) % 2 == 0 { 0 } else { 255 };
+            let v = if (xx / cell + yy / cell).is_multiple_of(2) {
+                0
+            } else {
+                255
+            };
             img.put_pixel(xx, yy, Rgb([v, v, v]));
         }
     }
@@ -158,5 +162,8 @@ fn overlay_input_is_checked_and_kde_refuses_it() {
     det.set_overlay(&views, &[]).unwrap();
     let s1 = det.score_image(&img).unwrap();
     assert!(s1.distance < 1e-4 && s0.distance > 1e-3, "{s0:?} -> {s1:?}");
-    assert_eq!(s1.nearest, s0.nearest, "the evidence stays the bank's nearest");
+    assert_eq!(
+        s1.nearest, s0.nearest,
+        "the evidence stays the bank's nearest"
+    );
 }

@@ -85,14 +85,7 @@ impl AlertSink for FlaggedFrames {
     }
 
     fn alert(&mut self, alert: &mut AlertEntry, frame: &Frame) -> Result<(), String> {
-        // 2026-12-01T12:50:00.123Z -> 20261201T125000123Z
-        let t: String = alert
-            .verdict
-            .time
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .collect();
-        let stem = format!("{t}-{:08}", alert.verdict.seq);
+        let stem = stem_of(&alert.verdict);
         let mut png = std::io::Cursor::new(Vec::new());
         image::DynamicImage::ImageRgb8(frame.image.clone())
             .write_to(&mut png, image::ImageFormat::Png)
@@ -133,6 +126,17 @@ pub const HEAT_SUFFIX: &str = ".heat.jpg";
 const THUMBNAIL_QUALITY: u8 = 80;
 
 /// The thumbnail file of the saved frame `png` (`<stem>.png` -> `<stem>.thumb.jpg`).
+/// The stem of a verdict's saved files: its capture time and frame seq
+/// (2026-12-01T12:50:00.123Z, frame 42 -> `20261201T125000123Z-00000042`).
+pub fn stem_of(v: &crate::state::Verdict) -> String {
+    let t: String = v
+        .time
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    format!("{t}-{:08}", v.seq)
+}
+
 pub fn thumbnail_name(png: &str) -> Option<String> {
     png.strip_suffix(".png")
         .map(|stem| format!("{stem}{THUMBNAIL_SUFFIX}"))

@@ -412,6 +412,7 @@ mod tests {
                 nearest_source: "good/0.png".into(),
                 latency_ms: 1.0,
                 heat: None,
+                marked_good: None,
             },
             journal_seq: None,
             image: None,

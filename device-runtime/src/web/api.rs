@@ -41,6 +41,7 @@ pub fn status_json(st: &AppState) -> Value {
         "last": live.last,
         "alerts": st.shared.ledger.get().map(|l| l.counts()),
         "drift": live.drift,
+        "overlay": super::overlay::summary(&st.shared.overlay.status.read().expect("overlay lock")),
     })
 }
 
@@ -118,6 +119,7 @@ pub async fn events(
                 Event::Bundle(_) => "bundle",
                 Event::Ack(_) => "ack",
                 Event::Drift(_) => "drift",
+                Event::Overlay(_) => "overlay",
             };
             let data = serde_json::to_value(&*e).ok()?;
             SseEvent::default().event(name).json_data(data).ok().map(Ok)
@@ -169,7 +171,19 @@ pub async fn thumbnail(
 
 /// `POST /api/bundle`: the body is a bundle file. Streamed to disk within the size limit, then
 /// flashed exactly as `device-runtime flash` does; the pipeline switches to it between frames.
-pub async fn upload_bundle(State(st): State<AppState>, body: Body) -> Result<Response, AppError> {
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct UploadQuery {
+    /// Mark the frames marked good under the active bundle again under the new one.
+    #[serde(default)]
+    carry_overlay: bool,
+}
+
+pub async fn upload_bundle(
+    State(st): State<AppState>,
+    axum::extract::Query(q): axum::extract::Query<UploadQuery>,
+    body: Body,
+) -> Result<Response, AppError> {
     let Some(slots) = st.slots.clone() else {
         return Err(AppError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -208,12 +222,22 @@ pub async fn upload_bundle(State(st): State<AppState>, body: Body) -> Result<Res
     drop(file);
     let shared = st.shared.clone();
     let p = path.clone();
+    let carry_dir = q
+        .carry_overlay
+        .then(|| st.shared.overlay.config.get().map(|c| c.dir.clone()))
+        .flatten();
     let result = tokio::task::spawn_blocking(move || {
         let bytes = std::fs::read(&p).map_err(|e| SlotError::Io {
             path: p.clone(),
             source: e,
         })?;
+        let from = slots.active_sha256();
         let (flashed, loaded) = slots.flash(&bytes, false)?;
+        if let (Some(dir), Some(from)) = (&carry_dir, from)
+            && let Err(e) = crate::overlay::Carry::request(dir, &from, &loaded.summary.sha256)
+        {
+            tracing::warn!("the overlay will not be carried over: {e}");
+        }
         *shared.pending_bundle.lock().expect("state lock") = Some(loaded);
         shared.live.write().expect("state lock").slots = Some(slots.status());
         Ok::<_, SlotError>(flashed)

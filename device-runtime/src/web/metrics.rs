@@ -148,6 +148,19 @@ pub fn render(st: &AppState) -> String {
         );
     }
     drift(&mut s, &live.drift);
+    metric(
+        &mut s,
+        "firm_overlay_entries",
+        "gauge",
+        "Frames an operator marked good that are in force for the active bundle.",
+        st.shared
+            .overlay
+            .status
+            .read()
+            .expect("overlay lock")
+            .entries
+            .len() as f64,
+    );
     let healthy = super::api::health(st, &live).0;
     metric(
         &mut s,

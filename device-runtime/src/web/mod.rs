@@ -7,15 +7,18 @@
 //! | `GET /api/status` | counters, FPS, latency p50/p99, camera, bundle, slots, health, drift | read |
 //! | `GET /api/alerts` | recent alerts; `?limit=N&before=SEQ`: a page from the journal (`alerts`) | read |
 //! | `GET /api/scores` | recent distances with the threshold | read |
-//! | `GET /api/events` | server-sent events: `verdict`, `alert`, `bundle`, `ack`, `drift` | read |
+//! | `GET /api/events` | server-sent events: `verdict`, `alert`, `bundle`, `ack`, `drift`, `overlay` | read |
 //! | `GET /api/frame.jpg` | the latest frame | read |
 //! | `GET /api/thumbnail/{i}` | bank entry `i`'s thumbnail (the nearest good image) | read |
 //! | `GET /api/flagged/{file}` | a saved flagged frame | read |
 //! | `GET /api/flagged/{file}/thumb.jpg` | its thumbnail (a few KB, cacheable) | read |
 //! | `GET /metrics` | Prometheus text format | read |
 //! | `GET /healthz` | 200 when a bundle runs and frames flow, else 503 | none |
-//! | `POST /api/bundle` | install a bundle (body = the file), as `device-runtime flash` | token |
+//! | `POST /api/bundle` | install a bundle (body = the file), as `device-runtime flash`; `?carry-overlay=true` carries the frames marked good over | token |
 //! | `POST /api/alerts/ack` | acknowledge `{"alert": SEQ}` or `{"up-to": SEQ}`, journaled | token |
+//! | `GET /api/overlay` | frames marked good for the active bundle | read |
+//! | `POST /api/overlay/mark` | mark `{"alert": SEQ}` good, journaled | token |
+//! | `POST /api/overlay/undo` | undo `{"entry": ID}`, journaled | token |
 //!
 //! "read" is public when the config says `public-reads = true`, otherwise it needs the token too
 //! (as `Authorization: Bearer TOKEN`, or `?token=TOKEN` for the page's event stream). Every
@@ -26,6 +29,7 @@ mod alerts;
 mod api;
 mod assets;
 mod metrics;
+mod overlay;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -160,6 +164,7 @@ pub fn app(state: AppState) -> Router {
             "/api/flagged/{file}/thumb.jpg",
             get(alerts::flagged_thumbnail),
         )
+        .route("/api/overlay", get(overlay::list))
         .route("/metrics", get(metrics::metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let writes = Router::new()
@@ -170,6 +175,14 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/api/alerts/ack",
             post(alerts::acknowledge).layer(DefaultBodyLimit::max(4096)),
+        )
+        .route(
+            "/api/overlay/mark",
+            post(overlay::mark).layer(DefaultBodyLimit::max(4096)),
+        )
+        .route(
+            "/api/overlay/undo",
+            post(overlay::undo).layer(DefaultBodyLimit::max(4096)),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
