@@ -11,7 +11,8 @@
 //!   (then A passes under it too and B still fails); another bundle's overlay file under the
 //!   active bundle's name is refused (moved aside, journaled, shown in the status) and the
 //!   bundle runs without it;
-//! - every change is in the journal's hash chain (`journal verify`).
+//! - every change is in the journal's hash chain (`journal verify`);
+//! - alerts paged from the journal name their saved frame and heat map.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -291,6 +292,17 @@ fn marked_good_passes_survives_sigkill_and_stays_with_its_bundle() {
     );
     let alert_a = alerts.iter().find(|x| source_of(x).ends_with(A)).unwrap();
     let seq_a = alert_a["journal-seq"].as_u64().unwrap();
+    // Read back from the journal (which takes an alert before its frame is saved), a page still
+    // names the saved frame and its heat map.
+    assert!(
+        alert_a["image"]
+            .as_str()
+            .is_some_and(|f| f.ends_with(".png"))
+            && alert_a["heat-image"]
+                .as_str()
+                .is_some_and(|f| f.ends_with(".heat.jpg")),
+        "{alert_a}"
+    );
     let threshold = alert_a["threshold"].as_f64().unwrap();
     let (code, why) = dev.post("/api/overlay/mark", None, json!({"alert": seq_a}));
     assert_eq!(code, 401, "{why}");

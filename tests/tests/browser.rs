@@ -562,3 +562,321 @@ fn status_page_shows_live_verdicts_and_alerts_in_chromium() {
         verified.trim()
     );
 }
+
+/// A smooth random part with a checkerboard defect at `(x0, y0)` (none when `side` is 0).
+fn part(seed: u64, side: u32, x0: u32, y0: u32, cell: u32) -> image::RgbImage {
+    use rand::SeedableRng;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut img = firm_shared::detect::synthetic::pattern(160, 128, &mut rng);
+    for y in y0..y0 + side {
+        for x in x0..x0 + side {
+            let v = if (x / cell + y / cell).is_multiple_of(2) {
+                0
+            } else {
+                255
+            };
+            img.put_pixel(x, y, image::Rgb([v, v, v]));
+        }
+    }
+    img
+}
+
+/// Heat maps and "mark good" in the page (issue 17): a random 128 px bundle whose verdict is
+/// the patch score runs four good parts and two defects (A in the middle, B at the top) in a
+/// loop. Each alert's thumbnail is its frame with the heat map drawn over it (asserted against
+/// the plain frame's thumbnail, pixel by pixel, in the browser); clicking "mark good" on an
+/// alert of A marks it (the "Marked good" count says 1, the alert is shown marked), A's next
+/// frames pass with `marked-good` while B's are still flagged; "undo" on the page takes it back.
+#[test]
+fn heat_maps_and_mark_good_in_chromium() {
+    let Some(driver) = which("chromedriver").filter(|_| Path::new(CHROMIUM).is_file()) else {
+        println!("browser test skipped: {CHROMIUM} or chromedriver not installed");
+        return;
+    };
+    use ed25519_dalek::SigningKey;
+    use firm_shared::detect::synthetic::{SyntheticSpec, random_bundle_with_patch};
+    use firm_shared::model::{EncoderConfig, Stem};
+    use firm_shared::score::patch::PatchSpec;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let key = SigningKey::from_bytes(&[5; 32]);
+    let spec = SyntheticSpec {
+        encoder: EncoderConfig::new(Stem::Imagenet, 0.25),
+        size: 128,
+        score: "cos_1".parse().unwrap(),
+        int8_activations: true,
+        bank: 24,
+        seed: 11,
+    };
+    let patch = PatchSpec {
+        bank: 512,
+        ..PatchSpec::for_graph(&spec.encoder.graph()).unwrap()
+    };
+    let bundle = random_bundle_with_patch(&spec, &patch, true).unwrap();
+    std::fs::write(
+        root.join("b.firm"),
+        bundle
+            .to_bytes(&key, &firm_shared::bundle::Limits::default())
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("bundle.pub"),
+        firm_shared::bundle::container::key_hex(key.verifying_key().as_bytes()),
+    )
+    .unwrap();
+    let frames = root.join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 0..4u64 {
+        part(100 + i, 0, 0, 0, 1)
+            .save(frames.join(format!("{i:04}.png")))
+            .unwrap();
+    }
+    part(100, 24, 68, 52, 4)
+        .save(frames.join("0004.png"))
+        .unwrap();
+    part(104, 28, 100, 20, 7)
+        .save(frames.join("0005.png"))
+        .unwrap();
+    let port = free_port();
+    std::fs::write(root.join("token"), TOKEN).unwrap();
+    std::fs::write(
+        root.join("device.toml"),
+        format!(
+            "schema-version = 1\nsite = \"heat-test\"\nstate-dir = \"state\"\n\
+             [bundles]\ntrusted-keys = [\"bundle.pub\"]\n\
+             [source]\nspec = \"dir:frames\"\nfps = 8.0\nloop = true\n\
+             [inference]\nthreads = 1\n\
+             [web]\nlisten = \"127.0.0.1:{port}\"\ntoken-file = \"token\"\n"
+        ),
+    )
+    .unwrap();
+    let device = || Command::new(binary("device-runtime", "device-runtime"));
+    ok(device()
+        .current_dir(root)
+        .args(["flash", "b.firm", "--config", "device.toml"])
+        .output()
+        .unwrap());
+    let rt = device()
+        .current_dir(root)
+        .args(["run", "--config", "device.toml"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _rt = Guard(rt);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(60)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let device_url = format!("http://127.0.0.1:{port}");
+    let api = |path: &str| -> Value {
+        let mut r = agent
+            .get(format!("{device_url}{path}"))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .call()
+            .unwrap();
+        serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+    };
+    let t = Instant::now();
+    while agent.get(format!("{device_url}/healthz")).call().is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "device did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Alerts for both defects before the page opens.
+    let t = Instant::now();
+    loop {
+        let a = api("/api/alerts?limit=50");
+        let has = |s: &str| {
+            a["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["source"].as_str().unwrap().ends_with(s))
+        };
+        if has("0004.png") && has("0005.png") {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no alerts: {a}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let wd_port = free_port();
+    let _driver = Guard(
+        Command::new(driver)
+            .arg(format!("--port={wd_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{wd_port}");
+    let t = Instant::now();
+    while agent.get(format!("{base}/status")).call().is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "chromedriver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let profile = root.join("chromium-profile");
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update",
+                     "--disable-sync", "--window-size=1280,900",
+                     format!("--user-data-dir={}", profile.display())],
+        }
+    }}});
+    let mut resp = agent
+        .post(format!("{base}/session"))
+        .header("content-type", "application/json")
+        .send(serde_json::to_vec(&caps).unwrap().as_slice())
+        .unwrap();
+    let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let session = v["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session: {v}"))
+        .to_string();
+    let wd = WebDriver {
+        base,
+        session,
+        agent: agent.clone(),
+    };
+    wd.call(
+        "POST",
+        "/url",
+        Some(json!({ "url": format!("{device_url}/#token={TOKEN}") })),
+    );
+    let wait = |what: &str, script: &str, done: &dyn Fn(&Value) -> bool| -> Value {
+        let t = Instant::now();
+        loop {
+            let s = wd.eval(script);
+            if done(&s) {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "{what}: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The heat map is drawn over each alert's thumbnail: the page's image differs from the
+    // plain frame's thumbnail (fetched by the browser and compared on a canvas).
+    let heat = wd.call(
+        "POST",
+        "/execute/async",
+        Some(json!({"script": "const done = arguments[arguments.length - 1]; \
+            const wait = () => { \
+              const img = Array.from(document.querySelectorAll('#alerts img.frame.heat')).find(i => i.complete && i.naturalWidth > 0); \
+              if (!img) { setTimeout(wait, 100); return; } \
+              const plain = new Image(); \
+              plain.onload = () => { \
+                const px = (im) => { const c = document.createElement('canvas'); c.width = 64; c.height = 64; \
+                  const g = c.getContext('2d'); g.drawImage(im, 0, 0, 64, 64); return g.getImageData(0, 0, 64, 64).data; }; \
+                const [a, b] = [px(img), px(plain)]; let d = 0, strong = 0; \
+                for (let i = 0; i < a.length; i += 4) { \
+                  const e = Math.abs(a[i] - b[i]) + Math.abs(a[i+1] - b[i+1]) + Math.abs(a[i+2] - b[i+2]); \
+                  d += e; if (e > 120) strong += 1; } \
+                done({ src: new URL(img.src).pathname, plain: new URL(plain.src).pathname, diff: d / (64 * 64 * 3), strong: strong / (64 * 64) }); }; \
+              plain.onerror = () => done({ error: 'plain thumbnail failed' }); \
+              plain.src = img.closest('a').href.replace(/\\?.*$/, '') + '/thumb.jpg' + '?token=' + encodeURIComponent(new URLSearchParams(location.hash.slice(1)).get('token')); \
+            }; wait();", "args": []})),
+    );
+    assert!(
+        heat["src"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(".heat.jpg/thumb.jpg"),
+        "{heat}"
+    );
+    assert!(
+        heat["plain"]
+            .as_str()
+            .unwrap_or("")
+            .ends_with(".png/thumb.jpg"),
+        "{heat}"
+    );
+    assert!(
+        heat["strong"].as_f64().unwrap_or(0.0) > 0.02,
+        "no heat map drawn over the alert: {heat}"
+    );
+
+    // "mark good" on an alert of A.
+    let clicked = wd.eval(
+        "const li = Array.from(document.querySelectorAll('#alerts li')).find(li => \
+           li.textContent.includes('0004.png') && li.querySelector('button.mark-good')); \
+         if (!li) return null; li.querySelector('button.mark-good').click(); \
+         return Number(li.dataset.journalSeq);",
+    );
+    let seq_a = clicked
+        .as_u64()
+        .unwrap_or_else(|| panic!("no 'mark good' button on an alert of A: {clicked}"));
+    let shown = wait(
+        "the mark shown on the page",
+        "return { count: document.getElementById('overlay-count').textContent, \
+           note: document.getElementById('overlay-note').textContent, \
+           marked: Array.from(document.querySelectorAll('#alerts li.marked')).map(li => Number(li.dataset.journalSeq)), \
+           entries: document.querySelectorAll('#overlay-entries li').length };",
+        &|s| {
+            s["count"] == "1"
+                && s["entries"] == 1
+                && s["note"]
+                    .as_str()
+                    .is_some_and(|n| n.contains("marked good"))
+        },
+    );
+    assert!(
+        shown["marked"].as_array().unwrap().contains(&json!(seq_a)),
+        "{shown}"
+    );
+    let o = api("/api/overlay");
+    assert_eq!(o["entries"][0]["alert"], seq_a, "{o}");
+    // It takes effect: A's next frames pass (marked good), B's are still flagged.
+    let after = api("/api/status")["last"]["seq"].as_u64().unwrap();
+    let t = Instant::now();
+    let (mut a_seen, mut b_seen) = (None, None);
+    while a_seen.is_none() || b_seen.is_none() {
+        let last = api("/api/status")["last"].clone();
+        if last["seq"].as_u64().unwrap() > after {
+            let s = last["source"].as_str().unwrap().to_string();
+            if s.ends_with("0004.png") {
+                a_seen = Some(last.clone());
+            } else if s.ends_with("0005.png") {
+                b_seen = Some(last.clone());
+            }
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no verdicts for A and B"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (a, b) = (a_seen.unwrap(), b_seen.unwrap());
+    assert_eq!(a["defect"], false, "{a}");
+    assert_eq!(a["marked-good"], o["entries"][0]["id"], "{a}");
+    assert_eq!(b["defect"], true, "{b}");
+
+    // Undo on the page.
+    let undone = wd.eval(
+        "const b = document.querySelector('#overlay-entries li button.undo'); \
+         if (!b) return false; b.click(); return true;",
+    );
+    assert_eq!(undone, true, "no undo button");
+    wait(
+        "the undo shown on the page",
+        "return document.getElementById('overlay-count').textContent;",
+        &|s| s == "0",
+    );
+    assert_eq!(api("/api/overlay")["entries"].as_array().unwrap().len(), 0);
+    wd.call("DELETE", "", None);
+    println!(
+        "heat/mark-good browser test: heat thumbnail differs from the frame's by {:.1} per channel, \
+         {:.1} % of its pixels by more than 120; alert {seq_a} marked good and undone on the page",
+        heat["diff"].as_f64().unwrap(),
+        100.0 * heat["strong"].as_f64().unwrap()
+    );
+}

@@ -42,7 +42,8 @@ impl FlaggedFrames {
                 continue;
             }
             let Some(stem) = name
-                .strip_suffix(HEAT_SUFFIX)
+                .strip_suffix(HEAT_THUMBNAIL_SUFFIX)
+                .or_else(|| name.strip_suffix(HEAT_SUFFIX))
                 .or_else(|| name.strip_suffix(".png"))
                 .or_else(|| name.strip_suffix(".json"))
                 .or_else(|| name.strip_suffix(THUMBNAIL_SUFFIX))
@@ -71,7 +72,13 @@ impl FlaggedFrames {
             let Some((stem, len)) = self.files.pop_front() else {
                 break;
             };
-            for ext in [".png", ".json", THUMBNAIL_SUFFIX, HEAT_SUFFIX] {
+            for ext in [
+                ".png",
+                ".json",
+                THUMBNAIL_SUFFIX,
+                HEAT_SUFFIX,
+                HEAT_THUMBNAIL_SUFFIX,
+            ] {
                 let _ = std::fs::remove_file(self.dir.join(format!("{stem}{ext}")));
             }
             self.total -= len;
@@ -123,9 +130,10 @@ pub const THUMBNAIL_SIZE: u32 = 128;
 const THUMBNAIL_SUFFIX: &str = ".thumb.jpg";
 /// The frame with its heat map blended on (bundles that score patches).
 pub const HEAT_SUFFIX: &str = ".heat.jpg";
+/// The heat map's thumbnail, made on first request.
+pub const HEAT_THUMBNAIL_SUFFIX: &str = ".heat.thumb.jpg";
 const THUMBNAIL_QUALITY: u8 = 80;
 
-/// The thumbnail file of the saved frame `png` (`<stem>.png` -> `<stem>.thumb.jpg`).
 /// The stem of a verdict's saved files: its capture time and frame seq
 /// (2026-12-01T12:50:00.123Z, frame 42 -> `20261201T125000123Z-00000042`).
 pub fn stem_of(v: &crate::state::Verdict) -> String {
@@ -137,8 +145,14 @@ pub fn stem_of(v: &crate::state::Verdict) -> String {
     format!("{t}-{:08}", v.seq)
 }
 
+/// The thumbnail file of the saved frame `png` (`<stem>.png` -> `<stem>.thumb.jpg`), or of its
+/// heat map (`<stem>.heat.jpg` -> `<stem>.heat.thumb.jpg`).
 pub fn thumbnail_name(png: &str) -> Option<String> {
     png.strip_suffix(".png")
+        .or_else(|| {
+            png.strip_suffix(".jpg")
+                .filter(|_| png.ends_with(HEAT_SUFFIX))
+        })
         .map(|stem| format!("{stem}{THUMBNAIL_SUFFIX}"))
 }
 
@@ -173,7 +187,12 @@ pub fn thumbnail_for(dir: &Path, png: &str) -> io::Result<Vec<u8>> {
         Err(_) => {}
     }
     let bytes = std::fs::read(dir.join(png))?;
-    let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png)
+    let format = if png.ends_with(".png") {
+        image::ImageFormat::Png
+    } else {
+        image::ImageFormat::Jpeg
+    };
+    let img = image::load_from_memory_with_format(&bytes, format)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{png}: {e}")))?
         .to_rgb8();
     let jpeg = thumbnail_jpeg(&img).map_err(io::Error::other)?;
@@ -203,6 +222,31 @@ fn write_cache(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn heat_maps_have_thumbnails_too() {
+        assert_eq!(
+            thumbnail_name("20261201T1-00000042.heat.jpg").as_deref(),
+            Some("20261201T1-00000042.heat.thumb.jpg")
+        );
+        assert_eq!(thumbnail_name("x.jpg"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let img = image::RgbImage::from_fn(320, 240, |x, _| image::Rgb([(x % 256) as u8, 40, 200]));
+        let mut jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new(&mut jpeg)
+            .encode_image(&img)
+            .unwrap();
+        std::fs::write(dir.path().join("a-00000001.heat.jpg"), &jpeg).unwrap();
+        let t = thumbnail_for(dir.path(), "a-00000001.heat.jpg").unwrap();
+        let small = image::load_from_memory(&t).unwrap();
+        assert!(small.width() <= THUMBNAIL_SIZE && small.width() < 320);
+        assert!(dir.path().join("a-00000001.heat.thumb.jpg").is_file());
+        // Counted and evicted with its frame.
+        let mut f = FlaggedFrames::open(dir.path(), 0).unwrap();
+        assert_eq!(f.files.len(), 1, "{:?}", f.files);
+        f.evict();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn thumbnails_are_small_made_once_and_budgeted() {

@@ -48,6 +48,25 @@ fn no_ledger() -> AppError {
     )
 }
 
+/// The journal takes an alert before its frame is saved, so an alert read back from the journal
+/// (a page, or the list after a restart) names no files: they follow from its verdict, and are
+/// named when they are there.
+fn with_files(dir: &std::path::Path, a: &mut AlertEntry) {
+    let stem = flagged::stem_of(&a.verdict);
+    if a.image.is_none() {
+        let png = format!("{stem}.png");
+        if dir.join(&png).is_file() {
+            a.image = Some(png);
+        }
+    }
+    if a.heat_image.is_none() {
+        let heat = format!("{stem}{}", flagged::HEAT_SUFFIX);
+        if dir.join(&heat).is_file() {
+            a.heat_image = Some(heat);
+        }
+    }
+}
+
 /// An alert of the in-memory list with its acknowledgement, as a page lists it.
 fn listed(ledger: Option<&Ledger>, a: &AlertEntry) -> Listed {
     let acknowledged = ledger
@@ -74,11 +93,14 @@ pub async fn list(
     let counts = ledger.as_ref().map(|l| l.counts());
     if q.limit.is_none() && q.before.is_none() {
         let live = st.shared.live.read().expect("state lock");
-        let alerts: Vec<Listed> = live
+        let mut alerts: Vec<Listed> = live
             .alerts
             .iter()
             .map(|a| listed(ledger.as_deref(), a))
             .collect();
+        for a in &mut alerts {
+            with_files(&st.flagged_dir, &mut a.alert);
+        }
         return Ok(Json(json!({
             "alerts": alerts,
             "total": live.counters.alerts,
@@ -94,9 +116,16 @@ pub async fn list(
     }
     let ledger = ledger.ok_or_else(no_ledger)?;
     let before = q.before;
-    let page = tokio::task::spawn_blocking(move || ledger.page(before, limit))
-        .await
-        .map_err(AppError::internal)?;
+    let dir = st.flagged_dir.clone();
+    let page = tokio::task::spawn_blocking(move || {
+        let mut page = ledger.page(before, limit);
+        for a in &mut page.alerts {
+            with_files(&dir, &mut a.alert);
+        }
+        page
+    })
+    .await
+    .map_err(AppError::internal)?;
     let total = st.shared.live.read().expect("state lock").counters.alerts;
     let counts = counts.ok_or_else(no_ledger)?;
     Ok(Json(json!({

@@ -68,6 +68,7 @@ function showVerdict(v) {
   $("distance").textContent = fmt(v.distance);
   $("threshold").textContent = fmt(v.threshold);
   $("seq").textContent = v.seq;
+  $("marked").hidden = v["marked-good"] === undefined || v["marked-good"] === null;
   threshold = v.threshold;
 }
 
@@ -94,7 +95,10 @@ function alertItem(a) {
   frame.loading = "lazy";
   if (a.image) {
     const img = "/api/flagged/" + encodeURIComponent(a.image);
-    frame.src = withToken(img + "/thumb.jpg");
+    // Bundles that score patches: the thumbnail is the frame with its heat map drawn over it.
+    const heat = a["heat-image"] ? "/api/flagged/" + encodeURIComponent(a["heat-image"]) : null;
+    if (heat) frame.classList.add("heat");
+    frame.src = withToken((heat || img) + "/thumb.jpg");
     link.href = withToken(img);
     link.target = "_blank";
   }
@@ -138,7 +142,15 @@ function alertItem(a) {
     ack.textContent = "acknowledge";
     ack.addEventListener("click", () => acknowledge({ alert: js }));
     li.append(ack);
+    const good = document.createElement("button");
+    good.type = "button";
+    good.className = "mark-good";
+    good.textContent = "mark good";
+    good.title = "This part is good: frames like it pass from now on (the threshold does not move)";
+    good.addEventListener("click", () => markGood(li, js));
+    li.append(good);
   }
+  if (markedAlerts.has(js)) li.classList.add("marked");
   return li;
 }
 
@@ -209,6 +221,64 @@ async function acknowledge(body) {
     $("ack-hint").textContent = "Not acknowledged: " + a.error;
     $("ack-hint").hidden = false;
   }
+}
+
+// Frames marked good ("this part is good"): the overlay in force for the active bundle.
+const markedAlerts = new Set();
+
+function showOverlay(o) {
+  const entries = (o && o.entries) || [];
+  markedAlerts.clear();
+  entries.forEach((e) => markedAlerts.add(e.alert));
+  document.querySelectorAll("#alerts li[data-journal-seq]").forEach((li) =>
+    li.classList.toggle("marked", markedAlerts.has(Number(li.dataset.journalSeq))));
+  $("overlay-count").textContent = entries.length;
+  // Why the overlay file was refused or marks are unavailable; else the last action's answer stays.
+  const problem = o && (o.refused || o.unavailable);
+  if (problem) $("overlay-note").textContent = problem;
+  $("overlay-entries").replaceChildren(...entries.slice().reverse().map((e) => {
+    const li = document.createElement("li");
+    li.dataset.entry = e.id;
+    li.textContent = "alert " + e.alert + " (frame " + e.frame + ", " + e.source + ", distance " + fmt(e.distance) +
+      "), marked " + e["marked-at"] + (e["carried-from"] ? ", carried over" : "") + " ";
+    if (token) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = "undo";
+      b.textContent = "undo";
+      b.addEventListener("click", () => overlayRequest("/api/overlay/undo", { entry: e.id }));
+      li.append(b);
+    }
+    return li;
+  }));
+}
+
+async function refreshOverlay() {
+  try {
+    const r = await fetch("/api/overlay", auth);
+    if (r.ok) showOverlay(await r.json());
+  } catch (e) {
+    // The next overlay event or status refresh tries again.
+  }
+}
+
+async function overlayRequest(url, body) {
+  const r = await fetch(url, {
+    method: "POST",
+    headers: { Authorization: "Bearer " + token, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  const a = await r.json();
+  $("overlay-note").textContent = r.ok
+    ? (a.action === "mark" ? "Alert " + a.entry.alert + " marked good: its distance " + fmt(a.before) + " is now " + fmt(a.after) +
+      " (threshold " + fmt(a.threshold) + ", unchanged)." : "Mark of alert " + a.entry.alert + " undone.")
+    : "Not done: " + a.error;
+  if (r.ok) refreshOverlay();
+  return r.ok;
+}
+
+async function markGood(li, js) {
+  if (await overlayRequest("/api/overlay/mark", { alert: js })) li.classList.add("marked");
 }
 
 function dl(el, rows) {
@@ -316,8 +386,9 @@ function openEvents() {
     setUnacked(Number($("alert-open").textContent) + 1);
   });
   es.addEventListener("ack", (e) => applyAck(JSON.parse(e.data)));
-  es.addEventListener("bundle", () => refreshStatus());
+  es.addEventListener("bundle", () => { refreshStatus(); refreshOverlay(); });
   es.addEventListener("drift", () => refreshStatus());
+  es.addEventListener("overlay", (e) => showOverlay(JSON.parse(e.data)));
 }
 
 async function loadScores() {
@@ -335,7 +406,7 @@ function start() {
   refreshFrame();
   refreshStatus().finally(() => {
     setInterval(refreshStatus, 2000);
-    loadScores().catch(() => {}).finally(loadPage);
+    loadScores().catch(() => {}).finally(() => { refreshOverlay(); loadPage(); });
   });
   $("more").addEventListener("click", loadPage);
   $("ack-all").addEventListener("click", () => acknowledge({ "up-to": newest }));
