@@ -46,7 +46,7 @@ pub const FORMAT: u32 = 1;
 pub const DEFAULT_MAX_ENTRIES: usize = 64;
 /// Patch rows unless `overlay.max-patch-rows` says otherwise (each costs one bank row in every
 /// frame's patch scoring).
-pub const DEFAULT_MAX_PATCH_ROWS: usize = 4096;
+pub const DEFAULT_MAX_PATCH_ROWS: usize = 1024;
 /// The suffix of overlay files.
 pub const SUFFIX: &str = ".overlay";
 
