@@ -201,6 +201,20 @@ pub struct WebConfig {
     pub token_file: Option<PathBuf>,
     /// Reads (status page, /api/status, /api/alerts, /metrics) without the token.
     pub public_reads: bool,
+    /// Host names the page may be reached by, besides IP addresses and `localhost`: a request
+    /// whose `Host` names anything else is refused (421), so a web page cannot reach the device
+    /// through a DNS name it controls (DNS rebinding).
+    pub hostnames: Vec<String>,
+    /// Open connections at most ([`crate::web::serve`]). At the cap, the oldest connection with
+    /// no request in flight is closed for the new one; when every connection is busy, new ones
+    /// are answered 503 and closed. Keeps file descriptors for the pipeline.
+    pub max_connections: usize,
+    /// Event streams (`/api/events`, one per open status page) at most; more are answered 503.
+    /// Below `max-connections`, so a connection is always left for /healthz.
+    pub max_event_streams: usize,
+    /// A connection that sends no complete request head for this long (idle, or half-sent) is
+    /// closed; a request body that sends nothing for this long is cut (408). Milliseconds.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for WebConfig {
@@ -209,7 +223,46 @@ impl Default for WebConfig {
             listen: "127.0.0.1:8080".into(),
             token_file: None,
             public_reads: true,
+            hostnames: Vec::new(),
+            max_connections: 256,
+            max_event_streams: 32,
+            idle_timeout_ms: 10_000,
         }
+    }
+}
+
+impl WebConfig {
+    fn check(&self) -> Result<(), String> {
+        if !(2..=65_536).contains(&self.max_connections) {
+            return Err(format!(
+                "web.max-connections {} is outside 2..=65536",
+                self.max_connections
+            ));
+        }
+        if self.max_event_streams >= self.max_connections {
+            return Err(format!(
+                "web.max-event-streams {} must be below web.max-connections {} (a connection is \
+                 kept for /healthz and the API)",
+                self.max_event_streams, self.max_connections
+            ));
+        }
+        if !(100..=600_000).contains(&self.idle_timeout_ms) {
+            return Err(format!(
+                "web.idle-timeout-ms {} is outside 100..=600000",
+                self.idle_timeout_ms
+            ));
+        }
+        if let Some(h) = self.hostnames.iter().find(|h| {
+            h.is_empty()
+                || !h
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        }) {
+            return Err(format!(
+                "web.hostnames: `{h}` is not a host name (letters, digits, '-' and '.', no port)"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -325,6 +378,7 @@ impl DeviceConfig {
                 self.web.listen
             ));
         }
+        self.web.check()?;
         if self.alerts.journal_max_files == 0 || self.alerts.journal_max_file_bytes < 4096 {
             return Err(
                 "alerts.journal-max-files must be >= 1 and journal-max-file-bytes >= 4096".into(),
@@ -384,6 +438,43 @@ mod tests {
             [PathBuf::from("/etc/firm/keys/bundle.pub")]
         );
         assert_eq!(c.inference.operating_point, "calibrated");
+        assert_eq!(c.web.max_connections, 256);
+        assert_eq!(c.web.max_event_streams, 32);
+        assert_eq!(c.web.idle_timeout_ms, 10_000);
+        assert_eq!(c.web.hostnames, ["inspect-line-1.plant.local"]);
+    }
+
+    #[test]
+    fn web_limits_are_checked() {
+        let p = Path::new("/x/site.toml");
+        let base = "schema-version = 1\nstate-dir = 's'\n[bundles]\ntrusted-keys = ['k']\n[web]\n";
+        let err = |web: &str| {
+            DeviceConfig::parse(&format!("{base}{web}"), p)
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("max-connections = 1\nmax-event-streams = 0\n");
+        assert!(
+            e.contains("/x/site.toml") && e.contains("web.max-connections 1"),
+            "{e}"
+        );
+        let e = err("max-connections = 8\nmax-event-streams = 8\n");
+        assert!(e.contains("web.max-event-streams 8"), "{e}");
+        let e = err("idle-timeout-ms = 5\n");
+        assert!(e.contains("web.idle-timeout-ms 5"), "{e}");
+        let e = err("hostnames = ['plant.local:8080']\n");
+        assert!(
+            e.contains("web.hostnames") && e.contains("plant.local:8080"),
+            "{e}"
+        );
+        let ok = DeviceConfig::parse(
+            &format!(
+                "{base}max-connections = 8\nmax-event-streams = 7\nhostnames = ['Cam-1.local']\n"
+            ),
+            p,
+        )
+        .unwrap();
+        assert_eq!((ok.web.max_connections, ok.web.max_event_streams), (8, 7));
     }
 
     #[test]

@@ -160,6 +160,7 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
         .build()
         .context("tokio runtime")?;
     let exit_at_end = opts.exit_at_end;
+    let web_cfg = cfg.web.clone();
     let pipeline = Arc::new(std::sync::Mutex::new(Some(pipeline)));
     let p = pipeline.clone();
     let sh = shared.clone();
@@ -229,8 +230,8 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
             // End the open event streams, or the server would wait for them forever.
             let _ = sh.closing.send(true);
         };
-        axum::serve(listener, web::app(state))
-            .with_graceful_shutdown(shutdown)
+        // Bounded: connections, event streams, header and body stalls (web::serve).
+        web::serve::serve(listener, web::app_with(state, &web_cfg), &web_cfg, shutdown)
             .await
             .context("web server")
     });
