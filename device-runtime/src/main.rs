@@ -46,7 +46,9 @@ enum Command {
         file: PathBuf,
         #[command(flatten)]
         config: ConfigArg,
-        /// Allow a lower bundle version than the active one.
+        /// Allow a lower (or the same) bundle version than the highest installed, or another
+        /// product class. When that was needed, the flash is journaled as a
+        /// `{"type": "flash", "forced": true, ...}` record.
         #[arg(long)]
         force: bool,
         /// Keep the frames operators marked good: they are marked again with the new bundle
@@ -192,6 +194,22 @@ fn config_failure(e: device_runtime::config::ConfigError) -> Failure {
     }
 }
 
+/// The appliance's journal, sealed with its checkpoint (the device secret is created if this is
+/// the device's first start).
+fn open_journal(
+    cfg: &DeviceConfig,
+) -> Result<device_runtime::alerts::journal::Journal, anyhow::Error> {
+    use device_runtime::alerts::journal::{Journal, JournalOptions, Seal};
+    let dir = cfg.journal_dir();
+    let opts = JournalOptions {
+        max_file_bytes: cfg.alerts.journal_max_file_bytes,
+        max_files: cfg.alerts.journal_max_files,
+    };
+    Seal::in_state_dir(&cfg.state_dir)
+        .and_then(|seal| Journal::open_sealed(&dir, opts, seal))
+        .with_context(|| format!("journal {}", dir.display()))
+}
+
 fn open_slots(cfg: &DeviceConfig) -> Result<Slots, Failure> {
     device_runtime::run::open_slots(cfg).map_err(|error| Failure { code: 2, error })
 }
@@ -222,10 +240,41 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let bytes =
                 std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let from = carry_overlay.then(|| slots.active_sha256()).flatten();
+            // A forced flash is journaled, so the journal must take records before anything
+            // changes. It takes the journal's lock per append: `run` may be appending too.
+            let mut journal = if force {
+                Some(open_journal(&cfg)?)
+            } else {
+                None
+            };
             let (done, loaded) = slots.flash(&bytes, force).map_err(|e| Failure {
                 code: 3,
                 error: e.into(),
             })?;
+            if let (Some(journal), Some(forced)) = (journal.as_mut(), &done.forced) {
+                let record = serde_json::json!({
+                    "type": "flash",
+                    "forced": true,
+                    "reason": forced.reason,
+                    "class": done.bundle.product_class,
+                    "class-before": forced.class_before,
+                    "from-version": done.replaced.as_ref().map(|r| r.bundle_version),
+                    "floor": forced.floor,
+                    "to-version": done.bundle.bundle_version,
+                    "sha256": done.bundle.sha256,
+                    "slot": done.slot,
+                });
+                let appended = journal.append(record).with_context(|| {
+                    format!(
+                        "the bundle is installed, but the forced flash could not be journaled in {}",
+                        journal.dir().display()
+                    )
+                })?;
+                println!(
+                    "forced past: {}; journaled as record seq {}",
+                    forced.reason, appended.seq
+                );
+            }
             if let Some(from) = from {
                 device_runtime::overlay::Carry::request(
                     &cfg.overlay_dir(),
@@ -314,12 +363,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Journal(JournalCommand::Verify { config }) => {
+            use device_runtime::alerts::journal::{Seal, SealStatus, verify_sealed};
             let cfg = DeviceConfig::load(&config.config).map_err(config_failure)?;
             let dir = cfg.journal_dir();
-            let r = device_runtime::alerts::journal::verify(&dir).map_err(|e| Failure {
+            let failed = |e| Failure {
                 code: 3,
                 error: anyhow::anyhow!("journal {}: {e}", dir.display()),
-            })?;
+            };
+            let seal = Seal::existing(&cfg.state_dir).map_err(failed)?;
+            let (r, sealed) = verify_sealed(&dir, seal.as_ref()).map_err(failed)?;
             println!(
                 "journal {}: ok, {} records in {} files (seq {}..{}), last hash {}",
                 dir.display(),
@@ -335,6 +387,35 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     t.file.display(),
                     t.line
                 );
+            }
+            let cp_path = cfg
+                .state_dir
+                .join(device_runtime::alerts::journal::CHECKPOINT_FILE);
+            match sealed {
+                SealStatus::Holds { checkpoint, newer } => println!(
+                    "checkpoint {}: seq {}, hash {}, sealed {} (HMAC good){}",
+                    cp_path.display(),
+                    checkpoint.seq,
+                    checkpoint.hash,
+                    checkpoint.time,
+                    if newer > 0 {
+                        format!(", followed by {newer} newer records")
+                    } else {
+                        ": the journal's end is intact".into()
+                    }
+                ),
+                SealStatus::Unchecked { checkpoint } => println!(
+                    "note: checkpoint {} (seq {}) is older than the oldest record kept; the \
+                     journal's end cannot be checked against it",
+                    cp_path.display(),
+                    checkpoint.seq
+                ),
+                SealStatus::Empty => println!("checkpoint: none yet, and no record to seal"),
+                SealStatus::NoSecret => println!(
+                    "note: no device secret under {} (the appliance has not started since \
+                     checkpoints came): a deleted end of the journal cannot be detected",
+                    cfg.state_dir.display()
+                ),
             }
             Ok(())
         }

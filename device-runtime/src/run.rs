@@ -75,8 +75,11 @@ fn capture_options(cfg: &DeviceConfig) -> anyhow::Result<CaptureOptions> {
 
 fn sinks(cfg: &DeviceConfig, shared: &Arc<Shared>) -> anyhow::Result<Vec<Box<dyn AlertSink>>> {
     let a = &cfg.alerts;
-    let journal = JournalSink::open(
+    // The device secret (created 0600 at first start) seals the journal's head outside it.
+    let seal = crate::alerts::journal::Seal::in_state_dir(&cfg.state_dir)?;
+    let journal = JournalSink::open_sealed(
         &cfg.journal_dir(),
+        seal,
         a.journal_max_file_bytes,
         a.journal_max_files,
     )
@@ -92,7 +95,9 @@ fn sinks(cfg: &DeviceConfig, shared: &Arc<Shared>) -> anyhow::Result<Vec<Box<dyn
         ));
     }
     if let Some(w) = &a.webhook {
-        v.push(Box::new(Webhook::start(w, &cfg.site)));
+        v.push(Box::new(
+            Webhook::start(w, &cfg.site).with_journal(shared.ledger.get().cloned()),
+        ));
     }
     if let Some(g) = &a.gpio {
         v.push(Box::new(RejectLine::open(g).map_err(anyhow::Error::msg)?));

@@ -227,6 +227,21 @@ pub struct Flashed {
     pub bundle: BundleSummary,
     pub replaced: Option<BundleSummary>,
     pub selftest_max_distance_err: f64,
+    /// Set when `force` went past a refusal (the command line journals it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forced: Option<Forced>,
+}
+
+/// What `--force` went past in a flash.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Forced {
+    /// Why the flash would have been refused without it.
+    pub reason: String,
+    /// The device's product class before, and the highest version of the bundle's class
+    /// installed before (None when the high-water record was damaged or had none).
+    pub class_before: Option<String>,
+    pub floor: Option<u64>,
 }
 
 /// A verified, self-tested bundle loaded from a slot.
@@ -460,10 +475,16 @@ impl Slots {
             bundle.manifest.product_class.clone(),
             bundle.manifest.bundle_version,
         );
+        let mut forced = None;
         let floor = match self.high_water() {
             Ok(hw) => hw,
             Err(why) if force => {
                 warn!("flash --force: {why}");
+                forced = Some(Forced {
+                    reason: why,
+                    class_before: None,
+                    floor: None,
+                });
                 HighWater::default()
             }
             Err(why) => return Err(fail(FlashStep::Verify, why)),
@@ -473,6 +494,11 @@ impl Slots {
                 return Err(fail(FlashStep::Verify, why));
             }
             warn!("flash --force past the anti-downgrade check: {why}");
+            forced = Some(Forced {
+                reason: why,
+                class_before: floor.class.clone(),
+                floor: floor.versions.get(&class).copied(),
+            });
         }
         if let Some(point) = &self.operating_point {
             let points = &bundle.manifest.threshold.operating_points;
@@ -524,6 +550,7 @@ impl Slots {
             bundle: summary.clone(),
             replaced: current.map(|(b, bytes)| BundleSummary::new(&b, &bytes)),
             selftest_max_distance_err: err,
+            forced,
         };
         Ok((
             flashed,

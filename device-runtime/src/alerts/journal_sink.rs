@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::AlertSink;
-use super::journal::{JournalError, JournalOptions};
+use super::journal::{JournalError, JournalOptions, Seal};
 use super::ledger::Ledger;
 use firm_shared::drift::DriftWarning;
 
@@ -27,6 +27,27 @@ impl JournalSink {
                 max_file_bytes,
                 max_files,
             },
+        )?;
+        Ok(Self {
+            ledger: Arc::new(ledger),
+        })
+    }
+
+    /// [`JournalSink::open`] with the journal sealed by a checkpoint outside `dir` (the
+    /// appliance: see [`Seal::in_state_dir`]).
+    pub fn open_sealed(
+        dir: &Path,
+        seal: Seal,
+        max_file_bytes: u64,
+        max_files: usize,
+    ) -> Result<Self, JournalError> {
+        let ledger = Ledger::open_sealed(
+            dir,
+            JournalOptions {
+                max_file_bytes,
+                max_files,
+            },
+            seal,
         )?;
         Ok(Self {
             ledger: Arc::new(ledger),

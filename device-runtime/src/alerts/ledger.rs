@@ -33,7 +33,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::journal::{self, Entry, Journal, JournalError, JournalOptions, Position, file_name};
+use super::journal::{
+    self, Entry, Head, Journal, JournalError, JournalOptions, Position, Seal, file_name,
+};
 use crate::state::AlertEntry;
 
 /// What an operator acknowledges; numbers are journal seqs (an alert's `journal-seq`).
@@ -229,7 +231,15 @@ impl Ledger {
     /// Open (or create) the journal in `dir` (recovering a torn last line, as [`Journal::open`])
     /// and index its alerts and acknowledgements.
     pub fn open(dir: &Path, opts: JournalOptions) -> Result<Self, JournalError> {
-        let journal = Journal::open(dir, opts)?;
+        Self::index(dir, Journal::open(dir, opts)?)
+    }
+
+    /// [`Ledger::open`] on a journal sealed with a checkpoint ([`Journal::open_sealed`]).
+    pub fn open_sealed(dir: &Path, opts: JournalOptions, seal: Seal) -> Result<Self, JournalError> {
+        Self::index(dir, Journal::open_sealed(dir, opts, seal)?)
+    }
+
+    fn index(dir: &Path, journal: Journal) -> Result<Self, JournalError> {
         let t = Instant::now();
         let mut index = Index::default();
         let skipped = journal::scan(dir, |pos, entry| {
@@ -262,6 +272,11 @@ impl Ledger {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The journal's head (seq and hash of its last record), for the webhook and `/metrics`.
+    pub fn head(&self) -> Head {
+        self.journal.lock().expect("journal lock").head()
     }
 
     /// Journal `alert` (fsynced when this returns) and list it; fills in its `journal_seq`.

@@ -5,6 +5,13 @@
 //! backoff (100 ms doubling, at most 5 s); a 2xx answer counts as delivered. Drift warnings
 //! ([`crate::drift`]) share the queue; their body has `"type": "drift"` (an alert's has no
 //! `type`).
+//!
+//! With the journal attached ([`Webhook::with_journal`], as the appliance does) every body also
+//! carries the journal's head as it stood when the body was made, right after the journal took
+//! the alert: `"journal": {"seq": 42, "hash": "<64 hex>"}`. A receiver that keeps the highest
+//! seq and its hash holds a copy of the chain's head off the device, which `device-runtime journal
+//! verify` prints for comparison: deleting the journal's end (and its checkpoint) on the device
+//! does not change what the receiver already has.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +22,7 @@ use firm_shared::drift::DriftWarning;
 use tracing::warn;
 
 use super::AlertSink;
+use super::ledger::Ledger;
 use crate::capture::Frame;
 use crate::config::WebhookConfig;
 use crate::drift::DriftRecord;
@@ -32,6 +40,8 @@ pub struct WebhookStats {
 pub struct Webhook {
     tx: SyncSender<Vec<u8>>,
     pub stats: Arc<WebhookStats>,
+    /// Where the journal's head is read for each body.
+    journal: Option<Arc<Ledger>>,
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -78,7 +88,30 @@ impl Webhook {
                 }
             })
             .expect("spawn the webhook thread");
-        Self { tx, stats }
+        Self {
+            tx,
+            stats,
+            journal: None,
+        }
+    }
+
+    /// Put the journal's head into every body (see the module header).
+    pub fn with_journal(mut self, ledger: Option<Arc<Ledger>>) -> Self {
+        self.journal = ledger;
+        self
+    }
+
+    /// `value` (a JSON object) with the journal's head added, as bytes.
+    fn body(&self, value: impl serde::Serialize) -> Vec<u8> {
+        let mut v = serde_json::to_value(value).expect("webhook body serialises");
+        if let (Some(ledger), Some(obj)) = (&self.journal, v.as_object_mut()) {
+            let head = ledger.head();
+            obj.insert(
+                "journal".into(),
+                serde_json::json!({"seq": head.seq, "hash": head.hash}),
+            );
+        }
+        serde_json::to_vec(&v).expect("webhook body serialises")
     }
 }
 
@@ -88,14 +121,13 @@ impl AlertSink for Webhook {
     }
 
     fn alert(&mut self, alert: &mut AlertEntry, _frame: &Frame) -> Result<(), String> {
-        let body = serde_json::to_vec(alert).expect("alert serialises");
+        let body = self.body(&*alert);
         self.enqueue(body)
     }
 
     /// The drift record ([`DriftRecord`], `"type": "drift"`) through the same queue.
     fn drift(&mut self, warning: &DriftWarning, frame: &Frame) -> Result<(), String> {
-        let body = serde_json::to_vec(&DriftRecord::new(warning, frame.time))
-            .expect("drift record serialises");
+        let body = self.body(DriftRecord::new(warning, frame.time));
         self.enqueue(body)
     }
 }

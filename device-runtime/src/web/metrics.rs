@@ -146,6 +146,27 @@ pub fn render(st: &AppState) -> String {
             "Alerts in the journal that no operator has acknowledged.",
             ledger.counts().unacknowledged as f64,
         );
+        // The journal's head, for a copy kept off the device (see alerts::journal, checkpoint).
+        let head = ledger.head();
+        metric(
+            &mut s,
+            "firm_journal_head_seq",
+            "gauge",
+            "Seq of the journal's last record (the head of its hash chain).",
+            head.seq as f64,
+        );
+        family(
+            &mut s,
+            "firm_journal_head_info",
+            "gauge",
+            "The journal's head: seq and hash of its last record (value is always 1).",
+        );
+        let _ = writeln!(
+            s,
+            "firm_journal_head_info{{seq=\"{}\",hash=\"{}\"}} 1",
+            head.seq,
+            label(&head.hash)
+        );
     }
     drift(&mut s, &live.drift);
     metric(

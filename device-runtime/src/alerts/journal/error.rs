@@ -93,6 +93,55 @@ pub enum JournalError {
     },
     #[error("{}: {reason}", path.display())]
     Anchor { path: PathBuf, reason: String },
+    #[error(
+        "the journal ends at seq {last_seq} (hash {last_hash}), but the checkpoint {} (HMAC \
+         good) was sealed at seq {checkpoint_seq} (hash {checkpoint_hash}): records {}..={checkpoint_seq} \
+         were deleted from the journal's end", checkpoint.display(), last_seq + 1
+    )]
+    Truncated {
+        checkpoint: PathBuf,
+        checkpoint_seq: u64,
+        checkpoint_hash: String,
+        last_seq: u64,
+        last_hash: String,
+    },
+    #[error(
+        "the journal's record seq {seq} hashes to {found}, but the checkpoint {} (HMAC good) \
+         sealed it as {expected}: the journal's end was deleted and written anew",
+        checkpoint.display()
+    )]
+    Diverged {
+        checkpoint: PathBuf,
+        seq: u64,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "checkpoint {}: {reason}: it was edited, or copied from another device or an older \
+         start", path.display()
+    )]
+    CheckpointForged { path: PathBuf, reason: String },
+    #[error(
+        "checkpoint {} is missing, but the device secret {} exists and the journal holds \
+         records up to seq {last_seq}: the checkpoint was deleted", path.display(), secret.display()
+    )]
+    CheckpointMissing {
+        path: PathBuf,
+        secret: PathBuf,
+        last_seq: u64,
+    },
+    #[error(
+        "{}:{line}: record seq {seq} is the device's own report that its journal was tampered \
+         with, found at a start: {problem}", file.display()
+    )]
+    TamperRecorded {
+        file: PathBuf,
+        line: u64,
+        seq: u64,
+        problem: String,
+    },
+    #[error("device secret {}: {reason}", path.display())]
+    Secret { path: PathBuf, reason: String },
 }
 
 /// Coarse classes of [`JournalError`], for code that decides whether to retry, reopen or alert.
@@ -118,10 +167,16 @@ impl JournalError {
             | JournalError::SeqMismatch { .. }
             | JournalError::PrevMismatch { .. }
             | JournalError::StartMismatch { .. }
-            | JournalError::FileMissing { .. } => JournalErrorKind::Tampered,
+            | JournalError::FileMissing { .. }
+            | JournalError::Truncated { .. }
+            | JournalError::Diverged { .. }
+            | JournalError::CheckpointForged { .. }
+            | JournalError::CheckpointMissing { .. }
+            | JournalError::TamperRecorded { .. } => JournalErrorKind::Tampered,
             JournalError::Malformed { .. }
             | JournalError::TornLine { .. }
-            | JournalError::Anchor { .. } => JournalErrorKind::Corrupt,
+            | JournalError::Anchor { .. }
+            | JournalError::Secret { .. } => JournalErrorKind::Corrupt,
         }
     }
 }

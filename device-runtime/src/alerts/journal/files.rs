@@ -12,6 +12,8 @@ use super::line::is_hash_hex;
 
 /// Name of the anchor file in the journal directory.
 pub const ANCHOR_FILE: &str = "journal.anchor";
+/// Name of the lock file in the journal directory (see the journal module header).
+pub const LOCK_FILE: &str = "journal.lock";
 
 const FILE_PREFIX: &str = "journal-";
 const FILE_SUFFIX: &str = ".jsonl";

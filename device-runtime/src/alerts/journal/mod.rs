@@ -44,7 +44,11 @@
 //! instead of deleting evidence. A failed write is undone (truncated back) before append returns the
 //! error; if even that fails, the journal refuses further appends until it is reopened.
 //!
-//! One process writes a journal directory at a time; nothing here locks it.
+//! Writers take `journal.lock` (an advisory `flock` on a file in the directory) for each append
+//! and for open's recovery, and an append first checks whether another process appended since
+//! (the current file grew, or a newer one exists) and continues the chain from there. So the
+//! appliance (`run`) and the command line (`flash --force` journals itself) can both append to one
+//! journal; each append waits at most for the other's fsyncs.
 //!
 //! # What [`verify`] detects, and what it cannot
 //!
@@ -53,8 +57,17 @@
 //! lines, and torn lines anywhere but at the very end (which is reported, not failed:
 //! [`VerifyReport::torn_last_line`]). The chain has no secret: someone who rewrites a line *and*
 //! every line after it, or deletes the newest records, or rewrites the anchor, is not detected by the
-//! journal alone. Compare [`VerifyReport::last_seq`] / [`VerifyReport::last_hash`] with a copy kept
-//! elsewhere (the webhook receiver sees every `seq` and `hash`) to catch that.
+//! journal alone. The *checkpoint* catches a deleted end: see below and [`verify_sealed`].
+//!
+//! # Checkpoint
+//!
+//! A journal opened with a [`Seal`] ([`Journal::open_sealed`], as the appliance does) rewrites,
+//! after every append, an HMAC-authenticated checkpoint of its head (seq and hash) outside the
+//! journal directory, keyed by a device secret created at first start (see `checkpoint`). Open
+//! compares the chain with it *before* truncating a torn last line, so a "torn" line that is a
+//! checkpointed record is not silently cut: the problem, the line's bytes included, goes into a
+//! `journal-tamper` record, which [`verify_sealed`] reports from then on. The head also goes out in
+//! every webhook payload and in `/metrics` ([`Journal::head`]), for a copy kept off the device.
 //!
 //! # Code
 //!
@@ -64,14 +77,17 @@
 //! - `line`: the line format: encoding a record, checking one line on its own, times and hashes.
 //! - `files`: the directory: journal file names and listing, `journal.anchor`, directory fsync.
 //! - `tail`: reading the ends of a journal file, and recovering from a torn last line.
+//! - `secret`, `checkpoint`: the device secret (HMAC-SHA256) and the sealed head ([`Seal`]).
 //! - `read`: the read side of a whole directory: [`verify`], [`read_recent`], and [`scan`] and
 //!   [`read_at`], which find records by their [`Position`] (the alert list's index).
 //! - `tests` (test builds only): the writer, its recovery on open, and what verify then sees.
 
+mod checkpoint;
 mod error;
 mod files;
 mod line;
 mod read;
+mod secret;
 mod tail;
 
 #[cfg(test)]
@@ -84,15 +100,23 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
+pub use checkpoint::{
+    CHECKPOINT_FILE, Checkpoint, SECRET_FILE, Seal, Sealed, Standing, TAMPER_RECORD,
+};
 pub use error::{JournalError, JournalErrorKind};
-pub use files::{ANCHOR_FILE, Anchor, file_name};
+pub use files::{ANCHOR_FILE, Anchor, LOCK_FILE, file_name};
 pub use line::{Entry, GENESIS_PREV};
-pub use read::{Position, TornLine, VerifyReport, read_at, read_recent, scan, verify};
+pub use read::{
+    Position, SealStatus, TornLine, VerifyReport, read_at, read_recent, scan, verify, verify_sealed,
+};
+pub use secret::DeviceSecret;
 
+use checkpoint::tamper_record;
 use error::{Result, io_err};
 use files::{list_files, read_anchor, sync_dir, write_anchor};
 use line::{encode_line, format_time};
-use tail::{first_entry, recover_tail};
+use read::hash_at;
+use tail::{Torn, first_entry, inspect_tail, truncate_torn};
 
 /// Size limits of a journal directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,11 +146,22 @@ pub struct Appended {
     pub position: Position,
 }
 
+/// The chain's head: the last record's seq and hash (seq 0 and [`GENESIS_PREV`] before the
+/// first), as the webhook and `/metrics` publish it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
 /// The append side of a journal directory.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
     opts: JournalOptions,
+    /// `journal.lock`, flocked around each append and open's recovery.
+    lock: File,
+    seal: Option<Seal>,
     file: File,
     file_no: u64,
     /// Bytes in the current file; tracked here so appends never read the file.
@@ -162,8 +197,19 @@ impl ChainState {
 impl Journal {
     /// Open (or create) the journal in `dir` and recover where the chain stands from the end of the
     /// last file, truncating a torn last line (see the module header). Only the last file's tail is
-    /// read; [`verify`] checks the rest.
+    /// read; [`verify`] checks the rest. Unsealed: no checkpoint is kept (tests, tools).
     pub fn open(dir: &Path, opts: JournalOptions) -> Result<Journal> {
+        Self::open_with(dir, opts, None)
+    }
+
+    /// [`Journal::open`], then the chain against the checkpoint of `seal` (which every append
+    /// then rewrites). A problem found is journaled as a `journal-tamper` record rather than
+    /// refused, so the appliance keeps running and the evidence stays (see the module header).
+    pub fn open_sealed(dir: &Path, opts: JournalOptions, seal: Seal) -> Result<Journal> {
+        Self::open_with(dir, opts, Some(seal))
+    }
+
+    fn open_with(dir: &Path, opts: JournalOptions, seal: Option<Seal>) -> Result<Journal> {
         if opts.max_files == 0 {
             return Err(JournalError::InvalidOptions {
                 reason: "max-files must be at least 1".into(),
@@ -175,6 +221,29 @@ impl Journal {
             });
         }
         fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        // On an error the lock file is closed, which releases the lock.
+        let journal = Self::recover(dir, opts, lock, seal)?;
+        journal.unlock();
+        tracing::debug!(dir = %dir.display(), file_no = journal.file_no, next_seq = journal.next_seq, "journal opened");
+        Ok(journal)
+    }
+
+    /// Where the chain stands on disk (with the lock held): files older than the anchor deleted,
+    /// the last file's tail read, a torn last line truncated unless the checkpoint covers it.
+    fn recover(
+        dir: &Path,
+        opts: JournalOptions,
+        lock: File,
+        seal: Option<Seal>,
+    ) -> Result<Journal> {
         let anchor = read_anchor(dir)?;
         let mut files = list_files(dir)?;
         if let Some(a) = &anchor {
@@ -194,30 +263,40 @@ impl Journal {
             files.retain(|(no, _)| *no >= a.file);
         }
 
-        let (file_no, state) = match files.last() {
+        let (file_no, state, torn) = match files.last() {
             None => (
                 anchor.as_ref().map_or(1, |a| a.file),
                 ChainState::genesis(anchor.as_ref()),
+                None,
             ),
             Some((no, path)) => {
-                let state = match recover_tail(path, true)? {
+                let (state, torn) = inspect_tail(path, true)?;
+                let state = match state {
                     Some(s) => s,
-                    // The last file holds no record: created just before a power cut, or its only
-                    // line was torn. The chain continues from the file before it.
+                    // The last file holds no record: created just before a power cut, or its
+                    // only line was torn. The chain continues from the file before it.
                     None => match files.len().checked_sub(2).map(|i| &files[i].1) {
-                        Some(before) => {
-                            recover_tail(before, false)?.ok_or_else(|| JournalError::Malformed {
+                        Some(before) => inspect_tail(before, false)?.0.ok_or_else(|| {
+                            JournalError::Malformed {
                                 file: before.clone(),
                                 line: 1,
                                 reason: "holds no record, but a newer file exists".into(),
-                            })?
-                        }
+                            }
+                        })?,
                         None => ChainState::genesis(anchor.as_ref()),
                     },
                 };
-                (*no, state)
+                (*no, state, torn)
             }
         };
+        let head_seq = state.next_seq.saturating_sub(1);
+        let check = match &seal {
+            Some(seal) => seal_check(seal, &files, head_seq, &state.last_hash, torn.as_ref())?,
+            None => SealCheck::Current,
+        };
+        if let Some(t) = &torn {
+            truncate_torn(t)?;
+        }
 
         let path = dir.join(file_name(file_no));
         let file = OpenOptions::new()
@@ -232,6 +311,8 @@ impl Journal {
         let mut journal = Journal {
             dir: dir.to_path_buf(),
             opts,
+            lock,
+            seal,
             file,
             file_no,
             file_len,
@@ -240,8 +321,63 @@ impl Journal {
             poisoned: false,
         };
         journal.enforce_retention_logged();
-        tracing::debug!(dir = %dir.display(), file_no, next_seq = journal.next_seq, "journal opened");
+        match check {
+            SealCheck::Current => {}
+            SealCheck::Reseal => journal.write_checkpoint(SystemTime::now())?,
+            SealCheck::Evidence(record) => {
+                tracing::error!(
+                    problem = record["problem"].as_str().unwrap_or_default(),
+                    "journal: tampering found at open; journaled as a `{TAMPER_RECORD}` record"
+                );
+                journal.append_locked(record, SystemTime::now())?;
+            }
+        }
         Ok(journal)
+    }
+
+    /// The chain's head (see [`Head`]) as this process last wrote or read it.
+    pub fn head(&self) -> Head {
+        Head {
+            seq: self.last_seq(),
+            hash: self.last_hash.clone(),
+        }
+    }
+
+    fn unlock(&self) {
+        if let Err(e) = self.lock.unlock() {
+            tracing::warn!(error = %e, "journal: cannot release journal.lock");
+        }
+    }
+
+    /// Another process appended since this one last did (the current file grew, or a newer file
+    /// exists): take the chain up from where it stands now. Called with the lock held.
+    fn catch_up(&mut self) -> Result<()> {
+        let path = self.current_file();
+        let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(u64::MAX);
+        let newer = self.dir.join(file_name(self.file_no + 1)).exists();
+        if len == self.file_len && !newer {
+            return Ok(());
+        }
+        tracing::debug!(dir = %self.dir.display(), "journal: another process appended; catching up");
+        let lock = self.lock.try_clone().map_err(io_err(&self.dir))?;
+        match Self::recover(&self.dir, self.opts, lock, self.seal.take()) {
+            Ok(fresh) => {
+                *self = fresh;
+                Ok(())
+            }
+            Err(e) => {
+                // Where the chain stands is unknown (and the seal went with the attempt).
+                self.poisoned = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn write_checkpoint(&self, time: SystemTime) -> Result<()> {
+        match &self.seal {
+            Some(seal) => seal.write(self.last_seq(), &self.last_hash, &format_time(time)),
+            None => Ok(()),
+        }
     }
 
     /// Append `record` stamped with the current time; durable (fsynced) when this returns Ok.
@@ -252,6 +388,19 @@ impl Journal {
     /// [`Journal::append`] with a given time (tests, replays). Times outside 1970..=9999 are
     /// clamped: a wrong real-time clock must not take the alert path down.
     pub fn append_at(&mut self, record: Value, time: SystemTime) -> Result<Appended> {
+        let lock_path = self.dir.join(LOCK_FILE);
+        self.lock.lock().map_err(io_err(&lock_path))?;
+        let done = self
+            .catch_up()
+            .and_then(|()| self.append_locked(record, time));
+        self.unlock();
+        done
+    }
+
+    /// [`Journal::append_at`] with the lock held; then the checkpoint, when sealed. A checkpoint
+    /// that cannot be written is logged, not returned: the record is durable, and a checkpoint
+    /// left behind the chain is still one the chain holds.
+    fn append_locked(&mut self, record: Value, time: SystemTime) -> Result<Appended> {
         if self.poisoned {
             return Err(JournalError::Poisoned {
                 path: self.current_file(),
@@ -279,6 +428,9 @@ impl Journal {
         self.last_hash.clone_from(&hash);
         if rotate {
             self.enforce_retention_logged();
+        }
+        if let Err(e) = self.write_checkpoint(time) {
+            tracing::error!(error = %e, seq, "journal: the checkpoint could not be written");
         }
         Ok(Appended {
             seq,
@@ -393,5 +545,62 @@ impl Journal {
             tracing::info!(file = %path.display(), "journal retention deleted the oldest file");
         }
         sync_dir(&self.dir)
+    }
+}
+
+/// What open does after comparing the chain with the checkpoint.
+enum SealCheck {
+    /// The checkpoint is the head.
+    Current,
+    /// Write the checkpoint for the head (a first start, or a checkpoint left behind by a crash).
+    Reseal,
+    /// Append this `journal-tamper` record (which seals the new head).
+    Evidence(Value),
+}
+
+/// Compare the chain's head (before a torn line is truncated) with the checkpoint of `seal`.
+fn seal_check(
+    seal: &Seal,
+    files: &[(u64, PathBuf)],
+    head_seq: u64,
+    head_hash: &str,
+    torn: Option<&Torn>,
+) -> Result<SealCheck> {
+    let evidence = |e: JournalError, cp: Option<&Checkpoint>| {
+        Ok(SealCheck::Evidence(tamper_record(
+            &e, cp, head_seq, head_hash, torn,
+        )))
+    };
+    match seal.read()? {
+        // A secret created by this start: the first start, or one after an upgrade from a
+        // version without checkpoints. A journal without records has nothing to lose.
+        Sealed::Missing if seal.created() || head_seq == 0 => Ok(SealCheck::Reseal),
+        Sealed::Missing => evidence(
+            JournalError::CheckpointMissing {
+                path: seal.path().to_path_buf(),
+                secret: seal.secret_path().to_path_buf(),
+                last_seq: head_seq,
+            },
+            None,
+        ),
+        Sealed::Forged(reason) => evidence(
+            JournalError::CheckpointForged {
+                path: seal.path().to_path_buf(),
+                reason,
+            },
+            None,
+        ),
+        Sealed::Good(cp) => {
+            let at_cp = if cp.seq < head_seq {
+                hash_at(files, cp.seq)?
+            } else {
+                None
+            };
+            match seal.compare(&cp, head_seq, head_hash, at_cp.as_deref()) {
+                Ok(Standing::Current) => Ok(SealCheck::Current),
+                Ok(_) => Ok(SealCheck::Reseal),
+                Err(e) => evidence(e, Some(&cp)),
+            }
+        }
     }
 }

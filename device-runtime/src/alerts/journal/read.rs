@@ -1,5 +1,5 @@
 //! The read side of a whole journal directory: [`verify`] checks every file and the chain between
-//! them; [`read_recent`] returns the newest records without checking the chain; [`scan`] walks
+//! them, and [`verify_sealed`] the journal's end against its checkpoint too; [`read_recent`] returns the newest records without checking the chain; [`scan`] walks
 //! every record with its [`Position`], and [`read_at`] reads one record back from its position.
 
 use std::fs::File;
@@ -8,6 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::ChainState;
+use super::checkpoint::{Checkpoint, Seal, Sealed, Standing, tamper_problem};
 use super::error::{JournalError, Result, io_err};
 use super::files::{ANCHOR_FILE, Anchor, file_name, list_files, read_anchor};
 use super::line::{Entry, parse_line};
@@ -41,8 +42,127 @@ pub struct VerifyReport {
 }
 
 /// Check the whole journal in `dir` (see the journal module header for what is and is not
-/// detected).
+/// detected). Without the checkpoint a deleted end goes unseen: [`verify_sealed`] checks that too.
 pub fn verify(dir: &Path) -> Result<VerifyReport> {
+    verify_each(dir, |_, _, _| {})
+}
+
+/// How the journal's end stood against its checkpoint in [`verify_sealed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SealStatus {
+    /// No device secret: the appliance has never started with checkpoints; the end is not
+    /// checked.
+    NoSecret,
+    /// A secret, but neither a checkpoint nor a record: nothing to lose yet.
+    Empty,
+    /// The checkpoint's record is in the chain, followed by `newer` records.
+    Holds { checkpoint: Checkpoint, newer: u64 },
+    /// The checkpoint's record is older than the oldest one retention kept: not checkable.
+    Unchecked { checkpoint: Checkpoint },
+}
+
+/// [`verify`], then the journal's end against the checkpoint of `seal` (see the checkpoint
+/// section of the journal module header), then the `journal-tamper` records a start appended:
+/// the first problem found is the error.
+pub fn verify_sealed(dir: &Path, seal: Option<&Seal>) -> Result<(VerifyReport, SealStatus)> {
+    // The checkpoint first: it is written after its record is fsynced, so a journal read after it
+    // holds that record even while the appliance appends.
+    let sealed = seal.map(Seal::read).transpose()?;
+    let want = match &sealed {
+        Some(Sealed::Good(cp)) => Some(cp.seq),
+        _ => None,
+    };
+    let mut at_cp: Option<String> = None;
+    let mut recorded: Option<JournalError> = None;
+    let report = verify_each(dir, |path, line, e| {
+        if want == Some(e.seq) {
+            at_cp = Some(e.hash.clone());
+        } else if want.and_then(|w| w.checked_add(1)) == Some(e.seq) && at_cp.is_none() {
+            at_cp = Some(e.prev.clone());
+        }
+        if recorded.is_none()
+            && let Some(problem) = tamper_problem(&e.record)
+        {
+            recorded = Some(JournalError::TamperRecorded {
+                file: path.to_path_buf(),
+                line,
+                seq: e.seq,
+                problem,
+            });
+        }
+    })?;
+    let head_seq = report
+        .last_seq
+        .unwrap_or_else(|| report.anchor.as_ref().map_or(0, |a| a.seq - 1));
+    let status = match (seal, sealed) {
+        (None, _) | (_, None) => SealStatus::NoSecret,
+        (Some(seal), Some(Sealed::Missing)) => match report.last_seq {
+            Some(last_seq) => {
+                return Err(JournalError::CheckpointMissing {
+                    path: seal.path().to_path_buf(),
+                    secret: seal.secret_path().to_path_buf(),
+                    last_seq,
+                });
+            }
+            None => SealStatus::Empty,
+        },
+        (Some(seal), Some(Sealed::Forged(reason))) => {
+            return Err(JournalError::CheckpointForged {
+                path: seal.path().to_path_buf(),
+                reason,
+            });
+        }
+        (Some(seal), Some(Sealed::Good(checkpoint))) => {
+            match seal.compare(&checkpoint, head_seq, &report.last_hash, at_cp.as_deref())? {
+                Standing::Current => SealStatus::Holds {
+                    checkpoint,
+                    newer: 0,
+                },
+                Standing::Ahead(newer) => SealStatus::Holds { checkpoint, newer },
+                Standing::Unchecked => SealStatus::Unchecked { checkpoint },
+            }
+        }
+    };
+    if let Some(e) = recorded {
+        return Err(e);
+    }
+    Ok((report, status))
+}
+
+/// The chain's hash at `seq` in `files` (the record's hash, or its successor's prev), searching
+/// from the newest file back; None when no such record is kept. Lines that do not check out are
+/// skipped: this only locates, [`verify`] judges.
+pub(super) fn hash_at(files: &[(u64, PathBuf)], seq: u64) -> Result<Option<String>> {
+    let mut buf = Vec::new();
+    for (_, path) in files.iter().rev() {
+        let mut reader = BufReader::new(File::open(path).map_err(io_err(path))?);
+        let mut first: Option<u64> = None;
+        let mut found = None;
+        loop {
+            buf.clear();
+            if reader.read_until(b'\n', &mut buf).map_err(io_err(path))? == 0 {
+                break;
+            }
+            let Some(e) = buf.strip_suffix(b"\n").and_then(|l| parse_line(l).ok()) else {
+                continue;
+            };
+            first.get_or_insert(e.seq);
+            if e.seq == seq {
+                return Ok(Some(e.hash));
+            }
+            if Some(e.seq) == seq.checked_add(1) {
+                found = Some(e.prev);
+            }
+        }
+        if found.is_some() || first.is_some_and(|f| f <= seq) {
+            return Ok(found);
+        }
+    }
+    Ok(None)
+}
+
+/// [`verify`], calling `each(file, line, entry)` for every record that checks out, in order.
+fn verify_each(dir: &Path, mut each: impl FnMut(&Path, u64, &Entry)) -> Result<VerifyReport> {
     let anchor = read_anchor(dir)?;
     let anchor_path = anchor.as_ref().map(|_| dir.join(ANCHOR_FILE));
     let mut files = list_files(dir)?;
@@ -148,6 +268,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
                     found: entry.prev,
                 });
             }
+            each(path, line_no, &entry);
             report.records += 1;
             report.first_seq.get_or_insert(entry.seq);
             report.last_seq = Some(entry.seq);

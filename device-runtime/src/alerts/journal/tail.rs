@@ -1,10 +1,10 @@
 //! Reading records back from the ends of one journal file: its first record, a tail read that
 //! grows until enough lines are in view, and recovery of where the chain stands at its end
-//! (truncating a torn last line; see the journal module header).
+//! (and truncating a torn last line; see the journal module header).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::ChainState;
 use super::error::{JournalError, Result, io_err};
@@ -88,14 +88,27 @@ pub(super) fn line_number(path: &Path, offset: u64) -> u64 {
     newlines + 1
 }
 
-/// Where the chain stands at the end of `path`, or None if it holds no record. With `is_last`, a
-/// torn last line is truncated away; elsewhere it is an error.
-pub(super) fn recover_tail(path: &Path, is_last: bool) -> Result<Option<ChainState>> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(is_last)
-        .open(path)
-        .map_err(io_err(path))?;
+/// A torn last line found by [`inspect_tail`], still in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Torn {
+    pub path: PathBuf,
+    /// 1-based line number.
+    pub line: u64,
+    /// Where the torn bytes start: the file is truncated to this length.
+    pub offset: u64,
+    /// The torn bytes, to the end of the file.
+    pub bytes: Vec<u8>,
+}
+
+/// Where the chain stands at the end of `path` (None if it holds no record), and a torn last
+/// line if there is one. With `is_last` the torn line is returned for the caller to truncate
+/// ([`truncate_torn`]) once it knows that no checkpointed record goes with it; elsewhere it is an
+/// error.
+pub(super) fn inspect_tail(
+    path: &Path,
+    is_last: bool,
+) -> Result<(Option<ChainState>, Option<Torn>)> {
+    let mut file = File::open(path).map_err(io_err(path))?;
     let len = file.metadata().map_err(io_err(path))?.len();
     // Three newlines in view: a torn line plus the complete record before it.
     let (start, buf) = read_tail(&mut file, len, TAIL_CHUNK, |buf| {
@@ -135,28 +148,43 @@ pub(super) fn recover_tail(path: &Path, is_last: bool) -> Result<Option<ChainSta
             })
         }
     };
-    if let Some(at) = torn_at {
-        let offset = start + at as u64;
-        let line = line_number(path, offset);
-        if !is_last {
-            return Err(JournalError::TornLine {
-                file: path.to_path_buf(),
+    let torn = match torn_at {
+        None => None,
+        Some(at) => {
+            let offset = start + at as u64;
+            let line = line_number(path, offset);
+            if !is_last {
+                return Err(JournalError::TornLine {
+                    file: path.to_path_buf(),
+                    line,
+                    offset,
+                });
+            }
+            Some(Torn {
+                path: path.to_path_buf(),
                 line,
                 offset,
-            });
+                bytes: buf[at..].to_vec(),
+            })
         }
-        tracing::warn!(
-            file = %path.display(),
-            line,
-            offset,
-            bytes = len - offset,
-            "journal: truncating a torn last line (power cut during an append)"
-        );
-        file.set_len(offset)
-            .and_then(|()| file.sync_all())
-            .map_err(io_err(path))?;
-    }
-    Ok(state)
+    };
+    Ok((state, torn))
+}
+
+/// Truncate a torn last line away (see the journal module header), with a warning.
+pub(super) fn truncate_torn(t: &Torn) -> Result<()> {
+    tracing::warn!(
+        file = %t.path.display(),
+        line = t.line,
+        offset = t.offset,
+        bytes = t.bytes.len(),
+        "journal: truncating a torn last line (power cut during an append)"
+    );
+    OpenOptions::new()
+        .write(true)
+        .open(&t.path)
+        .and_then(|f| f.set_len(t.offset).and_then(|()| f.sync_all()))
+        .map_err(io_err(&t.path))
 }
 
 #[cfg(test)]
