@@ -737,7 +737,8 @@ impl Active {
         let src = cfg.flagged_dir.join(&file);
         let bytes = std::fs::read(&src).map_err(|_| {
             Refusal::Conflict(format!(
-                "alert {alert}'s frame is not kept (not saved, alerts.save-flagged = false, or                  evicted: flagged frames are deleted oldest first), so it cannot be marked"
+                "alert {alert}'s frame is not kept (not saved, alerts.save-flagged = false, or \
+                evicted: flagged frames are deleted oldest first), so it cannot be marked"
             ))
         })?;
         let img = image::load_from_memory(&bytes)

@@ -108,6 +108,11 @@ pub struct Settings {
     pub freeze_stages: Option<usize>,
     /// Fine-tuning EfficientNet-Lite0: BatchNorm keeps the pretrained running statistics.
     pub freeze_bn: Option<bool>,
+    /// The encoder's learning rate as a share of the head's (the peak `lr`).
+    pub backbone_lr: Option<f64>,
+    /// Share of the run at the start during which only the projection head trains (the encoder
+    /// is frozen): a new head first learns to read the encoder's features.
+    pub head_warmup: Option<f64>,
     /// Projection head hidden width and number of linear layers.
     pub head_hidden: Option<usize>,
     pub head_layers: Option<usize>,
@@ -137,6 +142,8 @@ impl Settings {
             checkpoints,
             freeze_stages,
             freeze_bn,
+            backbone_lr,
+            head_warmup,
             head_hidden,
             head_layers
         )
@@ -227,9 +234,19 @@ pub struct FitArgs {
     #[arg(long, value_name = "N")]
     pub freeze_stages: Option<usize>,
     /// Fine-tuning EfficientNet-Lite0: BatchNorm normalises with the pretrained running statistics
-    /// in training too and never updates them.
-    #[arg(long)]
+    /// in training too and never updates them (the default with --init).
+    #[arg(long, conflicts_with = "train_bn")]
     pub freeze_bn: bool,
+    /// Fine-tuning: let BatchNorm update its statistics (off by default with --init).
+    #[arg(long)]
+    pub train_bn: bool,
+    /// The encoder's learning rate as a share of the head's (default 1; 0.1 with --init).
+    #[arg(long, value_name = "SHARE")]
+    pub backbone_lr: Option<f64>,
+    /// Share of the run, from the start, during which only the projection head trains (default
+    /// 0; 0.25 with --init).
+    #[arg(long, value_name = "SHARE")]
+    pub head_warmup: Option<f64>,
     /// Training objective (FIRM by default; the others are the paper's baselines).
     #[arg(long)]
     pub loss: Option<LossKind>,
@@ -294,7 +311,13 @@ impl FitArgs {
             score: self.score.clone(),
             checkpoints: self.checkpoints,
             freeze_stages: self.freeze_stages,
-            freeze_bn: self.freeze_bn.then_some(true),
+            freeze_bn: if self.train_bn {
+                Some(false)
+            } else {
+                self.freeze_bn.then_some(true)
+            },
+            backbone_lr: self.backbone_lr,
+            head_warmup: self.head_warmup,
             ..Settings::default()
         }
     }
@@ -351,6 +374,31 @@ pub struct FitConfig {
     pub length: Option<Length>,
     pub schedule: Option<OneCycle>,
     pub lr: f64,
+    /// The encoder's rate as a share of `lr` (older runs: 1).
+    #[serde(default = "one")]
+    pub backbone_lr: f64,
+    /// Share of the steps, from the start, with the encoder frozen (older runs: 0).
+    #[serde(default)]
+    pub head_warmup: f64,
+}
+
+/// What a pretrained start (`--init`) changes, whatever profile is chosen (the command line
+/// still has the last word): the backbone's own input size, the head trained alone for the first quarter of the run, then the encoder at a tenth of the
+/// head's rate; EfficientNet-Lite0 also keeps its BatchNorm statistics, and its stem and first
+/// three stages (the 112, 56 and 28 px ones: the patch score's features, and most of the
+/// activation memory at 224 px) as they are. A profile's 64 px, updating statistics and full rate destroy pretrained features within
+/// an epoch or two (issue 19).
+pub fn pretrained_start(backbone: Backbone) -> Settings {
+    let lite0 = backbone == Backbone::EfficientnetLite0;
+    Settings {
+        size: Some(224),
+        backbone_lr: Some(0.1),
+        head_warmup: Some(0.25),
+        // Our ResNet-18 updates its statistics in training (it has no frozen mode yet).
+        freeze_bn: lite0.then_some(true),
+        freeze_stages: lite0.then_some(3),
+        ..Settings::default()
+    }
 }
 
 /// Built-in defaults: a small CPU configuration.
@@ -373,9 +421,15 @@ fn defaults() -> Settings {
         checkpoints: Some(5),
         freeze_stages: Some(0),
         freeze_bn: Some(false),
+        backbone_lr: Some(1.0),
+        head_warmup: Some(0.0),
         head_hidden: Some(1024),
         head_layers: Some(8),
     }
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Resolve flags + profile + defaults into a [`FitConfig`] (length still open when budgeted).
@@ -416,6 +470,10 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
     let cli = args.settings();
     // An explicit epoch count replaces a profile's time budget, and vice versa.
     let mut s = defaults().overlay(profile);
+    if args.init.is_some() {
+        let backbone = cli.backbone.or(s.backbone).expect("default");
+        s = s.overlay(&pretrained_start(backbone));
+    }
     if cli.epochs.is_some() {
         s.max_minutes = None;
     }
@@ -504,6 +562,20 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
     if !(tau > 0.0 && lr > 0.0) {
         return Err(Error::invalid("--tau/--lr", "must be positive"));
     }
+    let backbone_lr = s.backbone_lr.expect("default");
+    if !(0.0..=1.0).contains(&backbone_lr) {
+        return Err(Error::invalid(
+            "--backbone-lr",
+            format!("{backbone_lr} is not a share between 0 and 1 of the head's rate"),
+        ));
+    }
+    let head_warmup = s.head_warmup.expect("default");
+    if !(0.0..1.0).contains(&head_warmup) {
+        return Err(Error::invalid(
+            "--head-warmup",
+            format!("{head_warmup} is not a share of the run in 0..1"),
+        ));
+    }
     let patch = if patch_verdict {
         Some(firm_shared::score::patch::PatchSpec::for_graph(
             &model.encoder.graph(),
@@ -536,6 +608,8 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
         length: None,
         schedule: None,
         lr,
+        backbone_lr,
+        head_warmup,
     };
     Ok((cfg, s))
 }

@@ -111,7 +111,25 @@ fn main() -> ExitCode {
                     patch_sigma: None,
                     patch_neighbourhood: None,
                 };
-                report::evaluate_run(&eval, &cwd).map(|r| report::print_summary(&r))
+                let regressed = report::evaluate_run(&eval, &cwd).and_then(|r| {
+                    report::print_summary(&r);
+                    let run = host_trainer::run::RunDir::open(&eval.run)?;
+                    let last = run.checkpoint_or_latest(None)?;
+                    host_trainer::export::regression(&run, &last)
+                });
+                match regressed {
+                    Ok(Some((start, now))) => {
+                        eprintln!(
+                            "error: FINE-TUNING MADE THE DETECTOR WORSE: image AUROC {start:.4} with \
+                            the --init weights, {now:.4} after training. `export` refuses this run \
+                            (unless --accept-regression); try fewer epochs, a lower --lr or \
+                            --backbone-lr, or export the start (--epochs 0)."
+                        );
+                        return ExitCode::from(1);
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(e),
+                }
             }
             Ok(Outcome::Interrupted { run, checkpoint }) => {
                 eprintln!(

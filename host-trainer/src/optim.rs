@@ -20,6 +20,9 @@ pub struct Sgd {
     pub lr: f64,
     pub momentum: f64,
     pub weight_decay: f64,
+    /// The encoder's rate as a share of `lr` (parameters outside `head.`); 0 freezes the
+    /// encoder: its parameters, and their momentum, are left as they are.
+    pub backbone_scale: f64,
 }
 
 impl Sgd {
@@ -31,6 +34,7 @@ impl Sgd {
             lr,
             momentum,
             weight_decay,
+            backbone_scale: 1.0,
         }
     }
 
@@ -38,6 +42,14 @@ impl Sgd {
     /// PyTorch skips parameters whose `.grad` is None).
     pub fn step(&mut self, grads: &GradStore) -> Result<()> {
         for (name, var) in &self.params {
+            let lr = if name.starts_with("head.") {
+                self.lr
+            } else {
+                self.lr * self.backbone_scale
+            };
+            if lr == 0.0 {
+                continue;
+            }
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
@@ -60,7 +72,7 @@ impl Sgd {
             } else {
                 d
             };
-            var.set(&(p - (d * self.lr)?)?)?;
+            var.set(&(p - (d * lr)?)?)?;
         }
         Ok(())
     }
@@ -112,5 +124,31 @@ mod tests {
         opt.step(&loss.backward().unwrap()).unwrap();
         assert_eq!(p.as_tensor().to_vec1::<f32>().unwrap(), [0.0, 0.0]);
         assert!(opt.buffers().is_empty());
+    }
+
+    #[test]
+    fn the_encoder_takes_its_share_of_the_rate_and_none_when_frozen() {
+        let enc = Var::from_tensor(&Tensor::new(&[1.0f32], &Device::Cpu).unwrap()).unwrap();
+        let head = Var::from_tensor(&Tensor::new(&[1.0f32], &Device::Cpu).unwrap()).unwrap();
+        let mut opt = Sgd::new(
+            vec![
+                ("layer1.0.conv1.weight".into(), enc.clone()),
+                ("head.0.weight".into(), head.clone()),
+            ],
+            0.5,
+            0.9,
+            0.0,
+        );
+        let loss = |e: &Var, h: &Var| (e.as_tensor() + h.as_tensor()).unwrap().sum_all().unwrap();
+        opt.backbone_scale = 0.0;
+        opt.step(&loss(&enc, &head).backward().unwrap()).unwrap();
+        assert_eq!(enc.as_tensor().to_vec1::<f32>().unwrap(), [1.0]);
+        assert_eq!(head.as_tensor().to_vec1::<f32>().unwrap(), [0.5]);
+        assert!(!opt.buffers().contains_key("layer1.0.conv1.weight"));
+        opt.backbone_scale = 0.1;
+        opt.step(&loss(&enc, &head).backward().unwrap()).unwrap();
+        assert!((enc.as_tensor().to_vec1::<f32>().unwrap()[0] - 0.95).abs() < 1e-7);
+        // The head's momentum buffer carried over: 0.9 * 1 + 1.
+        assert!((head.as_tensor().to_vec1::<f32>().unwrap()[0] - (0.5 - 0.5 * 1.9)).abs() < 1e-7);
     }
 }

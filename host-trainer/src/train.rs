@@ -395,6 +395,12 @@ fn train(setup: Setup, resume_from: Option<String>) -> Result<Outcome> {
         let (lr, momentum) = schedule.at(state.global_step);
         opt.lr = lr;
         opt.momentum = momentum;
+        // The head alone first (a pretrained start), then the encoder at its share of the rate.
+        opt.backbone_scale = if (state.global_step as f64) < cfg.head_warmup * total as f64 {
+            0.0
+        } else {
+            cfg.backbone_lr
+        };
         let loss = step(&model, &mut opt, &cfg, &batch)?;
         let ips = images_per_step as f64 / window.elapsed().as_secs_f64();
         window = Instant::now();

@@ -104,6 +104,32 @@ pub struct ExportArgs {
     /// scoring out of the bundle (no heat maps on the device).
     #[arg(long, default_value_t = firm_shared::score::patch::DEFAULT_BANK, value_name = "N")]
     pub patch_bank: usize,
+    /// Export a fine-tuned checkpoint (a run started from --init weights) even though it scores
+    /// below the weights it started from.
+    #[arg(long)]
+    pub accept_regression: bool,
+}
+
+/// A fine-tuned run's checkpoint that scores below its start: (start, checkpoint) image AUROC
+/// of the run's score, from the run's own evaluations (metrics.jsonl). None for runs trained
+/// from scratch, checkpoints without an evaluation, or no loss.
+pub fn regression(run: &RunDir, checkpoint: &str) -> Result<Option<(f64, f64)>> {
+    let cfg = run.read_config()?;
+    if cfg.init.is_none() {
+        return Ok(None);
+    }
+    let metrics = run.metrics()?;
+    let auroc = |name: &str| {
+        metrics
+            .iter()
+            .filter(|m| m["kind"] == "eval" && m["score"] == cfg.score.to_string())
+            .filter(|m| m["checkpoint"] == name)
+            .find_map(|m| m["image_auroc"].as_f64())
+    };
+    Ok(match (auroc("init"), auroc(checkpoint)) {
+        (Some(start), Some(now)) if now < start => Some((start, now)),
+        _ => None,
+    })
 }
 
 /// What the convolutions' inputs are stored as on the device.
@@ -199,6 +225,19 @@ pub fn run(args: &ExportArgs, cwd: &Path) -> Result<ExportReport> {
         ));
     }
     let checkpoint = run.checkpoint_or_latest(args.checkpoint.as_deref())?;
+    if let Some((start, now)) = regression(&run, &checkpoint)?
+        && !args.accept_regression
+    {
+        return Err(Error::invalid(
+            "export",
+            format!(
+                "checkpoint {checkpoint} scores image AUROC {now:.4}, below the {start:.4} of the \
+                --init weights it was fine-tuned from: fine-tuning made the detector worse. \
+                Export the start instead (fit --epochs 0 with the same --init), retrain, or pass \
+                --accept-regression"
+            ),
+        ));
+    }
     let state = run.read_state(&checkpoint)?;
     let weights_path = run.weights(&checkpoint);
 
