@@ -2,6 +2,8 @@
 //! The helpers here locate the workspace's binaries, building them when a test runs before they
 //! exist (for example `cargo test -p firm-e2e` alone).
 
+pub mod load;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -8,7 +8,8 @@
 //!   oldest one with no request in flight (idle, or still trickling its request head), so a fresh
 //!   client such as a /healthz probe still gets in under a flood of idle connections. When every
 //!   connection has a request or an event stream in flight, the new one gets a 503 written
-//!   without waiting and is closed at once: nothing beyond the cap is held;
+//!   without waiting and is closed at once: nothing beyond the cap is held (closing ones
+//!   included, the server holds at most `max-connections` + [`CLOSING`] sockets);
 //! - a connection that sends no complete request head for `web.idle-timeout-ms` (idle between
 //!   requests, or a header trickled in byte by byte) is closed by hyper's header-read timeout;
 //! - accept errors (EMFILE included) back off instead of spinning;
@@ -46,6 +47,10 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// files, journal, saved frames, overlay, webhook, runtime): a warning is logged when the
 /// process's limit leaves fewer.
 const FDS_FOR_PIPELINE: u64 = 128;
+/// Connections closed for new ones that may still be closing: the accept loop waits for them
+/// beyond this, so the server never holds more than `max-connections + CLOSING` sockets (plus the
+/// one being refused).
+const CLOSING: usize = 8;
 /// Refusals and evictions are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -87,9 +92,9 @@ impl Drop for InFlight {
     }
 }
 
-/// The open connections, oldest first.
+/// The open connections, oldest first; `gone` is told each time one has closed.
 #[derive(Debug, Default)]
-struct Table(Mutex<BTreeMap<u64, Arc<Conn>>>);
+struct Table(Mutex<BTreeMap<u64, Arc<Conn>>>, Notify);
 
 enum Admit {
     Yes(Arc<Conn>),
@@ -129,6 +134,12 @@ impl Table {
 
     fn remove(&self, id: u64) {
         self.0.lock().expect("connection table lock").remove(&id);
+        self.1.notify_one();
+    }
+
+    /// Sockets held, those still closing included.
+    fn len(&self) -> usize {
+        self.0.lock().expect("connection table lock").len()
     }
 }
 
@@ -175,11 +186,17 @@ pub async fn serve(
     let mut next_id = 0u64;
     let (mut refused, mut evicted, mut accept_errors) = (0u64, 0u64, 0u64);
     let mut last_log = Instant::now();
-    loop {
+    'accept: loop {
         while tasks.try_join_next().is_some() {}
+        while table.len() >= cap + CLOSING {
+            tokio::select! {
+                () = table.1.notified() => {}
+                () = &mut stop => break 'accept,
+            }
+        }
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            () = &mut stop => break,
+            () = &mut stop => break 'accept,
         };
         if last_log.elapsed() >= LOG_EVERY && refused + evicted + accept_errors > 0 {
             warn!(
