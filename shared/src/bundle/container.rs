@@ -24,7 +24,7 @@
 
 use std::fmt;
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 /// Name of the signature entry (always the last).
 pub const SIGNATURE_NAME: &str = "signature.ed25519";
@@ -392,7 +392,11 @@ pub fn verify(bytes: &[u8], c: &Container, key: &VerifyingKey) -> Result<()> {
     let msg = bytes
         .get(..c.signed_len)
         .ok_or(ContainerError::BadSignature)?;
-    key.verify(msg, &Signature::from_bytes(&c.signature))
+    // `verify_strict`, not `verify`: it also refuses a small-order R and a weak (small-order)
+    // key, with which one signature verifies for many messages (for the identity key, R = the
+    // identity and s = 0 "sign" every message). RFC 8032 leaves these cases to the verifier;
+    // nothing we sign produces them.
+    key.verify_strict(msg, &Signature::from_bytes(&c.signature))
         .map_err(|_| ContainerError::BadSignature)
 }
 
@@ -455,11 +459,22 @@ pub fn parse_key_hex(text: &str) -> Result<[u8; 32]> {
     Ok(out)
 }
 
-/// A public key from its file form (keygen's `.pub`: 64 hex digits).
+/// A public key from its file form (keygen's `.pub`: 64 hex digits). A weak key (a point of small
+/// order, such as the identity `0100..00`) is refused: signatures made without any private key
+/// verify under it, and no key made by keygen is one.
 pub fn parse_verifying_key(text: &str) -> Result<VerifyingKey> {
-    VerifyingKey::from_bytes(&parse_key_hex(text)?).map_err(|_| ContainerError::BadKey {
-        why: "not a valid ed25519 public key".into(),
-    })
+    let key =
+        VerifyingKey::from_bytes(&parse_key_hex(text)?).map_err(|_| ContainerError::BadKey {
+            why: "not a valid ed25519 public key".into(),
+        })?;
+    if key.is_weak() {
+        return Err(ContainerError::BadKey {
+            why: "a weak ed25519 public key (a point of small order): signatures made without its \
+                  private key verify under it; use a key made by `host-trainer keygen`"
+                .into(),
+        });
+    }
+    Ok(key)
 }
 
 /// Hex form of a key (what key files hold).
@@ -477,6 +492,7 @@ pub fn generate_key() -> std::result::Result<SigningKey, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::Verifier;
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
@@ -662,6 +678,168 @@ mod tests {
             parse_key_hex("abc"),
             Err(ContainerError::BadKey { .. })
         ));
+    }
+
+    /// Encodings of points of small order (the identity, the point of order 2, one of order 4):
+    /// valid curve points, so `VerifyingKey::from_bytes` takes them.
+    fn small_order_points() -> [[u8; 32]; 3] {
+        let identity = {
+            let mut b = [0u8; 32];
+            b[0] = 1;
+            b
+        };
+        // y = p - 1 = 2^255 - 20 (the point (0, -1)).
+        let order_2 = {
+            let mut b = [0xffu8; 32];
+            b[0] = 0xec;
+            b[31] = 0x7f;
+            b
+        };
+        // y = 0: x = sqrt(-1).
+        let order_4 = [0u8; 32];
+        [identity, order_2, order_4]
+    }
+
+    #[test]
+    fn weak_keys_are_refused_with_a_clear_message() {
+        for point in small_order_points() {
+            assert!(VerifyingKey::from_bytes(&point).is_ok(), "a curve point");
+            let e = parse_verifying_key(&format!("{}\n", key_hex(&point))).unwrap_err();
+            assert!(
+                matches!(&e, ContainerError::BadKey { why } if why.contains("weak")),
+                "{e}"
+            );
+            assert!(e.to_string().contains("small order"), "{e}");
+        }
+        // Real keys still parse.
+        let pk = key(1).verifying_key();
+        assert_eq!(parse_verifying_key(&key_hex(&pk.to_bytes())).unwrap(), pk);
+    }
+
+    /// Under the identity key, `R` = the identity and `s` = 0 pass the lax `verify` for any
+    /// message ([s]B - [k]A = identity for every k): a forgery without any private key. The
+    /// reader must refuse it (`verify_strict`).
+    #[test]
+    fn signatures_only_lax_verification_accepts_are_refused() {
+        let mut forged = Vec::new();
+        for m in sample() {
+            push_entry(&mut forged, &m.name, &m.data);
+        }
+        let mut sig = [0u8; 64];
+        sig[0] = 1; // R = identity (compressed y = 1), s = 0
+        push_entry(&mut forged, SIGNATURE_NAME, &sig);
+        forged.resize(forged.len() + 1024, 0);
+        let c = read(&forged, &Limits::default()).unwrap();
+        let weak = VerifyingKey::from_bytes(&small_order_points()[0]).unwrap();
+        let msg = &forged[..c.signed_len];
+        assert!(
+            weak.verify(msg, &Signature::from_bytes(&sig)).is_ok(),
+            "the lax check accepts the forgery (what this test guards against)"
+        );
+        assert_eq!(
+            verify(&forged, &c, &weak).unwrap_err(),
+            ContainerError::BadSignature
+        );
+        assert_eq!(
+            open(&forged, &weak, &Limits::default()).unwrap_err(),
+            ContainerError::BadSignature
+        );
+    }
+
+    /// Arithmetic modulo the group order l = 2^252 + 27742317777372353535851937790883648493, bit
+    /// by bit on little-endian u64 limbs (slow and plain: a test reference, not a library).
+    mod scalar {
+        const L: [u64; 4] = [
+            0x5812_631a_5cf5_d3ed,
+            0x14de_f9de_a2f7_9cd6,
+            0,
+            0x1000_0000_0000_0000,
+        ];
+
+        fn add_mod(a: [u64; 4], b: [u64; 4]) -> [u64; 4] {
+            // a, b < l < 2^253: the sum fits, and one subtraction reduces it.
+            let mut r = [0u64; 4];
+            let mut carry = false;
+            for i in 0..4 {
+                let (x, c1) = a[i].overflowing_add(b[i]);
+                let (x, c2) = x.overflowing_add(u64::from(carry));
+                r[i] = x;
+                carry = c1 || c2;
+            }
+            if (0..4).rev().map(|i| r[i].cmp(&L[i])).find(|o| o.is_ne())
+                != Some(std::cmp::Ordering::Less)
+            {
+                let mut borrow = false;
+                for i in 0..4 {
+                    let (x, b1) = r[i].overflowing_sub(L[i]);
+                    let (x, b2) = x.overflowing_sub(u64::from(borrow));
+                    r[i] = x;
+                    borrow = b1 || b2;
+                }
+            }
+            r
+        }
+
+        fn bits_from_top(le: &[u8]) -> impl Iterator<Item = bool> + '_ {
+            le.iter()
+                .rev()
+                .flat_map(|b| (0..8).rev().map(move |i| b >> i & 1 == 1))
+        }
+
+        /// `le` (any length, little-endian) mod l.
+        pub fn reduce(le: &[u8]) -> [u64; 4] {
+            bits_from_top(le).fold([0; 4], |r, bit| {
+                add_mod(add_mod(r, r), [u64::from(bit), 0, 0, 0])
+            })
+        }
+
+        /// a * b mod l, as the 32 little-endian bytes of a scalar.
+        pub fn mul(a: &[u8], b: [u64; 4]) -> [u8; 32] {
+            let r = bits_from_top(a).fold([0; 4], |r, bit| {
+                let r = add_mod(r, r);
+                if bit { add_mod(r, b) } else { r }
+            });
+            let mut out = [0u8; 32];
+            for (chunk, limb) in out.chunks_exact_mut(8).zip(r) {
+                chunk.copy_from_slice(&limb.to_le_bytes());
+            }
+            out
+        }
+    }
+
+    /// With a real key, `R` = the identity (small order) and s = k * a mod l, k = H(R || A || M),
+    /// make [s]B - [k]A the identity, so the lax `verify` accepts. Made by no signer (R = [r]B
+    /// for a random r), and refused by `verify_strict`.
+    #[test]
+    fn small_order_r_is_refused_under_a_real_key() {
+        use sha2::Digest;
+        let sk = key(1);
+        let pk = sk.verifying_key();
+        let mut forged = Vec::new();
+        for m in sample() {
+            push_entry(&mut forged, &m.name, &m.data);
+        }
+        let r = small_order_points()[0];
+        let k = sha2::Sha512::new()
+            .chain_update(r)
+            .chain_update(pk.to_bytes())
+            .chain_update(&forged)
+            .finalize();
+        let s = scalar::mul(&k, scalar::reduce(&sk.to_scalar().to_bytes()));
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(&r);
+        sig[32..].copy_from_slice(&s);
+        let msg = forged.clone();
+        push_entry(&mut forged, SIGNATURE_NAME, &sig);
+        forged.resize(forged.len() + 1024, 0);
+        assert!(
+            pk.verify(&msg, &Signature::from_bytes(&sig)).is_ok(),
+            "the lax check accepts it (what this test guards against)"
+        );
+        assert_eq!(
+            open(&forged, &pk, &Limits::default()).unwrap_err(),
+            ContainerError::BadSignature
+        );
     }
 
     proptest::proptest! {
