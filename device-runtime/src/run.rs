@@ -116,8 +116,7 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
         .listen
         .clone()
         .unwrap_or_else(|| cfg.web.listen.clone());
-    let listener = std::net::TcpListener::bind(&listen)
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = bind(&listen).with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
     let spec: SourceSpec = cfg.source.spec.parse()?;
     let copts = capture_options(cfg)?;
@@ -161,6 +160,8 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // A flood of requests must not take the cores from the frame pipeline.
+        .on_thread_start(lower_priority)
         .enable_all()
         .build()
         .context("tokio runtime")?;
@@ -250,6 +251,36 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     result
 }
 
+/// Pending connections the kernel queues before `accept` (std's 128 overflowed under a burst of
+/// connections: each lost SYN costs its client a one-second retry, load test of issue 18).
+const LISTEN_BACKLOG: i32 = 1024;
+
+/// Listen on `addr` (`host:port`) with [`LISTEN_BACKLOG`].
+fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut last = std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address");
+    for a in addr.to_socket_addrs()? {
+        let s = socket2::Socket::new(socket2::Domain::for_address(a), socket2::Type::STREAM, None)?;
+        s.set_reuse_address(true)?;
+        match s.bind(&a.into()).and_then(|()| s.listen(LISTEN_BACKLOG)) {
+            Ok(()) => return Ok(s.into()),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Niceness of the web server's threads: below the capture and inference threads, so serving
+/// requests takes what the pipeline leaves (lowering one's own priority needs no privilege).
+const WEB_NICENESS: i32 = 10;
+
+fn lower_priority() {
+    let tid = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), WEB_NICENESS) {
+        tracing::debug!("cannot lower the web thread's priority: {e}");
+    }
+}
+
 /// The `STATUS=` line sent with each watchdog feed (shown by `systemctl status`).
 fn status_line(sh: &Shared) -> String {
     let live = sh.live.read().expect("state lock");
@@ -265,4 +296,37 @@ fn status_line(sh: &Shared) -> String {
             "disconnected"
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn web_threads_run_below_the_pipeline() {
+        let (mine, web) = std::thread::spawn(|| {
+            let tid = rustix::thread::gettid();
+            let before = rustix::process::getpriority_process(Some(tid)).unwrap();
+            lower_priority();
+            (
+                before,
+                rustix::process::getpriority_process(Some(tid)).unwrap(),
+            )
+        })
+        .join()
+        .unwrap();
+        if mine <= WEB_NICENESS {
+            assert_eq!(web, WEB_NICENESS, "niceness {mine} -> {web}");
+        }
+        // Only that thread: this one keeps its priority.
+        let here = rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        assert_eq!(here, mine);
+    }
+
+    #[test]
+    fn binds_with_its_backlog_and_names_bad_addresses() {
+        let l = bind("127.0.0.1:0").unwrap();
+        assert!(l.local_addr().unwrap().port() > 0);
+        assert!(bind("not an address").is_err());
+    }
 }
