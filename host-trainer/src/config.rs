@@ -224,9 +224,11 @@ pub struct FitArgs {
     /// Encoder network: resnet18 (the paper's) or efficientnet-lite0 (needs --init).
     #[arg(long)]
     pub backbone: Option<Backbone>,
-    /// Start the encoder from these weights (safetensors with PyTorch names, e.g.
+    /// Start the encoder from these weights: safetensors with PyTorch names (e.g.
     /// ../shared/weights/efficientnet-lite0/efficientnet-lite0.safetensors or a torchvision
-    /// ResNet-18). Nothing is downloaded. With --epochs 0: the pretrained-feature kNN baseline.
+    /// ResNet-18), or a PyTorch checkpoint as torch.save writes it (.pth/.pt: a state dict, or
+    /// one under `state_dict` or `model`; read without running any pickled code). Nothing is
+    /// downloaded. With --epochs 0: the pretrained-feature kNN baseline.
     #[arg(long, value_name = "FILE")]
     pub init: Option<PathBuf>,
     /// Fine-tuning EfficientNet-Lite0: keep the stem and the first N of its 7 stages frozen
@@ -526,7 +528,7 @@ pub fn resolve(args: &FitArgs, cwd: &Path) -> Result<(FitConfig, Settings)> {
     {
         return Err(Error::NotFound {
             path: p.clone(),
-            expected: "a safetensors file of encoder weights (--init)".into(),
+            expected: "a safetensors or PyTorch (.pth) file of encoder weights (--init)".into(),
         });
     }
     let (frozen_stages, frozen_bn) = (

@@ -158,13 +158,44 @@ pub fn load_bytes(varmap: &VarMap, bytes: &[u8], origin: &Path, part: Part) -> R
     set_from(varmap, &tensors, origin, part)
 }
 
-/// [`load_bytes`] from a file.
+/// [`load_bytes`] from a file: safetensors, or a PyTorch checkpoint (`torch.save`'s zip of
+/// pickles, `.pth`/`.pt`: a state dict, or a dict holding one under `state_dict` or `model`),
+/// told apart by their first bytes.
 pub fn load(varmap: &VarMap, path: &Path, part: Part) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.to_path_buf(),
         source,
     })?;
+    if bytes.starts_with(b"PK\x03\x04") {
+        let tensors = read_pth(path)?;
+        return set_from(varmap, &tensors, path, part);
+    }
     load_bytes(varmap, &bytes, path, part)
+}
+
+/// The tensors of a PyTorch checkpoint (candle reads the pickle; nothing is executed).
+fn read_pth(path: &Path) -> Result<HashMap<String, Tensor>> {
+    let err = |e: candle_core::Error| Error::Weights {
+        path: path.to_path_buf(),
+        reason: format!("not a PyTorch checkpoint candle can read: {e}"),
+    };
+    let top = candle_core::pickle::read_all_with_key(path, None).map_err(err)?;
+    if !top.is_empty() {
+        return Ok(top.into_iter().collect());
+    }
+    for key in ["state_dict", "model"] {
+        if let Ok(all) = candle_core::pickle::read_all_with_key(path, Some(key))
+            && !all.is_empty()
+        {
+            return Ok(all.into_iter().collect());
+        }
+    }
+    Err(Error::Weights {
+        path: path.to_path_buf(),
+        reason: "a PyTorch checkpoint without tensors (looked at the top level, `state_dict` \
+                 and `model`)"
+            .into(),
+    })
 }
 
 fn set_from(
