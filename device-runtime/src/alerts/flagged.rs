@@ -1,9 +1,20 @@
 //! Flagged frames saved as PNG within a disk budget: `FLAGGED/<time>-<seq>.png` with a JSON
 //! sidecar (`.json`: the verdict) and a thumbnail (`.thumb.jpg`, [`THUMBNAIL_SIZE`] px on the long
 //! side, a few KB against the PNG's hundreds: what the status page's alert list loads). File names
-//! start with the capture time, so name order is age order; when the folder exceeds its budget the
-//! oldest sets are deleted first. Each file is written atomically, so a power cut leaves no half
-//! image; the temporary file such a cut leaves behind is deleted at the next start.
+//! start with the capture time; when the folder exceeds its budget the sets written first are
+//! deleted first. Each file is written atomically, so a power cut leaves no half image; the
+//! temporary file such a cut leaves behind is deleted at the next start.
+//!
+//! Write order, not name order: on a board without a real-time clock the wall clock may jump back
+//! (to 1970, or to the image's build date) until NTP answers, and the frames captured meanwhile
+//! carry the oldest names while being the newest. So each PNG's modification time is stamped with
+//! a write clock that never goes back (the wall clock, or 1 us after the last stamp when the wall
+//! clock is behind it), and [`FlaggedFrames::open`] orders the sets by that stamp (then by name);
+//! at run time they are kept in the order they were written.
+//!
+//! The frames are the plant's product images: files are 0640 and the folder 0750 (an existing
+//! folder loses its permissions for others at start), and [`read_saved`] refuses anything in the
+//! folder that is not a plain file (a symlink placed there is not followed).
 //!
 //! The thumbnail costs ~5 ms for a 640 x 480 frame (image's `thumbnail` 4.1 ms, JPEG 0.5 ms),
 //! beside the PNG's ~12 ms (2 AMD EPYC cores). Frames saved before thumbnails existed get theirs
@@ -13,8 +24,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
 
-use firm_shared::fsutil::write_atomic;
+use firm_shared::fsutil::write_atomic_mode;
 
 use super::AlertSink;
 use crate::capture::Frame;
@@ -24,16 +36,42 @@ use crate::state::AlertEntry;
 pub struct FlaggedFrames {
     dir: PathBuf,
     budget: u64,
-    /// (name stem, bytes of the PNG and its sidecar), oldest first.
+    /// (name stem, bytes of the set's files), in write order: the first written first.
     files: std::collections::VecDeque<(String, u64)>,
     total: u64,
+    /// The last write stamp (module docs): the next one is later than this.
+    last_stamp: SystemTime,
+}
+
+/// Permission bits of the saved files and of the folder.
+pub const FILE_MODE: u32 = 0o640;
+pub const DIR_MODE: u32 = 0o750;
+
+/// Per stem, while opening: the PNG's stamp, the latest time of any of the set's files, bytes.
+#[derive(Default)]
+struct SetOnDisk {
+    png: Option<SystemTime>,
+    latest: Option<SystemTime>,
+    len: u64,
 }
 
 impl FlaggedFrames {
     pub fn open(dir: &Path, budget: u64) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut stems: std::collections::BTreeMap<String, u64> = Default::default();
-        let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let err = |e: io::Error| format!("{}: {e}", dir.display());
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(dir)
+            .map_err(err)?;
+        // A folder made by an earlier version (0755): close it to others.
+        let mode = std::fs::metadata(dir).map_err(err)?.permissions().mode();
+        if mode & 0o007 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o770))
+                .map_err(err)?;
+        }
+        let mut stems: std::collections::HashMap<String, SetOnDisk> = Default::default();
+        let rd = std::fs::read_dir(dir).map_err(err)?;
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') && name.contains(".tmp-") {
@@ -50,16 +88,44 @@ impl FlaggedFrames {
             else {
                 continue;
             };
-            let len = e.metadata().map_or(0, |m| m.len());
-            *stems.entry(stem.to_string()).or_default() += len;
+            // DirEntry::metadata does not follow symlinks.
+            let Ok(meta) = e.metadata() else { continue };
+            let set = stems.entry(stem.to_string()).or_default();
+            set.len += meta.len();
+            let time = meta.modified().ok();
+            set.latest = set.latest.max(time);
+            if name.ends_with(".png") {
+                set.png = time;
+            }
         }
-        let total = stems.values().sum();
+        let mut sets: Vec<(SystemTime, String, u64)> = stems
+            .into_iter()
+            .map(|(stem, s)| {
+                let stamp = s.png.or(s.latest).unwrap_or(SystemTime::UNIX_EPOCH);
+                (stamp, stem, s.len)
+            })
+            .collect();
+        sets.sort();
+        let total = sets.iter().map(|s| s.2).sum();
+        let last_stamp = sets.last().map_or(SystemTime::UNIX_EPOCH, |s| s.0);
         Ok(Self {
             dir: dir.to_path_buf(),
             budget,
-            files: stems.into_iter().collect(),
+            files: sets.into_iter().map(|(_, stem, len)| (stem, len)).collect(),
             total,
+            last_stamp,
         })
+    }
+
+    /// The next write stamp: now, unless the wall clock is at or behind the last stamp.
+    fn next_stamp(&mut self) -> SystemTime {
+        let now = SystemTime::now();
+        self.last_stamp = if now > self.last_stamp {
+            now
+        } else {
+            self.last_stamp + Duration::from_micros(1)
+        };
+        self.last_stamp
     }
 
     /// Bytes in use.
@@ -100,8 +166,14 @@ impl AlertSink for FlaggedFrames {
         let png = png.into_inner();
         let json = serde_json::to_vec_pretty(&alert.verdict).expect("verdict serialises");
         let thumb = thumbnail_jpeg(&frame.image)?;
-        write_atomic(&self.dir.join(format!("{stem}.png")), &png).map_err(|e| e.to_string())?;
-        write_atomic(&self.dir.join(format!("{stem}.json")), &json).map_err(|e| e.to_string())?;
+        let png_path = self.dir.join(format!("{stem}.png"));
+        write_atomic_mode(&png_path, &png, FILE_MODE).map_err(|e| e.to_string())?;
+        let stamp = self.next_stamp();
+        std::fs::File::open(&png_path)
+            .and_then(|f| f.set_modified(stamp))
+            .map_err(|e| format!("{}: setting its write stamp: {e}", png_path.display()))?;
+        write_atomic_mode(&self.dir.join(format!("{stem}.json")), &json, FILE_MODE)
+            .map_err(|e| e.to_string())?;
         // No fsync: a lost thumbnail is made again from the PNG when it is asked for.
         write_cache(&self.dir.join(format!("{stem}{THUMBNAIL_SUFFIX}")), &thumb)
             .map_err(|e| e.to_string())?;
@@ -113,7 +185,8 @@ impl AlertSink for FlaggedFrames {
                 .encode_image(&**o)
                 .map_err(|e| format!("JPEG encoding: {e}"))?;
             let name = format!("{stem}{HEAT_SUFFIX}");
-            write_atomic(&self.dir.join(&name), &jpeg).map_err(|e| e.to_string())?;
+            write_atomic_mode(&self.dir.join(&name), &jpeg, FILE_MODE)
+                .map_err(|e| e.to_string())?;
             len += jpeg.len() as u64;
             alert.heat_image = Some(name);
         }
@@ -181,12 +254,12 @@ pub fn thumbnail_jpeg(img: &image::RgbImage) -> Result<Vec<u8>, String> {
 pub fn thumbnail_for(dir: &Path, png: &str) -> io::Result<Vec<u8>> {
     let name = thumbnail_name(png).ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
     let path = dir.join(&name);
-    match std::fs::read(&path) {
+    match read_saved(&path) {
         Ok(b) => return Ok(b),
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         Err(_) => {}
     }
-    let bytes = std::fs::read(dir.join(png))?;
+    let bytes = read_saved(&dir.join(png))?;
     let format = if png.ends_with(".png") {
         image::ImageFormat::Png
     } else {
@@ -202,6 +275,28 @@ pub fn thumbnail_for(dir: &Path, png: &str) -> io::Result<Vec<u8>> {
     Ok(jpeg)
 }
 
+/// The bytes of a saved file, if `path` names a plain file (NotFound otherwise): a symlink
+/// placed in the folder is not followed, nor is a FIFO or a device opened. The name is checked
+/// before opening (lstat), and after, the open file must be the one the name held (same device
+/// and inode), so swapping in a symlink in between is caught.
+pub fn read_saved(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let not_ours = || io::Error::from(io::ErrorKind::NotFound);
+    let named = std::fs::symlink_metadata(path)?;
+    if !named.file_type().is_file() {
+        return Err(not_ours());
+    }
+    let mut f = std::fs::File::open(path)?;
+    let opened = f.metadata()?;
+    if !opened.is_file() || (opened.dev(), opened.ino()) != (named.dev(), named.ino()) {
+        return Err(not_ours());
+    }
+    let mut out = Vec::with_capacity(opened.len() as usize);
+    f.read_to_end(&mut out)?;
+    Ok(out)
+}
+
 /// Write through a temporary file (named as [`write_atomic`] names them, so a start after a crash
 /// deletes a leftover) renamed into place, without fsync: for files that can be made again.
 /// Unique per call, so two requests making the same thumbnail do not write one temporary file.
@@ -213,7 +308,18 @@ fn write_cache(path: &Path, bytes: &[u8]) -> io::Result<()> {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     ));
-    std::fs::write(&tmp, bytes)?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(FILE_MODE)
+            .open(&tmp)?;
+        f.write_all(bytes).inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+    }
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
     })

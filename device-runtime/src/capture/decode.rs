@@ -1,5 +1,11 @@
-//! Raw camera buffers -> 8-bit RGB: packed YUYV 4:2:2 and 8-bit GREY. (MJPEG goes through
-//! [`firm_shared::preprocess::decode_bytes`], like image files, so JPEG has one decoder.)
+//! Raw camera buffers -> 8-bit RGB: packed YUYV 4:2:2, 8-bit GREY and MJPEG. (MJPEG uses the JPEG
+//! decoder image files use, image's zune-jpeg, so JPEG has one decoder.)
+//!
+//! An MJPEG frame declares its own size in its header, and the decoder allocates for that size
+//! before it reads any scan data: a corrupt or hostile frame claiming 60000 x 60000 would ask for
+//! 10 GB. [`mjpeg_to_rgb`] decodes with `image::Limits`: no side above the negotiated frame size
+//! (or [`MAX_SIDE`] when none is known) and at most [`MJPEG_MAX_ALLOC`] bytes, so such a frame is a
+//! bad frame, refused after parsing its header.
 //!
 //! Pure functions, compiled with or without the `v4l` feature, so they are tested on machines
 //! without a camera.
@@ -24,6 +30,9 @@ use super::spec::PixelFormat;
 
 /// Largest frame side accepted from a driver: guards the `width * height * 3` allocation.
 pub const MAX_SIDE: u32 = 16384;
+
+/// Most bytes an MJPEG frame's decoding may allocate for its pixels (a 4K RGB frame is 25 MB).
+pub const MJPEG_MAX_ALLOC: u64 = 128 << 20;
 
 /// A raw buffer that does not hold a frame of the announced size and format.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +63,8 @@ pub enum PixelError {
         expected: usize,
         actual: usize,
     },
+    #[error("MJPEG frame refused: {reason}")]
+    Mjpeg { reason: String },
 }
 
 /// Packed YUYV (Y0 Cb Y1 Cr per pixel pair), lines of exactly `2 * width` bytes.
@@ -110,6 +121,42 @@ pub fn grey_to_rgb_strided(
         }
     }
     Ok(RgbImage::from_raw(width, height, out).expect("buffer is width * height * 3 bytes"))
+}
+
+/// One MJPEG buffer (a JPEG image) -> RGB, for a stream negotiated at `width` x `height` (0 x 0:
+/// unknown). A frame whose header declares a larger side, or whose pixels would need more than
+/// [`MJPEG_MAX_ALLOC`] bytes, is refused before the pixel buffer is allocated.
+pub fn mjpeg_to_rgb(data: &[u8], width: u32, height: u32) -> Result<RgbImage, PixelError> {
+    use image::ImageDecoder;
+    let refused = |e: image::ImageError| PixelError::Mjpeg {
+        reason: e.to_string(),
+    };
+    let side = |s: u32| if s == 0 { MAX_SIDE } else { s.min(MAX_SIDE) };
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(side(width));
+    limits.max_image_height = Some(side(height));
+    limits.max_alloc = Some(MJPEG_MAX_ALLOC);
+    let mut decoder =
+        image::codecs::jpeg::JpegDecoder::new(std::io::Cursor::new(data)).map_err(refused)?;
+    let (w, h) = decoder.dimensions();
+    let declared = |reason| PixelError::Mjpeg {
+        reason: format!("its header declares {w}x{h} pixels: {reason}"),
+    };
+    decoder
+        .set_limits(limits.clone())
+        .map_err(|_| declared(format!("above the {}x{} stream", side(width), side(height))))?;
+    limits
+        .reserve(decoder.total_bytes())
+        .map_err(|_| declared(format!("more than {MJPEG_MAX_ALLOC} bytes")))?;
+    let img = image::DynamicImage::from_decoder(decoder).map_err(refused)?;
+    if img.width() == 0 || img.height() == 0 {
+        return Err(PixelError::Size {
+            width: img.width(),
+            height: img.height(),
+        });
+    }
+    // `into_rgb8` replicates grey (the other colour type a JPEG decodes to).
+    Ok(img.into_rgb8())
 }
 
 /// One limited-range BT.601 Y'CbCr sample -> RGB (see the module header for the formula).
@@ -294,6 +341,47 @@ mod tests {
                 actual: 5,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn mjpeg_decodes_colour_and_grey_up_to_the_stream_size() {
+        let colour = image::RgbImage::from_fn(32, 24, |x, _| image::Rgb([(x * 8) as u8, 90, 200]));
+        let grey = image::GrayImage::from_fn(32, 24, |_, y| image::Luma([(y * 10) as u8]));
+        let mut jpegs = [Vec::new(), Vec::new()];
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpegs[0], 100)
+            .encode_image(&colour)
+            .unwrap();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpegs[1], 100)
+            .encode_image(&grey)
+            .unwrap();
+        let img = mjpeg_to_rgb(&jpegs[0], 32, 24).unwrap();
+        assert_eq!(img.dimensions(), (32, 24));
+        let px = img.get_pixel(20, 10).0;
+        assert!(
+            px.iter()
+                .zip([160, 90, 200])
+                .all(|(&a, b)| a.abs_diff(b) <= 8),
+            "{px:?}"
+        );
+        let img = mjpeg_to_rgb(&jpegs[1], 0, 0).unwrap();
+        let px = img.get_pixel(3, 20).0;
+        assert!(
+            px[0] == px[1] && px[1] == px[2] && px[0].abs_diff(200) <= 4,
+            "{px:?}"
+        );
+        // Larger than the negotiated stream on either side: refused, naming both sizes.
+        for (w, h) in [(31, 24), (32, 23)] {
+            let e = mjpeg_to_rgb(&jpegs[0], w, h).unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("32x24") && msg.contains(&format!("{w}x{h}")),
+                "{msg}"
+            );
+        }
+        assert!(matches!(
+            mjpeg_to_rgb(b"\xff\xd8 not really a jpeg", 32, 24),
+            Err(PixelError::Mjpeg { .. })
         ));
     }
 

@@ -8,9 +8,9 @@
 //! a camera without those controls is logged and keeps its own exposure (best effort too: a
 //! UVC camera may only take manual exposure in some modes).
 //!
-//! Buffers -> RGB: MJPEG through [`firm_shared::preprocess::decode_bytes`] (the decoder image
-//! files use; it copes with the Huffman-table-less JPEG many UVC cameras send), YUYV and GREY
-//! through [`super::decode`] (YUYV as BT.601 limited range).
+//! Buffers -> RGB through [`super::decode`]: MJPEG with the decoder image files use (it copes
+//! with the Huffman-table-less JPEG many UVC cameras send), limited to the negotiated frame size;
+//! YUYV (as BT.601 limited range) and GREY.
 //!
 //! Error mapping: a missing node, an unplugged camera (ENODEV/EIO on any streaming ioctl), a
 //! busy device or no frame within [`FRAME_TIMEOUT`] -> `Disconnected` (reopen with backoff); a
@@ -22,7 +22,6 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use firm_shared::preprocess::decode_bytes;
 use v4l::buffer::{Flags as BufferFlags, Type};
 use v4l::capability::Flags as CapabilityFlags;
 use v4l::control::{Control, Value as ControlValue};
@@ -33,7 +32,7 @@ use v4l::video::Capture;
 use v4l::video::capture::Parameters;
 use v4l::{Device, Format, FourCC};
 
-use super::decode::{grey_to_rgb_strided, yuyv_to_rgb_strided};
+use super::decode::{grey_to_rgb_strided, mjpeg_to_rgb, yuyv_to_rgb_strided};
 use super::{CaptureError, CaptureOptions, Frame, FrameSource, PixelFormat, SourceStatus, Tally};
 
 /// A camera that delivers nothing for this long is treated as disconnected.
@@ -223,7 +222,6 @@ impl FrameSource for V4lSource {
                         self.format,
                         data,
                         (self.width, self.height, self.stride),
-                        &self.device,
                         &self.origin,
                     )
                 }
@@ -272,7 +270,6 @@ fn convert(
     format: PixelFormat,
     data: &[u8],
     (width, height, stride): (u32, u32, usize),
-    device: &Path,
     origin: &str,
 ) -> Result<image::RgbImage, CaptureError> {
     let pixel = |error| CaptureError::Pixel {
@@ -280,14 +277,8 @@ fn convert(
         error,
     };
     match format {
-        PixelFormat::Mjpeg => {
-            decode_bytes(data, device)
-                .map(|d| d.rgb)
-                .map_err(|e| CaptureError::BadFrame {
-                    origin: origin.to_string(),
-                    reason: e.to_string(),
-                })
-        }
+        // With limits: a frame declaring a size beyond the stream's is refused, not allocated.
+        PixelFormat::Mjpeg => mjpeg_to_rgb(data, width, height).map_err(pixel),
         PixelFormat::Yuyv => {
             let stride = if stride == 0 {
                 width as usize * 2
@@ -370,22 +361,15 @@ mod tests {
 
     #[test]
     fn buffers_convert_per_format_and_bad_ones_are_bad_frames() {
-        let dev = Path::new("/dev/video0");
-        let grey = convert(PixelFormat::Grey, &[9; 8], (2, 2, 4), dev, "v4l:x").unwrap();
+        let grey = convert(PixelFormat::Grey, &[9; 8], (2, 2, 4), "v4l:x").unwrap();
         assert_eq!(grey.get_pixel(1, 1).0, [9; 3]);
-        let yuyv = convert(
-            PixelFormat::Yuyv,
-            &[16, 128, 235, 128],
-            (2, 1, 0),
-            dev,
-            "v4l:x",
-        );
+        let yuyv = convert(PixelFormat::Yuyv, &[16, 128, 235, 128], (2, 1, 0), "v4l:x");
         assert_eq!(yuyv.unwrap().get_pixel(1, 0).0, [255; 3]);
         for (format, data) in [
             (PixelFormat::Yuyv, &[0u8; 3][..]),
             (PixelFormat::Mjpeg, &b"\xff\xd8 not really a jpeg"[..]),
         ] {
-            let e = convert(format, data, (2, 1, 0), dev, "v4l:x").unwrap_err();
+            let e = convert(format, data, (2, 1, 0), "v4l:x").unwrap_err();
             assert_eq!(e.kind(), ErrorKind::BadFrame, "{e}");
             assert!(e.to_string().contains("v4l:x"), "{e}");
         }

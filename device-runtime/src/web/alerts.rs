@@ -13,7 +13,8 @@
 //! [`ledger::Acknowledged`](crate::alerts::ledger::Acknowledged).
 //!
 //! `GET /api/flagged/{file}` is the saved PNG; `GET /api/flagged/{file}/thumb.jpg` its thumbnail,
-//! which never changes, so the browser may keep it.
+//! which never changes, so the browser may keep it. Both serve plain files only: a symlink in the
+//! folder answers 404 ([`flagged::read_saved`]).
 
 use axum::Json;
 use axum::body::Bytes;
@@ -206,7 +207,12 @@ pub async fn flagged(
     } else {
         "image/jpeg"
     };
-    match tokio::fs::read(st.flagged_dir.join(&file)).await {
+    // Not tokio::fs::read: it follows a symlink placed in the folder to whatever it names.
+    let path = st.flagged_dir.join(&file);
+    match tokio::task::spawn_blocking(move || flagged::read_saved(&path))
+        .await
+        .map_err(AppError::internal)?
+    {
         Ok(b) => Ok(bytes_response(kind, b)),
         Err(_) => Err(no_image()),
     }
