@@ -735,7 +735,7 @@ impl Active {
             .clone()
             .unwrap_or_else(|| format!("{}.png", crate::alerts::flagged::stem_of(&a.verdict)));
         let src = cfg.flagged_dir.join(&file);
-        let bytes = std::fs::read(&src).map_err(|_| {
+        let bytes = crate::alerts::flagged::read_saved(&src).map_err(|_| {
             Refusal::Conflict(format!(
                 "alert {alert}'s frame is not kept (not saved, alerts.save-flagged = false, or \
                 evicted: flagged frames are deleted oldest first), so it cannot be marked"

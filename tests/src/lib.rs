@@ -3,6 +3,7 @@
 //! exist (for example `cargo test -p firm-e2e` alone).
 
 pub mod load;
+pub mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

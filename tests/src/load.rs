@@ -418,6 +418,22 @@ impl Bench {
     /// Start `device_bin` in `root` (which it fills) at `fps`, allowed `nofile` open files;
     /// `web`: extra `[web]` keys (TOML lines).
     pub fn start(device_bin: &Path, root: &Path, fps: f64, nofile: u32, web: &str) -> Bench {
+        let source = format!("spec = \"dir:frames\"\nfps = {fps:?}\nloop = true\n");
+        let inference = "threads = 1\nthreshold = -1.0\n";
+        Self::start_with(device_bin, root, &source, inference, fps, nofile, web)
+    }
+
+    /// [`Bench::start`] with the config's `[source]` and `[inference]` keys given (TOML lines):
+    /// the soak runs the `synthetic` source unpaced.
+    pub fn start_with(
+        device_bin: &Path,
+        root: &Path,
+        source: &str,
+        inference: &str,
+        fps: f64,
+        nofile: u32,
+        web: &str,
+    ) -> Bench {
         use ed25519_dalek::SigningKey;
         use firm_shared::detect::synthetic::{SyntheticSpec, pattern, random_bundle};
         use firm_shared::model::{EncoderConfig, Stem};
@@ -457,8 +473,8 @@ impl Bench {
             format!(
                 "schema-version = 1\nsite = \"load\"\nstate-dir = \"state\"\n\
                  [bundles]\ntrusted-keys = [\"bundle.pub\"]\n\
-                 [source]\nspec = \"dir:frames\"\nfps = {fps:?}\nloop = true\n\
-                 [inference]\nthreads = 1\nthreshold = -1.0\n[web]\n{web}\n"
+                 [source]\n{source}\
+                 [inference]\n{inference}[web]\n{web}\n"
             ),
         )
         .unwrap();
