@@ -3,7 +3,7 @@
 //! verdict always concerns a recent part and capture never blocks. Fixed capacity `N`
 //! (`heapless::Deque`), no allocation per hand-over.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use heapless::Deque;
@@ -66,9 +66,13 @@ impl<T, const N: usize> Mailbox<T, N> {
         g.queue.pop_front()
     }
 
-    /// No more items will come (the source ended).
+    /// No more items will come (the source ended, or its thread died). Never panics: it runs in
+    /// [`CloseOnDrop`] while a panic unwinds, where a second panic would abort the process.
     pub fn close(&self) {
-        self.inner.lock().expect("mailbox lock").closed = true;
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .closed = true;
         self.ready.notify_all();
     }
 
@@ -80,6 +84,18 @@ impl<T, const N: usize> Mailbox<T, N> {
 
     pub fn dropped(&self) -> u64 {
         self.inner.lock().expect("mailbox lock").dropped
+    }
+}
+
+/// Closes its mailbox when dropped. The producer's thread holds one for as long as it runs, so
+/// the consumer learns that no more items will come however that thread ends: a finished
+/// source, or a panic in it (which would otherwise leave the consumer polling forever).
+#[derive(Debug)]
+pub struct CloseOnDrop<T, const N: usize>(pub Arc<Mailbox<T, N>>);
+
+impl<T, const N: usize> Drop for CloseOnDrop<T, N> {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -114,5 +130,25 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         m.close();
         assert_eq!(t.join().unwrap(), None);
+    }
+
+    #[test]
+    fn a_producer_that_panics_still_closes_the_mailbox() {
+        let m = Arc::new(Mailbox::<u32, 2>::new());
+        let producer = {
+            let m = m.clone();
+            std::thread::spawn(move || {
+                let _closed = CloseOnDrop(m.clone());
+                m.push(1);
+                panic!("a driver bug");
+            })
+        };
+        assert!(producer.join().is_err());
+        assert_eq!(m.pop(Duration::from_secs(10)), Some(1));
+        // Closed: the consumer is told at once instead of waiting for items forever.
+        let t = std::time::Instant::now();
+        assert_eq!(m.pop(Duration::from_secs(10)), None);
+        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(m.is_finished());
     }
 }

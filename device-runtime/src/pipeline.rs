@@ -8,6 +8,12 @@
 //! Both threads beat [`Shared::heartbeat`] once per turn of their loop; the systemd watchdog
 //! ([`crate::watchdog`]) is fed only while both do.
 //!
+//! A thread that panics ends the run: the inference thread's panic comes back from
+//! [`Pipeline::join_checked`]; the capture thread catches its own (a driver or decoder bug),
+//! keeps the message for [`Pipeline::capture_panic`] and closes the mailbox, so inference stops
+//! instead of polling an empty mailbox forever while the web server looks healthy. `run` exits
+//! non-zero on either.
+//!
 //! A bundle flashed while running ([`crate::state::Shared::pending_bundle`]) is picked up between
 //! two frames.
 //!
@@ -16,8 +22,8 @@
 //! the passing distances; its warnings go to the same sinks (journal first), the page and
 //! `/metrics`.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,7 +35,7 @@ use crate::alerts::AlertSink;
 use crate::capture::{ErrorKind, Frame, FrameSource};
 use crate::config::InferenceConfig;
 use crate::drift::DriftWatch;
-use crate::mailbox::Mailbox;
+use crate::mailbox::{CloseOnDrop, Mailbox};
 use crate::slots::Loaded;
 use crate::state::{AlertEntry, BundleInfo, Event, Heat, Shared, Verdict, timestamp};
 use firm_shared::score::heat;
@@ -95,6 +101,16 @@ pub struct Pipeline {
     stop: Arc<AtomicBool>,
     capture: Option<JoinHandle<()>>,
     inference: Option<JoinHandle<()>>,
+    /// The capture thread's panic message, set before it closes the mailbox.
+    capture_panic: Arc<OnceLock<String>>,
+}
+
+/// The message a panic was raised with.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 impl Pipeline {
@@ -119,12 +135,7 @@ impl Pipeline {
     /// its supervisor restarts it).
     pub fn join_checked(mut self) -> Result<(), String> {
         let r = match self.inference.take() {
-            Some(t) => t.join().map_err(|p| {
-                p.downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic without a message".into())
-            }),
+            Some(t) => t.join().map_err(|p| panic_message(&*p)),
             None => Ok(()),
         };
         self.join();
@@ -133,6 +144,13 @@ impl Pipeline {
 
     pub fn is_finished(&self) -> bool {
         self.inference.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    /// The capture thread's panic message, when it panicked (no frame comes any more: the
+    /// process must exit non-zero, as for an inference panic). An ordinary end of the source
+    /// is not a panic.
+    pub fn capture_panic(&self) -> Option<String> {
+        self.capture_panic.get().cloned()
     }
 }
 
@@ -258,47 +276,32 @@ pub fn start(
     let mailbox: Arc<Mailbox<Frame, QUEUE>> = Arc::new(Mailbox::new());
 
     let (sh, mb, st) = (shared.clone(), mailbox.clone(), stop.clone());
+    let capture_panic: Arc<OnceLock<String>> = Arc::default();
+    let died = capture_panic.clone();
+    // Fault test hook: `FIRM_TEST_CAPTURE_PANIC_AT_FRAME=N` panics the capture thread when the
+    // source delivers frame N, as a driver or decoder bug would. It has no other effect.
+    let capture_panic_at: Option<u64> = std::env::var("FIRM_TEST_CAPTURE_PANIC_AT_FRAME")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let capture = std::thread::Builder::new()
         .name("capture".into())
         .spawn(move || {
-            while !st.load(Ordering::SeqCst) {
-                let r = source.next_frame();
-                sh.heartbeat.beat_capture();
-                let status = source.status();
-                let mut live = sh.live.write().expect("state lock");
-                live.camera.description = status.description.clone();
-                live.camera.connected = status.connected;
-                live.camera.reconnects = status.reconnects;
-                live.camera.last_error = status.last_error.clone();
-                live.counters.bad_frames = status.bad_frames;
-                match r {
-                    Ok(frame) => {
-                        live.counters.frames_captured += 1;
-                        drop(live);
-                        if mb.push(frame) {
-                            sh.live.write().expect("state lock").counters.frames_dropped += 1;
-                        }
-                    }
-                    Err(e) => match e.kind() {
-                        ErrorKind::BadFrame => warn!("skipped a frame: {e}"),
-                        ErrorKind::Disconnected => {
-                            live.camera.connected = false;
-                            live.camera.last_error = Some(e.to_string());
-                            drop(live);
-                            std::thread::sleep(Duration::from_millis(200));
-                        }
-                        _ => {
-                            if e.kind() != ErrorKind::EndOfStream {
-                                warn!("capture stopped: {e}");
-                                live.camera.last_error = Some(e.to_string());
-                            }
-                            live.camera.finished = true;
-                            break;
-                        }
-                    },
-                }
+            // Dropped last, after the panic (if any) is recorded: whoever sees the mailbox
+            // closed can then tell a dead capture thread from a finished source.
+            let _closed = CloseOnDrop(mb.clone());
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                capture_loop(&sh, &mut *source, &mb, &st, capture_panic_at);
+            }));
+            if let Err(p) = caught {
+                let why = panic_message(&*p);
+                // The lock may be poisoned by the panic; the state is still worth showing.
+                let mut live = sh.live.write().unwrap_or_else(|e| e.into_inner());
+                live.camera.connected = false;
+                live.camera.last_error = Some(format!("the capture thread panicked: {why}"));
+                live.camera.panicked = Some(why.clone());
+                drop(live);
+                let _ = died.set(why);
             }
-            mb.close();
         })
         .map_err(|e| format!("cannot start the capture thread: {e}"))?;
 
@@ -344,7 +347,60 @@ pub fn start(
         stop,
         capture: Some(capture),
         inference: Some(inference),
+        capture_panic,
     })
+}
+
+/// The capture thread's loop: frames into the mailbox until the source ends or `stop`.
+fn capture_loop(
+    sh: &Shared,
+    source: &mut dyn FrameSource,
+    mb: &Mailbox<Frame, QUEUE>,
+    stop: &AtomicBool,
+    panic_at: Option<u64>,
+) {
+    while !stop.load(Ordering::SeqCst) {
+        let r = source.next_frame();
+        if let Ok(f) = &r
+            && panic_at == Some(f.seq)
+        {
+            panic!("FIRM_TEST_CAPTURE_PANIC_AT_FRAME: frame {}", f.seq);
+        }
+        sh.heartbeat.beat_capture();
+        let status = source.status();
+        let mut live = sh.live.write().expect("state lock");
+        live.camera.description = status.description.clone();
+        live.camera.connected = status.connected;
+        live.camera.reconnects = status.reconnects;
+        live.camera.last_error = status.last_error.clone();
+        live.counters.bad_frames = status.bad_frames;
+        match r {
+            Ok(frame) => {
+                live.counters.frames_captured += 1;
+                drop(live);
+                if mb.push(frame) {
+                    sh.live.write().expect("state lock").counters.frames_dropped += 1;
+                }
+            }
+            Err(e) => match e.kind() {
+                ErrorKind::BadFrame => warn!("skipped a frame: {e}"),
+                ErrorKind::Disconnected => {
+                    live.camera.connected = false;
+                    live.camera.last_error = Some(e.to_string());
+                    drop(live);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                _ => {
+                    if e.kind() != ErrorKind::EndOfStream {
+                        warn!("capture stopped: {e}");
+                        live.camera.last_error = Some(e.to_string());
+                    }
+                    live.camera.finished = true;
+                    break;
+                }
+            },
+        }
+    }
 }
 
 fn process(
@@ -428,7 +484,10 @@ fn process(
     let mut errors = 0;
     for s in sinks.iter_mut() {
         if let Err(e) = s.alert(&mut alert, frame) {
-            warn!("alert sink {}: {e}", s.name());
+            // A full state filesystem was logged once by StateFs; counted, not logged per frame.
+            if e != crate::state::StateFs::FULL {
+                warn!("alert sink {}: {e}", s.name());
+            }
             errors += 1;
         }
     }

@@ -87,11 +87,13 @@ fn sinks(cfg: &DeviceConfig, shared: &Arc<Shared>) -> anyhow::Result<Vec<Box<dyn
     shared.live.write().expect("state lock").alerts =
         journal.recent(crate::state::RECENT_ALERTS).into();
     let _ = shared.ledger.set(journal.ledger());
-    let mut v: Vec<Box<dyn AlertSink>> = vec![Box::new(journal)];
+    let mut v: Vec<Box<dyn AlertSink>> =
+        vec![Box::new(journal.with_state_fs(shared.state_fs.clone()))];
     if a.save_flagged {
         v.push(Box::new(
             FlaggedFrames::open(&cfg.flagged_dir(), a.flagged_budget_bytes)
-                .map_err(anyhow::Error::msg)?,
+                .map_err(anyhow::Error::msg)?
+                .with_state_fs(shared.state_fs.clone()),
         ));
     }
     if let Some(w) = &a.webhook {
@@ -136,7 +138,24 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
         flagged_dir: cfg.flagged_dir(),
         limits: cfg.overlay.clone(),
     });
-    let starts = slots.note_start()?;
+    // Leftovers of flashes and uploads cut short by a crash or a power cut (a full disk
+    // leaves none: failed writes remove their own).
+    slots.remove_temporaries();
+    web::remove_stale_uploads(&cfg.state_dir.join("uploads"));
+    // A start that cannot be counted (a full state filesystem) still starts: the line must
+    // keep being inspected. Only the crash-loop rollback goes without it.
+    let starts = match slots.note_start() {
+        Ok(n) => n,
+        Err(e) => {
+            let why = format!(
+                "this start could not be counted ({e}): crash-loop protection is degraded (a \
+                 bundle that keeps crashing at start is not rolled back) until a start is counted"
+            );
+            tracing::error!("{why}");
+            shared.state_fs.boot_counter_failed(why);
+            slots.boot_attempts()
+        }
+    };
     if starts > 1 {
         warn!("start {starts} without a healthy run in between");
     }
@@ -170,7 +189,8 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     let pipeline = Arc::new(std::sync::Mutex::new(Some(pipeline)));
     let p = pipeline.clone();
     let sh = shared.clone();
-    // Set when the inference thread died: the run then ends with an error (exit status 1).
+    // Set when the capture or the inference thread died: the run then ends with this error
+    // (exit status 1), so that the service manager restarts it.
     let died: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let died_in = died.clone();
     let result = rt.block_on(async move {
@@ -213,12 +233,24 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
                     _ = term.recv() => { info!("SIGTERM: stopping"); break; }
                     _ = tick.tick() => {
                         let scored = sh.live.read().expect("state lock").counters.frames_scored;
+                        // Checked first: a dead capture thread closes the mailbox, and the
+                        // inference thread then finishes as if the source had ended.
+                        let capture_panic = p.lock().expect("pipeline lock").as_ref().and_then(|p| p.capture_panic());
+                        if let Some(why) = capture_panic {
+                            tracing::error!("the capture thread panicked: {why}; stopping");
+                            *died_in.lock().expect("died lock") = Some(format!(
+                                "the capture thread panicked ({why}); no frame was being captured"
+                            ));
+                            break;
+                        }
                         let finished = p.lock().expect("pipeline lock").as_ref().is_none_or(|p| p.is_finished());
                         if finished && let Some(done) = p.lock().expect("pipeline lock").take()
                             && let Err(why) = done.join_checked()
                         {
                             tracing::error!("the inference thread panicked: {why}; stopping");
-                            *died_in.lock().expect("died lock") = Some(why);
+                            *died_in.lock().expect("died lock") = Some(format!(
+                                "the inference thread panicked ({why}); nothing was being scored"
+                            ));
                             break;
                         }
                         if !healthy_marked && scored > 0 && (started.elapsed() >= HEALTHY_AFTER || finished) {
@@ -246,7 +278,7 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
         p.join();
     }
     if let Some(why) = died.lock().expect("died lock").take() {
-        anyhow::bail!("the inference thread panicked ({why}); nothing was being scored");
+        anyhow::bail!("{why}");
     }
     result
 }

@@ -33,6 +33,11 @@
 //!
 //! Crash tests: `FIRM_TEST_STALL_AT=<step>` makes a flash stop at that step (after writing half
 //! of the file for `write`) and wait to be killed. It has no other effect.
+//!
+//! Temporary files (`.NAME.tmp` beside the file they replace) are removed when their write
+//! fails, and those a crash or power cut left behind by [`Slots::remove_temporaries`] at start.
+//! The boot counter is the one write a start makes here: when it fails (a full filesystem),
+//! `run` logs it and starts anyway, without crash-loop protection for that start.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -275,25 +280,47 @@ fn stall_if(step: FlashStep) {
     }
 }
 
-/// Write `bytes` to `path` through a temporary file, fsync, rename, fsync the folder. With the
-/// stall hook, stop after half of the bytes.
-fn write_durable(path: &Path, bytes: &[u8], stall: Option<FlashStep>) -> Result<(), SlotError> {
+/// The temporary file [`write_durable`] writes `path` through.
+fn temporary(path: &Path) -> PathBuf {
     let dir = path.parent().expect("slot files live in a folder");
-    let tmp = dir.join(format!(
-        ".{}.tmp",
+    dir.join(format!(
+        ".{}{TMP_SUFFIX}",
         path.file_name().unwrap().to_string_lossy()
-    ));
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    ))
+}
+
+const TMP_SUFFIX: &str = ".tmp";
+
+/// Write `bytes` to `path` through a temporary file, fsync, rename, fsync the folder; the
+/// temporary file is removed when that fails (a full filesystem leaves nothing behind). With
+/// the stall hook, stop after half of the bytes.
+fn write_durable(path: &Path, bytes: &[u8], stall: Option<FlashStep>) -> Result<(), SlotError> {
+    let tmp = temporary(path);
+    let r = write_through(path, &tmp, bytes, stall);
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}
+
+fn write_through(
+    path: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+    stall: Option<FlashStep>,
+) -> Result<(), SlotError> {
+    let dir = path.parent().expect("slot files live in a folder");
+    let mut f = std::fs::File::create(tmp).map_err(io(tmp))?;
     let half = bytes.len() / 2;
-    f.write_all(&bytes[..half]).map_err(io(&tmp))?;
+    f.write_all(&bytes[..half]).map_err(io(tmp))?;
     if let Some(step) = stall {
-        f.sync_all().map_err(io(&tmp))?;
+        f.sync_all().map_err(io(tmp))?;
         stall_if(step);
     }
-    f.write_all(&bytes[half..]).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
+    f.write_all(&bytes[half..]).map_err(io(tmp))?;
+    f.sync_all().map_err(io(tmp))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(io(path))?;
+    std::fs::rename(tmp, path).map_err(io(path))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -637,16 +664,60 @@ impl Slots {
             .unwrap_or(0)
     }
 
-    /// Count a start (before loading); [`Self::mark_healthy`] clears it.
+    /// Count a start (before loading); [`Self::mark_healthy`] clears it. An error (a full
+    /// filesystem) leaves the count as it was: the caller may start anyway, without crash-loop
+    /// protection for this start.
     pub fn note_start(&self) -> Result<u32, SlotError> {
         let n = self.boot_attempts() + 1;
         write_durable(&self.dir.join(BOOTS), n.to_string().as_bytes(), None)?;
         Ok(n)
     }
 
-    /// The runtime ran long enough to count as healthy.
+    /// The runtime ran long enough to count as healthy. Removing the counter needs no space;
+    /// a failure is logged (the next starts would count from the old value).
     pub fn mark_healthy(&self) {
-        self.reset_boots();
+        let p = self.dir.join(BOOTS);
+        match std::fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!(
+                "cannot clear the boot counter {}: {e}; the next starts may be taken for a \
+                 crash loop",
+                p.display()
+            ),
+        }
+    }
+
+    /// Remove the temporary files that writes cut short by a crash or power cut left in the
+    /// slots folder and the slot folders; how many. Called at start, before anything here is
+    /// written.
+    pub fn remove_temporaries(&self) -> usize {
+        let mut removed = 0;
+        for d in [
+            self.dir.clone(),
+            self.dir.join(Slot::A.name()),
+            self.dir.join(Slot::B.name()),
+        ] {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let plain = e.file_type().is_ok_and(|t| t.is_file());
+                if plain
+                    && name.starts_with('.')
+                    && name.ends_with(TMP_SUFFIX)
+                    && std::fs::remove_file(e.path()).is_ok()
+                {
+                    info!(
+                        "removed {}, left by an interrupted write",
+                        e.path().display()
+                    );
+                    removed += 1;
+                }
+            }
+        }
+        removed
     }
 
     fn reset_boots(&self) {

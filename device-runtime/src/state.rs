@@ -1,6 +1,7 @@
 //! What the running appliance knows about itself, shared by the pipeline (writer) and the web
 //! page, API and metrics (readers): counters, rates, latency percentiles, the latest frame and
-//! verdict, recent scores and alerts, the bundle and slot in use, the camera state.
+//! verdict, recent scores and alerts, the bundle and slot in use, the camera state, and whether
+//! the state filesystem has room ([`StateFs`]).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -131,6 +132,10 @@ pub struct CameraState {
     pub last_error: Option<String>,
     /// The source has no more frames (a dir: replay without loop).
     pub finished: bool,
+    /// The capture thread panicked (a driver or decoder bug): no frame comes any more, and the
+    /// run is ending with an error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub panicked: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -225,6 +230,8 @@ pub struct Shared {
     pub ledger: OnceLock<Arc<crate::alerts::ledger::Ledger>>,
     /// Frames marked good: requests for the inference thread and the overlay in force.
     pub overlay: crate::overlay::Desk,
+    /// Whether the state filesystem takes writes (journal, flagged frames, boot counter).
+    pub state_fs: Arc<StateFs>,
 }
 
 impl Shared {
@@ -242,12 +249,124 @@ impl Shared {
             heartbeat: Arc::default(),
             ledger: OnceLock::new(),
             overlay: Default::default(),
+            state_fs: Arc::default(),
         })
     }
 
     /// Send an event to every connected page (none connected is fine).
     pub fn publish(&self, e: Event) {
         let _ = self.events.send(e);
+    }
+}
+
+/// The state filesystem as the writers on it find it. A full filesystem (ENOSPC, or a quota:
+/// EDQUOT) must not stop the device: frames are still scored, and each writer reports its
+/// failures here instead of logging one per frame. The device then raises one error: logged
+/// once when the first writer fails, shown as `state-fs` in `/api/status` and as the
+/// `firm_state_fs_full` gauge in `/metrics`, and cleared (logged once more) when every writer
+/// that failed has written again.
+#[derive(Debug, Default)]
+pub struct StateFs {
+    inner: Mutex<StateFsStatus>,
+}
+
+/// What `/api/status` shows as `state-fs`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct StateFsStatus {
+    /// A writer's last write failed for want of space.
+    pub full: bool,
+    /// While full: the first failure (writer, file and reason) and what it costs.
+    pub error: Option<String>,
+    /// While full: when the first failure happened (RFC 3339).
+    pub since: Option<String>,
+    /// The writers whose last write failed for want of space (`journal`, `flagged-frames`).
+    pub failing: std::collections::BTreeSet<&'static str>,
+    /// Writes lost for want of space since the start (alerts not journaled, frames not saved).
+    pub lost_writes: u64,
+    /// Set when this start could not be counted (the boot counter is not written): crash-loop
+    /// rollback is degraded until the next start that counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crash_loop_protection: Option<String>,
+}
+
+impl StateFs {
+    /// The error sinks return for a write lost to a full filesystem: the pipeline counts it
+    /// without logging it per frame (this struct logged the cause once).
+    pub const FULL: &'static str = "the state filesystem is full (see state-fs in /api/status)";
+
+    /// Whether `e` says the filesystem (or the quota) is full.
+    pub fn is_full(e: &std::io::Error) -> bool {
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+        )
+    }
+
+    /// Whether `e`, or an error it was caused by, says the filesystem is full.
+    pub fn caused_by_full(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            if c.downcast_ref::<std::io::Error>()
+                .is_some_and(Self::is_full)
+            {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StateFsStatus> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `writer` lost a write for want of space (`why` names the file and the error). Logged
+    /// only when the filesystem was not already known to be full.
+    pub fn write_failed(&self, writer: &'static str, why: &str) {
+        let mut s = self.lock();
+        s.lost_writes += 1;
+        s.failing.insert(writer);
+        if !s.full {
+            s.full = true;
+            let error = format!(
+                "the state filesystem is full ({writer}: {why}): frames are still scored, but \
+                 alerts are not journaled and flagged frames not saved until space is freed"
+            );
+            tracing::error!("{error}");
+            s.error = Some(error);
+            s.since = Some(timestamp(SystemTime::now()));
+        }
+    }
+
+    /// `writer` wrote again. When no writer is failing any more, the error clears (logged).
+    pub fn wrote(&self, writer: &'static str) {
+        let mut s = self.lock();
+        if !s.full || !s.failing.remove(writer) || !s.failing.is_empty() {
+            return;
+        }
+        s.full = false;
+        s.error = None;
+        s.since = None;
+        tracing::warn!(
+            lost_writes = s.lost_writes,
+            "the state filesystem takes writes again: alerts are journaled and frames saved \
+             again ({} writes were lost while it was full)",
+            s.lost_writes
+        );
+    }
+
+    /// This start could not be counted: the crash-loop rollback cannot see it.
+    pub fn boot_counter_failed(&self, why: String) {
+        self.lock().crash_loop_protection = Some(why);
+    }
+
+    pub fn is_full_now(&self) -> bool {
+        self.lock().full
+    }
+
+    pub fn status(&self) -> StateFsStatus {
+        self.lock().clone()
     }
 }
 
@@ -274,6 +393,40 @@ mod tests {
             heat: None,
             marked_good: None,
         }
+    }
+
+    #[test]
+    fn a_full_state_fs_is_one_error_until_every_writer_writes_again() {
+        let full = std::io::Error::from_raw_os_error(28);
+        assert!(StateFs::is_full(&full), "{full}");
+        assert!(!StateFs::is_full(&std::io::Error::from_raw_os_error(5)));
+        let wrapped = crate::alerts::journal::JournalError::Io {
+            path: "j".into(),
+            source: full,
+        };
+        assert!(StateFs::caused_by_full(&wrapped));
+        let fs = StateFs::default();
+        fs.wrote("journal");
+        assert!(!fs.is_full_now());
+        fs.write_failed("journal", "journal-000001.jsonl: No space left on device");
+        let first = fs.status();
+        assert!(first.full && first.error.as_ref().unwrap().contains("journal-000001"));
+        fs.write_failed("flagged-frames", "x.png: No space left on device");
+        fs.write_failed("journal", "again");
+        let s = fs.status();
+        assert_eq!(
+            (s.error, s.since),
+            (first.error, first.since),
+            "the first cause stays"
+        );
+        assert_eq!(s.lost_writes, 3);
+        // The journal writes again; frames still cannot be saved: still full.
+        fs.wrote("journal");
+        assert!(fs.is_full_now());
+        fs.wrote("flagged-frames");
+        let s = fs.status();
+        assert!(!s.full && s.error.is_none() && s.failing.is_empty());
+        assert_eq!(s.lost_writes, 3, "the count of lost writes stays");
     }
 
     #[test]

@@ -16,6 +16,10 @@
 //! folder loses its permissions for others at start), and [`read_saved`] refuses anything in the
 //! folder that is not a plain file (a symlink placed there is not followed).
 //!
+//! A set that cannot be written whole (a full state filesystem) is removed again, so no frame
+//! without its sidecar stays outside the budget; the loss is counted by the pipeline and, for
+//! want of space, reported to [`StateFs`] (one error for the device, not one per frame).
+//!
 //! The thumbnail costs ~5 ms for a 640 x 480 frame (image's `thumbnail` 4.1 ms, JPEG 0.5 ms),
 //! beside the PNG's ~12 ms (2 AMD EPYC cores). Frames saved before thumbnails existed get theirs
 //! on first request ([`thumbnail_for`]): decoded once, then served from the file. Such
@@ -30,7 +34,7 @@ use firm_shared::fsutil::write_atomic_mode;
 
 use super::AlertSink;
 use crate::capture::Frame;
-use crate::state::AlertEntry;
+use crate::state::{AlertEntry, StateFs};
 
 #[derive(Debug)]
 pub struct FlaggedFrames {
@@ -41,6 +45,8 @@ pub struct FlaggedFrames {
     total: u64,
     /// The last write stamp (module docs): the next one is later than this.
     last_stamp: SystemTime,
+    /// Where a full filesystem is reported (none: every failure is an ordinary sink error).
+    state_fs: Option<std::sync::Arc<StateFs>>,
 }
 
 /// Permission bits of the saved files and of the folder.
@@ -114,6 +120,7 @@ impl FlaggedFrames {
             files: sets.into_iter().map(|(_, stem, len)| (stem, len)).collect(),
             total,
             last_stamp,
+            state_fs: None,
         })
     }
 
@@ -126,6 +133,27 @@ impl FlaggedFrames {
             self.last_stamp + Duration::from_micros(1)
         };
         self.last_stamp
+    }
+
+    /// Report sets lost to a full filesystem to `state_fs` (the appliance's state).
+    pub fn with_state_fs(mut self, state_fs: std::sync::Arc<StateFs>) -> Self {
+        self.state_fs = Some(state_fs);
+        self
+    }
+
+    /// A write of `stem`'s set failed with `e`: remove what was written of the set (it is not
+    /// in the budget's list) and say why for the pipeline; a full filesystem goes to StateFs.
+    fn lost(&self, stem: &str, e: &(dyn std::error::Error + 'static)) -> String {
+        for ext in SET_SUFFIXES {
+            let _ = std::fs::remove_file(self.dir.join(format!("{stem}{ext}")));
+        }
+        match &self.state_fs {
+            Some(fs) if StateFs::caused_by_full(e) => {
+                fs.write_failed(SINK, &e.to_string());
+                StateFs::FULL.into()
+            }
+            _ => e.to_string(),
+        }
     }
 
     /// Bytes in use.
@@ -154,7 +182,7 @@ impl FlaggedFrames {
 
 impl AlertSink for FlaggedFrames {
     fn name(&self) -> &'static str {
-        "flagged-frames"
+        SINK
     }
 
     fn alert(&mut self, alert: &mut AlertEntry, frame: &Frame) -> Result<(), String> {
@@ -167,16 +195,16 @@ impl AlertSink for FlaggedFrames {
         let json = serde_json::to_vec_pretty(&alert.verdict).expect("verdict serialises");
         let thumb = thumbnail_jpeg(&frame.image)?;
         let png_path = self.dir.join(format!("{stem}.png"));
-        write_atomic_mode(&png_path, &png, FILE_MODE).map_err(|e| e.to_string())?;
+        write_atomic_mode(&png_path, &png, FILE_MODE).map_err(|e| self.lost(&stem, &e))?;
         let stamp = self.next_stamp();
         std::fs::File::open(&png_path)
             .and_then(|f| f.set_modified(stamp))
             .map_err(|e| format!("{}: setting its write stamp: {e}", png_path.display()))?;
         write_atomic_mode(&self.dir.join(format!("{stem}.json")), &json, FILE_MODE)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.lost(&stem, &e))?;
         // No fsync: a lost thumbnail is made again from the PNG when it is asked for.
         write_cache(&self.dir.join(format!("{stem}{THUMBNAIL_SUFFIX}")), &thumb)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.lost(&stem, &e))?;
         let mut len = (png.len() + json.len() + thumb.len()) as u64;
         if let Some(o) = &alert.overlay {
             // The heat map over the frame, as JPEG (it is for eyes, not for measurements).
@@ -186,7 +214,7 @@ impl AlertSink for FlaggedFrames {
                 .map_err(|e| format!("JPEG encoding: {e}"))?;
             let name = format!("{stem}{HEAT_SUFFIX}");
             write_atomic_mode(&self.dir.join(&name), &jpeg, FILE_MODE)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| self.lost(&stem, &e))?;
             len += jpeg.len() as u64;
             alert.heat_image = Some(name);
         }
@@ -194,9 +222,22 @@ impl AlertSink for FlaggedFrames {
         self.total += len;
         self.evict();
         alert.image = Some(format!("{stem}.png"));
+        if let Some(fs) = &self.state_fs {
+            fs.wrote(SINK);
+        }
         Ok(())
     }
 }
+
+const SINK: &str = "flagged-frames";
+/// The files of a set, by suffix after its stem.
+const SET_SUFFIXES: [&str; 5] = [
+    ".png",
+    ".json",
+    THUMBNAIL_SUFFIX,
+    HEAT_SUFFIX,
+    HEAT_THUMBNAIL_SUFFIX,
+];
 
 /// Long side of a flagged frame's thumbnail, pixels (twice the page's 64 px, for dense screens).
 pub const THUMBNAIL_SIZE: u32 = 128;

@@ -42,6 +42,7 @@ pub fn status_json(st: &AppState) -> Value {
         "alerts": st.shared.ledger.get().map(|l| l.counts()),
         "drift": live.drift,
         "overlay": super::overlay::summary(&st.shared.overlay.status.read().expect("overlay lock")),
+        "state-fs": st.shared.state_fs.status(),
     })
 }
 
@@ -49,6 +50,9 @@ pub fn status_json(st: &AppState) -> Value {
 pub fn health(st: &AppState, live: &crate::state::Live) -> (bool, String) {
     if live.bundle.is_none() {
         return (false, "no bundle loaded".into());
+    }
+    if let Some(why) = &live.camera.panicked {
+        return (false, format!("the capture thread panicked: {why}"));
     }
     if live.camera.finished {
         return (true, "source finished".into());
@@ -179,6 +183,53 @@ pub struct UploadQuery {
     carry_overlay: bool,
 }
 
+/// An upload's temporary file (`upload-<pid>-<n>.firm` in the upload folder), removed however
+/// the request ends: flashed, refused, failed to write (a full disk), or dropped with the
+/// handler's future when the client goes away mid-body.
+struct UploadFile(std::path::PathBuf);
+
+impl UploadFile {
+    const PREFIX: &'static str = "upload-";
+    const SUFFIX: &'static str = ".firm";
+
+    fn new(dir: &std::path::Path) -> Self {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        Self(dir.join(format!("{}{pid}-{n}{}", Self::PREFIX, Self::SUFFIX)))
+    }
+}
+
+impl Drop for UploadFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Remove the upload files a crash or power cut left in `dir` (at start, before the server
+/// runs); how many.
+pub fn remove_stale_uploads(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(UploadFile::PREFIX)
+            && name.ends_with(UploadFile::SUFFIX)
+            && e.file_type().is_ok_and(|t| t.is_file())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
+            tracing::info!(
+                "removed {}, left by an interrupted upload",
+                e.path().display()
+            );
+            removed += 1;
+        }
+    }
+    removed
+}
+
 pub async fn upload_bundle(
     State(st): State<AppState>,
     axum::extract::Query(q): axum::extract::Query<UploadQuery>,
@@ -193,9 +244,8 @@ pub async fn upload_bundle(
     tokio::fs::create_dir_all(&st.upload_dir)
         .await
         .map_err(AppError::internal)?;
-    let path = st
-        .upload_dir
-        .join(format!("upload-{}.firm", std::process::id()));
+    let upload = UploadFile::new(&st.upload_dir);
+    let path = upload.0.clone();
     let mut file = tokio::fs::File::create(&path)
         .await
         .map_err(AppError::internal)?;
@@ -206,8 +256,6 @@ pub async fn upload_bundle(
             chunk.map_err(|_| AppError::new(StatusCode::BAD_REQUEST, "upload interrupted"))?;
         total += chunk.len() as u64;
         if total > st.max_upload {
-            drop(file);
-            let _ = tokio::fs::remove_file(&path).await;
             return Err(AppError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -244,7 +292,7 @@ pub async fn upload_bundle(
     })
     .await
     .map_err(AppError::internal)?;
-    let _ = tokio::fs::remove_file(&path).await;
+    drop(upload);
     match result {
         Ok(f) => Ok(Json(json!({
             "slot": f.slot,

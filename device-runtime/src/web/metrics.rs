@@ -96,6 +96,13 @@ pub fn render(st: &AppState) -> String {
         "1 when the frame source is connected.",
         f64::from(u8::from(live.camera.connected)),
     );
+    metric(
+        &mut s,
+        "firm_state_fs_full",
+        "gauge",
+        "1 while the state filesystem is full: frames are scored, alerts not journaled.",
+        f64::from(u8::from(st.shared.state_fs.is_full_now())),
+    );
     if let Some(v) = &live.last {
         metric(
             &mut s,

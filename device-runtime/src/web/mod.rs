@@ -41,6 +41,8 @@ mod metrics;
 mod overlay;
 pub mod serve;
 
+pub use api::remove_stale_uploads;
+
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -170,6 +170,8 @@ pub struct Journal {
     last_hash: String,
     /// A failed write could not be truncated back: appending after it would follow garbage.
     poisoned: bool,
+    /// The last checkpoint write failed (a full filesystem): logged once, not per append.
+    checkpoint_failing: bool,
 }
 
 /// Where the chain stands: the next record gets `next_seq` and `prev = last_hash`.
@@ -319,11 +321,14 @@ impl Journal {
             next_seq: state.next_seq,
             last_hash: state.last_hash,
             poisoned: false,
+            checkpoint_failing: false,
         };
         journal.enforce_retention_logged();
         match check {
             SealCheck::Current => {}
-            SealCheck::Reseal => journal.write_checkpoint(SystemTime::now())?,
+            // Not fatal, as after an append: a checkpoint behind the chain is one the chain
+            // holds, and a device on a full filesystem must still start.
+            SealCheck::Reseal => journal.checkpoint_logged(SystemTime::now()),
             SealCheck::Evidence(record) => {
                 tracing::error!(
                     problem = record["problem"].as_str().unwrap_or_default(),
@@ -370,6 +375,25 @@ impl Journal {
                 self.poisoned = true;
                 Err(e)
             }
+        }
+    }
+
+    /// [`Self::write_checkpoint`], a failure logged (once until a write succeeds again).
+    fn checkpoint_logged(&mut self, time: SystemTime) {
+        match self.write_checkpoint(time) {
+            Ok(()) if self.checkpoint_failing => {
+                self.checkpoint_failing = false;
+                tracing::info!(
+                    seq = self.last_seq(),
+                    "journal: the checkpoint is written again"
+                );
+            }
+            Ok(()) => {}
+            Err(e) if !self.checkpoint_failing => {
+                self.checkpoint_failing = true;
+                tracing::error!(error = %e, seq = self.last_seq(), "journal: the checkpoint could not be written");
+            }
+            Err(_) => {}
         }
     }
 
@@ -429,9 +453,7 @@ impl Journal {
         if rotate {
             self.enforce_retention_logged();
         }
-        if let Err(e) = self.write_checkpoint(time) {
-            tracing::error!(error = %e, seq, "journal: the checkpoint could not be written");
-        }
+        self.checkpoint_logged(time);
         Ok(Appended {
             seq,
             hash,
@@ -459,9 +481,8 @@ impl Journal {
     }
 
     fn write_line(&mut self, line: &[u8]) -> Result<()> {
-        let written = self
-            .file
-            .write_all(line)
+        let written = full_for_test()
+            .and_then(|()| self.file.write_all(line))
             .and_then(|()| self.file.sync_data());
         if let Err(source) = written {
             // Leave no partial line behind: the next append would follow it and break the file.
@@ -545,6 +566,21 @@ impl Journal {
             tracing::info!(file = %path.display(), "journal retention deleted the oldest file");
         }
         sync_dir(&self.dir)
+    }
+}
+
+/// Fault test hook: while the file that `FIRM_TEST_JOURNAL_FULL_WHILE` names exists, appends
+/// fail as on a full filesystem (ENOSPC), for machines where a test cannot mount a small one
+/// (tests/faults.rs). It has no other effect.
+fn full_for_test() -> io::Result<()> {
+    static FLAG: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let flag =
+        FLAG.get_or_init(|| std::env::var_os("FIRM_TEST_JOURNAL_FULL_WHILE").map(Into::into));
+    match flag {
+        Some(p) if p.exists() => Err(io::Error::from_raw_os_error(
+            rustix::io::Errno::NOSPC.raw_os_error(),
+        )),
+        _ => Ok(()),
     }
 }
 
