@@ -115,7 +115,7 @@ pub fn run(
             let mut k = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 let _ = get(addr, "/api/frame.jpg", Duration::from_secs(5));
-                if k % 4 == 0 {
+                if k.is_multiple_of(4) {
                     let _ = get(addr, "/api/status", Duration::from_secs(5));
                 }
                 k += 1;
