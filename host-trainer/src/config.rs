@@ -249,6 +249,10 @@ pub struct FitArgs {
     /// 0; 0.25 with --init).
     #[arg(long, value_name = "SHARE")]
     pub head_warmup: Option<f64>,
+    /// Finish with status 0 even when a fine-tune (--init) ends below its start (it is still
+    /// reported; `export` asks for its own --accept-regression).
+    #[arg(long)]
+    pub accept_regression: bool,
     /// Training objective (FIRM by default; the others are the paper's baselines).
     #[arg(long)]
     pub loss: Option<LossKind>,

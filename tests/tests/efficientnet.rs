@@ -118,6 +118,7 @@ fn export_flash_run(root: &Path, run: &str, data: &Path) {
             &file,
             "--thumbnail",
             "16",
+            "--accept-regression",
         ],
     );
     let s = trainer(root, &["bundle", "inspect", &file]);
@@ -227,7 +228,17 @@ fn efficientnet_lite0_runs_export_flash_run() {
     base.extend(["--epochs", "0", "--out", "baseline"]);
     trainer(root, &base);
     let mut tune = common.to_vec();
-    tune.extend(["--epochs", "1", "--freeze-stages", "3", "--out", "tuned"]);
+    // One epoch on 24 images may land below the start either way: the guard against that
+    // (issue 19) is tested in host-trainer/tests/finetune.rs; here the path to the device is.
+    tune.extend([
+        "--epochs",
+        "1",
+        "--freeze-stages",
+        "3",
+        "--accept-regression",
+        "--out",
+        "tuned",
+    ]);
     trainer(root, &tune);
     let test = root.join("data/weave/test");
     export_flash_run(root, "baseline", &test);
