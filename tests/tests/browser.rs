@@ -92,6 +92,56 @@ impl WebDriver {
     }
 }
 
+/// chromedriver on a free port and a headless Chromium session through it (killed when the guard
+/// drops).
+fn chromium(driver: &Path, agent: &ureq::Agent, root: &Path) -> (Guard, WebDriver) {
+    let wd_port = free_port();
+    let guard = Guard(
+        Command::new(driver)
+            .arg(format!("--port={wd_port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{wd_port}");
+    let t = Instant::now();
+    while agent.get(format!("{base}/status")).call().is_err() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "chromedriver did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let profile = root.join("chromium-profile");
+    let caps = json!({"capabilities": {"alwaysMatch": {
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": CHROMIUM,
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+                     format!("--user-data-dir={}", profile.display())],
+        }
+    }}});
+    let mut resp = agent
+        .post(format!("{base}/session"))
+        .header("content-type", "application/json")
+        .send(serde_json::to_vec(&caps).unwrap().as_slice())
+        .unwrap();
+    let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
+    let session = v["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session: {v}"))
+        .to_string();
+    let wd = WebDriver {
+        base,
+        session,
+        agent: agent.clone(),
+    };
+    (guard, wd)
+}
+
 /// An RGB PNG of noise, stored uncompressed (deflate "stored" blocks): 320 x 320 is 307 KB, the
 /// size of a camera frame's PNG. Written here because this crate has no image encoder.
 fn noise_png(w: u32, h: u32) -> Vec<u8> {
@@ -316,50 +366,7 @@ fn status_page_shows_live_verdicts_and_alerts_in_chromium() {
         "{status}"
     );
 
-    let wd_port = free_port();
-    let _driver = Guard(
-        Command::new(driver)
-            .arg(format!("--port={wd_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{wd_port}");
-    let t = Instant::now();
-    while agent.get(format!("{base}/status")).call().is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "chromedriver did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let profile = root.join("chromium-profile");
-    let caps = json!({"capabilities": {"alwaysMatch": {
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--window-size=1280,900",
-                     format!("--user-data-dir={}", profile.display())],
-        }
-    }}});
-    let mut resp = agent
-        .post(format!("{base}/session"))
-        .header("content-type", "application/json")
-        .send(serde_json::to_vec(&caps).unwrap().as_slice())
-        .unwrap();
-    let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-    let session = v["value"]["sessionId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no session: {v}"))
-        .to_string();
-    let wd = WebDriver {
-        base,
-        session,
-        agent: agent.clone(),
-    };
+    let (_driver, wd) = chromium(&driver, &agent, root);
     // A tablet on a congested factory Wi-Fi: 4 Mbit/s each way, 40 ms. The page's first screen
     // must not wait for flagged frames: six of the held PNGs alone take 3.7 s here (the page
     // used to ask for a hundred of them before its status).
@@ -704,50 +711,7 @@ fn heat_maps_and_mark_good_in_chromium() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let wd_port = free_port();
-    let _driver = Guard(
-        Command::new(driver)
-            .arg(format!("--port={wd_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{wd_port}");
-    let t = Instant::now();
-    while agent.get(format!("{base}/status")).call().is_err() {
-        assert!(
-            t.elapsed() < Duration::from_secs(30),
-            "chromedriver did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let profile = root.join("chromium-profile");
-    let caps = json!({"capabilities": {"alwaysMatch": {
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": CHROMIUM,
-            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--window-size=1280,900",
-                     format!("--user-data-dir={}", profile.display())],
-        }
-    }}});
-    let mut resp = agent
-        .post(format!("{base}/session"))
-        .header("content-type", "application/json")
-        .send(serde_json::to_vec(&caps).unwrap().as_slice())
-        .unwrap();
-    let v: Value = serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap();
-    let session = v["value"]["sessionId"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no session: {v}"))
-        .to_string();
-    let wd = WebDriver {
-        base,
-        session,
-        agent: agent.clone(),
-    };
+    let (_driver, wd) = chromium(&driver, &agent, root);
     wd.call(
         "POST",
         "/url",
