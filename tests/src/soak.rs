@@ -14,7 +14,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::load::{counters, get};
+use crate::load::{Bench, counters, get};
+
+/// A device for the soak ([`Bench`]): the synthetic source paced at 1,000 fps, the most the
+/// config takes (as fast as the device scores), and every frame an alert (the journal, flagged
+/// frames and their budget at work).
+pub fn start(device_bin: &std::path::Path, root: &std::path::Path) -> Bench {
+    Bench::start_with(
+        device_bin,
+        root,
+        "spec = \"synthetic\"\nfps = 1000.0\n",
+        "threads = 1\nthreshold = -1.0\n",
+        0.0,
+        1024,
+        "",
+    )
+}
 
 /// Resident memory may grow this much after the warm-up.
 pub const RSS_GROWTH_LIMIT: u64 = 5 << 20;
@@ -176,8 +191,8 @@ impl Soak {
         most as i64 - warm.rss as i64
     }
 
-    /// File descriptors after the warm-up: the median of the last third of the samples against
-    /// the median of the first third. A sample may catch one of the page's requests in flight
+    /// File descriptors after the warm-up: the (lower) median of the last third of the samples
+    /// against that of the first third. A sample may catch one of the page's requests in flight
     /// (+1 or +2 for a moment: the 30-minute run saw 15 with single samples of 16 and 17); a
     /// leak moves the whole last third.
     pub fn fd_growth(&self) -> i64 {
@@ -192,7 +207,7 @@ impl Soak {
         let median = |v: &[usize]| {
             let mut v = v.to_vec();
             v.sort_unstable();
-            v[v.len() / 2] as i64
+            v[(v.len() - 1) / 2] as i64
         };
         median(&after[after.len() - third..]) - median(&after[..third])
     }

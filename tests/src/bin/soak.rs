@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use firm_e2e::load::Bench;
 
 /// Soak a device-runtime it starts and print the curve; exit 1 if it did not hold.
 #[derive(Debug, Parser)]
@@ -36,17 +35,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let dir = tempfile::tempdir().expect("temporary folder");
-    let bench = Bench::start_with(
-        &cli.start,
-        dir.path(),
-        // 1,000 fps, the most the config takes: as fast as the device scores.
-        "spec = \"synthetic\"\nfps = 1000.0\n",
-        // Every frame an alert: the journal, flagged frames and their budget at work.
-        "threads = 1\nthreshold = -1.0\n",
-        0.0,
-        1024,
-        "",
-    );
+    let bench = firm_e2e::soak::start(&cli.start, dir.path());
     let soak = firm_e2e::soak::run(
         bench.addr,
         bench.pid(),
