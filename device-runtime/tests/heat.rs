@@ -18,9 +18,7 @@ use device_runtime::state::{AlertEntry, Shared};
 use device_runtime::web::{AppState, app};
 use ed25519_dalek::SigningKey;
 use firm_shared::bundle::Limits;
-use firm_shared::detect::synthetic::{SyntheticSpec, pattern, random_bundle_with_patch};
-use firm_shared::model::{EncoderConfig, Stem};
-use firm_shared::score::patch::PatchSpec;
+use firm_shared::detect::synthetic::{pattern, small_patch_bundle};
 use http_body_util::BodyExt;
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
@@ -39,19 +37,7 @@ fn key() -> SigningKey {
 }
 
 fn bundle_bytes() -> Vec<u8> {
-    let spec = SyntheticSpec {
-        encoder: EncoderConfig::new(Stem::Imagenet, 0.25),
-        size: 128,
-        score: "cos_1".parse().unwrap(),
-        int8_activations: true,
-        bank: 24,
-        seed: 11,
-    };
-    let patch = PatchSpec {
-        bank: 512,
-        ..PatchSpec::for_graph(&spec.encoder.graph()).unwrap()
-    };
-    let b = random_bundle_with_patch(&spec, &patch, true).unwrap();
+    let b = small_patch_bundle(11, true).unwrap();
     assert!(b.manifest.patch.as_ref().unwrap().verdict);
     b.to_bytes(&key(), &Limits::default()).unwrap()
 }

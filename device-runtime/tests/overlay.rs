@@ -21,9 +21,7 @@ use std::time::{Duration, Instant};
 
 use ed25519_dalek::SigningKey;
 use firm_shared::bundle::Limits;
-use firm_shared::detect::synthetic::{SyntheticSpec, pattern, random_bundle_with_patch};
-use firm_shared::model::{EncoderConfig, Stem};
-use firm_shared::score::patch::PatchSpec;
+use firm_shared::detect::synthetic::{pattern, small_patch_bundle};
 use image::{Rgb, RgbImage};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -38,19 +36,7 @@ fn key() -> SigningKey {
 }
 
 fn bundle(seed: u64, version: u64) -> Vec<u8> {
-    let spec = SyntheticSpec {
-        encoder: EncoderConfig::new(Stem::Imagenet, 0.25),
-        size: 128,
-        score: "cos_1".parse().unwrap(),
-        int8_activations: true,
-        bank: 24,
-        seed,
-    };
-    let patch = PatchSpec {
-        bank: 512,
-        ..PatchSpec::for_graph(&spec.encoder.graph()).unwrap()
-    };
-    let mut b = random_bundle_with_patch(&spec, &patch, true).unwrap();
+    let mut b = small_patch_bundle(seed, true).unwrap();
     b.manifest.bundle_version = version;
     b.to_bytes(&key(), &Limits::default()).unwrap()
 }

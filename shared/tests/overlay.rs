@@ -4,12 +4,9 @@
 //! overlay restores every score; scores off the cosine scale refuse an image overlay.
 
 use firm_shared::bundle::Bundle;
-use firm_shared::detect::synthetic::{
-    SyntheticSpec, pattern, random_bundle, random_bundle_with_patch,
-};
+use firm_shared::detect::synthetic::{SyntheticSpec, pattern, random_bundle, small_patch_bundle};
 use firm_shared::detect::{CpuEmbedder, Detector};
 use firm_shared::model::{EncoderConfig, Stem};
-use firm_shared::score::patch::PatchSpec;
 use image::{Rgb, RgbImage};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -28,12 +25,7 @@ fn spec(score: &str) -> SyntheticSpec {
 }
 
 fn patch_bundle(verdict: bool) -> Bundle {
-    let s = spec("cos_1");
-    let p = PatchSpec {
-        bank: 512,
-        ..PatchSpec::for_graph(&s.encoder.graph()).unwrap()
-    };
-    random_bundle_with_patch(&s, &p, verdict).unwrap()
+    small_patch_bundle(11, verdict).unwrap()
 }
 
 /// A checkerboard square at `(x, y)`, `side` pixels, cells of `cell` pixels.

@@ -601,25 +601,11 @@ fn heat_maps_and_mark_good_in_chromium() {
         return;
     };
     use ed25519_dalek::SigningKey;
-    use firm_shared::detect::synthetic::{SyntheticSpec, random_bundle_with_patch};
-    use firm_shared::model::{EncoderConfig, Stem};
-    use firm_shared::score::patch::PatchSpec;
+    use firm_shared::detect::synthetic::small_patch_bundle;
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let key = SigningKey::from_bytes(&[5; 32]);
-    let spec = SyntheticSpec {
-        encoder: EncoderConfig::new(Stem::Imagenet, 0.25),
-        size: 128,
-        score: "cos_1".parse().unwrap(),
-        int8_activations: true,
-        bank: 24,
-        seed: 11,
-    };
-    let patch = PatchSpec {
-        bank: 512,
-        ..PatchSpec::for_graph(&spec.encoder.graph()).unwrap()
-    };
-    let bundle = random_bundle_with_patch(&spec, &patch, true).unwrap();
+    let bundle = small_patch_bundle(11, true).unwrap();
     std::fs::write(
         root.join("b.firm"),
         bundle

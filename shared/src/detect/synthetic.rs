@@ -76,6 +76,25 @@ pub fn random_bundle_with_patch(
     build(spec, Some((patch, verdict)))
 }
 
+/// A small bundle that scores patches, as the device's heat-map, overlay and browser tests use
+/// it: ResNet-18 at width 0.25 (ImageNet stem), 128 px, cos_1, u8 activations, 24 bank entries,
+/// the backbone's default taps with a 512-row patch bank (`verdict`: the patch score decides).
+pub fn small_patch_bundle(seed: u64, verdict: bool) -> crate::Result<Bundle> {
+    let spec = SyntheticSpec {
+        encoder: EncoderConfig::new(crate::model::Stem::Imagenet, 0.25),
+        size: 128,
+        score: "cos_1".parse()?,
+        int8_activations: true,
+        bank: 24,
+        seed,
+    };
+    let patch = PatchSpec {
+        bank: 512,
+        ..PatchSpec::for_graph(&spec.encoder.graph())?
+    };
+    random_bundle_with_patch(&spec, &patch, verdict)
+}
+
 fn build(spec: &SyntheticSpec, patch: Option<(&PatchSpec, bool)>) -> crate::Result<Bundle> {
     let enc = &spec.encoder;
     enc.validate()?;
