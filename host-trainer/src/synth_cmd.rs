@@ -23,10 +23,10 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 60)]
     pub train: usize,
     /// Good test images per class.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 40)]
     pub test_good: usize,
     /// Test images per defect type.
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 12)]
     pub test_per_defect: usize,
 }
 

@@ -178,16 +178,16 @@ fn exported_bundle_verifies_inspects_and_reports() {
     assert_eq!(m["bundle-version"], 42);
     assert_eq!(m["model"]["weights"]["head-exported"], false);
     assert_eq!(m["score"]["spec"], "cos_1");
-    // The demo grid holds out 12 good and 24 defective test images; the bank is the 60 good
+    // The demo grid holds out 40 good and 48 defective test images; the bank is the 60 good
     // training images.
     let t = &m["threshold"];
     let cal = &t["calibration"];
-    assert_eq!(cal["n-calibration"], 12);
+    assert_eq!(cal["n-calibration"], 40);
     assert_eq!(cal["target-guaranteed"], false);
-    assert_eq!(cal["rank"], 12, "not guaranteed: the largest good distance");
+    assert_eq!(cal["rank"], 40, "not guaranteed: the largest good distance");
     assert_eq!(cal["images-needed-for-target"], 460);
     assert_eq!(t["distance"], t["operating-points"]["calibrated"]);
-    assert_eq!(t["test"]["n-defective"], 24);
+    assert_eq!(t["test"]["n-defective"], 48);
     let cm = &t["test"]["confusion"];
     assert_eq!(
         cm["false-positives"], 0,
@@ -195,7 +195,7 @@ fn exported_bundle_verifies_inspects_and_reports() {
     );
     assert_eq!(
         cm["true-positives"].as_u64().unwrap() + cm["false-negatives"].as_u64().unwrap(),
-        24
+        48
     );
     assert_eq!(m["bank"]["entries"], 60);
     assert_eq!(m["bank"]["sources"].as_array().unwrap().len(), 60);
@@ -204,8 +204,8 @@ fn exported_bundle_verifies_inspects_and_reports() {
     let labels: Vec<&str> = cases.iter().map(|c| c["label"].as_str().unwrap()).collect();
     assert_eq!(labels.iter().filter(|l| **l == "good").count(), 4);
     assert_eq!(labels.iter().filter(|l| **l == "defective").count(), 4);
-    // The drift sentinel's reference: statistics of the 60 training images, the tail of the 12
-    // calibration distances (rank ceil(0.9 * 13) = 12: the largest).
+    // The drift sentinel's reference: statistics of the 60 training images, the tail of the 40
+    // calibration distances (rank ceil(0.9 * 41) = 37).
     let d = &m["drift"];
     assert_eq!(d["images"], 60);
     let b: Vec<f64> = serde_json::from_value(d["brightness"].clone()).unwrap();
@@ -214,9 +214,12 @@ fn exported_bundle_verifies_inspects_and_reports() {
         "{b:?}"
     );
     assert!(d["focus"][0].as_f64().unwrap() > 0.0, "{d}");
-    assert_eq!(d["distance"]["calibration-images"], 12);
-    assert_eq!(d["distance"]["tail-rank"], 12);
-    assert_eq!(d["distance"]["tail-distance"], cal["distance"]);
+    assert_eq!(d["distance"]["calibration-images"], 40);
+    assert_eq!(d["distance"]["tail-rank"], 37);
+    assert!(
+        d["distance"]["tail-distance"].as_f64().unwrap() <= cal["distance"].as_f64().unwrap(),
+        "the 37th of 40 distances is at most the calibrated (largest) one: {d}"
+    );
     let pv = &m["provenance"];
     assert_eq!(pv["dataset-sha256"].as_str().unwrap().len(), 64);
     assert_eq!(pv["config"]["seed"], 0);
@@ -273,8 +276,8 @@ fn an_attainable_target_picks_a_lower_rank() {
     ));
     let cal = &manifest(&file)["threshold"]["calibration"];
     assert_eq!(cal["target-guaranteed"], true);
-    // Smallest k with P(Bin(12, 0.7) <= k - 1) >= 0.5: P(<= 7) = 0.2763, P(<= 8) = 0.5075.
-    assert_eq!(cal["rank"], 9);
+    // Smallest k with P(Bin(40, 0.7) <= k - 1) >= 0.5: P(<= 27) = 0.4228, P(<= 28) = 0.5594.
+    assert_eq!(cal["rank"], 29);
     assert!(cal["guaranteed-frr"].as_f64().unwrap() <= 0.3);
 }
 

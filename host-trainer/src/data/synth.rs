@@ -10,6 +10,17 @@
 //! texture), lighting (gain, a linear gradient, vignetting), colour tint and sensor noise, so that
 //! telling good from defective takes more than comparing pixels.
 //!
+//! How much they vary is set to what an inspection line shows: a fixtured part under a fixed lamp,
+//! as in MVTec AD. Generator version 2 varied far more (pose +-5 % of the image and +-20 degrees,
+//! scale +-6 %, the lamp's direction +-34 degrees, gain -15..+12 %, texture scale +-17 %), and
+//! that variation, not the defects, decided the demo's scores: at 64 px the good test bottles'
+//! nearest training bottle in pixels had a cosine (mean-centred) of 0.915, against 0.998 on MVTec
+//! bottle, so a chipped bottle with a typical pose looked more normal than a good one with an
+//! unusual pose (small breaks scored 0.014 AUROC). Version 3 narrows the ranges (pose +-1.5 %,
+//! +-11 degrees, scale +-2 %, lamp +-6 degrees, gain +-5 %, texture scale +-4 %): the same
+//! measurement gives 0.989, and raw-pixel nearest-neighbour AUROC on bottle rises from 0.60 to
+//! 0.82 (MVTec bottle: 0.94).
+//!
 //! Everything is deterministic from the RNG handed in ([`render`]) or from the seed
 //! ([`write_dataset`]): a seed reproduces a dataset bit for bit on a given platform (the last bit of
 //! `sin` or `powf` may differ between platforms).
@@ -118,7 +129,7 @@ fn parse_defect(class: SynthClass, name: &str) -> Result<Defect, String> {
 }
 
 /// Bumped whenever the generator draws differently, so cached demo data is regenerated.
-pub const GENERATOR_VERSION: u32 = 2;
+pub const GENERATOR_VERSION: u32 = 3;
 
 /// Smallest image side [`render`] accepts; below it the structures are thinner than a pixel.
 pub const MIN_SIZE: u32 = 16;
@@ -236,14 +247,14 @@ struct Lighting {
 impl Lighting {
     fn sample(rng: &mut impl Rng) -> Self {
         let ga = rng.random_range(0.0..TAU);
-        let gm = rng.random_range(0.0..0.25);
+        let gm = rng.random_range(0.0..0.06);
         Lighting {
-            gain: rng.random_range(0.85..1.12),
+            gain: rng.random_range(0.95..1.05),
             grad: (gm * ga.cos(), gm * ga.sin()),
-            vignette: rng.random_range(0.0..0.3),
-            vig_centre: (rng.random_range(-0.1..0.1), rng.random_range(-0.1..0.1)),
-            tint: std::array::from_fn(|_| rng.random_range(0.965..1.035)),
-            sigma: rng.random_range(1.2..4.5),
+            vignette: rng.random_range(0.08..0.16),
+            vig_centre: (rng.random_range(-0.02..0.02), rng.random_range(-0.02..0.02)),
+            tint: std::array::from_fn(|_| rng.random_range(0.99..1.01)),
+            sigma: rng.random_range(1.0..2.5),
             noise_seed: rng.random(),
         }
     }
@@ -492,28 +503,28 @@ struct BottleScene {
 
 impl BottleScene {
     fn sample(s: f32, rng: &mut impl Rng) -> Self {
-        let r_out = s * rng.random_range(0.38..0.43);
-        let r_lo = r_out * rng.random_range(0.60..0.66);
-        let r_li = r_lo * rng.random_range(0.68..0.75);
-        let rot: f32 = rng.random_range(-0.35..0.35);
-        let bg = rng.random_range(0.05..0.10);
+        let r_out = s * rng.random_range(0.395..0.41);
+        let r_lo = r_out * rng.random_range(0.62..0.64);
+        let r_li = r_lo * rng.random_range(0.70..0.73);
+        let rot: f32 = rng.random_range(-0.2..0.2);
+        let bg = rng.random_range(0.06..0.08);
         BottleScene {
             s,
-            cx: s * (0.5 + rng.random_range(-0.05..0.05)),
-            cy: s * (0.5 + rng.random_range(-0.05..0.05)),
+            cx: s * (0.5 + rng.random_range(-0.015..0.015)),
+            cy: s * (0.5 + rng.random_range(-0.015..0.015)),
             cos_r: rot.cos(),
             sin_r: rot.sin(),
-            aspect: rng.random_range(0.97..1.03),
+            aspect: rng.random_range(0.99..1.01),
             r_out,
             r_lo,
             r_li,
             bg: [bg, bg, bg * 1.12],
-            glass: vary([0.36, 0.31, 0.18], rng, 0.85, 1.15, 0.04),
-            lip: vary([0.82, 0.77, 0.62], rng, 0.92, 1.05, 0.02),
+            glass: vary([0.36, 0.31, 0.18], rng, 0.94, 1.06, 0.015),
+            lip: vary([0.82, 0.77, 0.62], rng, 0.96, 1.03, 0.01),
             // Light from the upper left, give or take.
-            light: -0.75 * PI + rng.random_range(-0.6..0.6),
-            spec: rng.random_range(0.2..0.45),
-            ribs: rng.random_range(0.02..0.07),
+            light: -0.75 * PI + rng.random_range(-0.1..0.1),
+            spec: rng.random_range(0.28..0.36),
+            ribs: rng.random_range(0.035..0.05),
             seed: rng.random(),
         }
     }
@@ -729,8 +740,8 @@ impl Hole {
 
 impl WeaveScene {
     fn sample(s: f32, rng: &mut impl Rng) -> Self {
-        let period = (s / rng.random_range(15.0..21.0)).max(6.0);
-        let rot: f32 = rng.random_range(-0.1..0.1);
+        let period = (s / rng.random_range(17.5..18.5)).max(6.0);
+        let rot: f32 = rng.random_range(-0.03..0.03);
         WeaveScene {
             s,
             cos_r: rot.cos(),
@@ -740,12 +751,12 @@ impl WeaveScene {
                 rng.random_range(0.0..2.0 * period),
                 rng.random_range(0.0..2.0 * period),
             ),
-            width: rng.random_range(0.76..0.88),
-            warp: vary([0.36, 0.44, 0.62], rng, 0.9, 1.1, 0.03),
-            weft: vary([0.76, 0.70, 0.56], rng, 0.9, 1.1, 0.03),
+            width: rng.random_range(0.80..0.84),
+            warp: vary([0.36, 0.44, 0.62], rng, 0.96, 1.04, 0.01),
+            weft: vary([0.76, 0.70, 0.56], rng, 0.96, 1.04, 0.01),
             backing: [0.05, 0.05, 0.06],
-            twist: rng.random_range(1.5..3.0),
-            low: rng.random_range(0.04..0.12),
+            twist: rng.random_range(2.0..2.5),
+            low: rng.random_range(0.06..0.10),
             seed: rng.random(),
         }
     }
@@ -1052,9 +1063,9 @@ impl Bend {
 
 impl GridScene {
     fn sample(s: f32, rng: &mut impl Rng) -> Self {
-        let period = (s / rng.random_range(11.0..15.0)).max(8.0);
-        let lw = (period * rng.random_range(0.09..0.13)).max(1.2);
-        let rot: f32 = rng.random_range(-0.12..0.12);
+        let period = (s / rng.random_range(12.5..13.5)).max(8.0);
+        let lw = (period * rng.random_range(0.105..0.115)).max(1.2);
+        let rot: f32 = rng.random_range(-0.03..0.03);
         GridScene {
             s,
             cos_r: rot.cos(),
@@ -1062,9 +1073,9 @@ impl GridScene {
             period,
             phase: (rng.random_range(0.0..period), rng.random_range(0.0..period)),
             lw,
-            pad_r: lw * rng.random_range(0.9..1.4),
-            substrate: vary([0.83, 0.84, 0.78], rng, 0.93, 1.05, 0.02),
-            ink: vary([0.21, 0.23, 0.24], rng, 0.85, 1.15, 0.03),
+            pad_r: lw * rng.random_range(1.1..1.2),
+            substrate: vary([0.83, 0.84, 0.78], rng, 0.97, 1.03, 0.01),
+            ink: vary([0.21, 0.23, 0.24], rng, 0.94, 1.06, 0.01),
             seed: rng.random(),
         }
     }
@@ -1254,8 +1265,8 @@ impl Default for SynthSpec {
             seed: 0,
             size: 256,
             n_train: 60,
-            n_test_good: 12,
-            n_test_per_defect: 6,
+            n_test_good: 40,
+            n_test_per_defect: 12,
         }
     }
 }
