@@ -199,8 +199,12 @@ pub struct WebConfig {
     pub listen: String,
     /// File holding the bearer token that every mutating request needs.
     pub token_file: Option<PathBuf>,
-    /// Reads (status page, /api/status, /api/alerts, /metrics) without the token.
-    pub public_reads: bool,
+    /// Reads (status page, /api/status, /api/alerts, /metrics) without the token. When not set:
+    /// public on a loopback `listen` address (127.0.0.0/8, ::1), where only this machine can
+    /// connect, and token-only on any other address, so a device put on the factory LAN does not
+    /// show its frames to every host there unless the config says so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_reads: Option<bool>,
     /// Host names the page may be reached by, besides IP addresses and `localhost`: a request
     /// whose `Host` names anything else is refused (421), so a web page cannot reach the device
     /// through a DNS name it controls (DNS rebinding).
@@ -222,7 +226,7 @@ impl Default for WebConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             token_file: None,
-            public_reads: true,
+            public_reads: None,
             hostnames: Vec::new(),
             max_connections: 256,
             max_event_streams: 32,
@@ -232,6 +236,16 @@ impl Default for WebConfig {
 }
 
 impl WebConfig {
+    /// Whether reads need no token: `public-reads` when set, else whether `listen` is a loopback
+    /// address.
+    pub fn reads_public(&self) -> bool {
+        self.public_reads.unwrap_or_else(|| {
+            self.listen
+                .parse::<std::net::SocketAddr>()
+                .is_ok_and(|a| a.ip().is_loopback())
+        })
+    }
+
     fn check(&self) -> Result<(), String> {
         if !(2..=65_536).contains(&self.max_connections) {
             return Err(format!(
@@ -442,6 +456,28 @@ mod tests {
         assert_eq!(c.web.max_event_streams, 32);
         assert_eq!(c.web.idle_timeout_ms, 10_000);
         assert_eq!(c.web.hostnames, ["inspect-line-1.plant.local"]);
+    }
+
+    #[test]
+    fn reads_are_public_only_on_loopback_unless_the_config_says() {
+        let p = Path::new("/x/site.toml");
+        let base = "schema-version = 1\nstate-dir = 's'\n[bundles]\ntrusted-keys = ['k']\n[web]\n";
+        let public = |web: &str| {
+            DeviceConfig::parse(&format!("{base}{web}"), p)
+                .unwrap()
+                .web
+                .reads_public()
+        };
+        assert!(public(""), "the default listen address is 127.0.0.1");
+        assert!(public("listen = '127.0.0.1:9000'\n"));
+        assert!(public("listen = '[::1]:9000'\n"));
+        assert!(!public("listen = '0.0.0.0:8080'\n"), "the LAN needs the token");
+        assert!(!public("listen = '192.168.1.20:8080'\n"));
+        assert!(!public("listen = '[::]:8080'\n"));
+        assert!(public("listen = '0.0.0.0:8080'\npublic-reads = true\n"));
+        assert!(!public("listen = '127.0.0.1:8080'\npublic-reads = false\n"));
+        let c = DeviceConfig::parse(EXAMPLE, Path::new("/etc/firm/site.toml")).unwrap();
+        assert!(c.web.reads_public(), "the example says public-reads = true");
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     let state = AppState {
         shared: shared.clone(),
         token,
-        public_reads: cfg.web.public_reads,
+        public_reads: cfg.web.reads_public(),
         upload_dir: cfg.state_dir.join("uploads"),
         flagged_dir: cfg.flagged_dir(),
         max_upload: cfg.bundles.max_bytes,
@@ -196,7 +196,14 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).context("listener")?;
         let addr = listener.local_addr()?;
-        info!("status page on http://{addr}");
+        info!(
+            "status page on http://{addr} (reads {})",
+            if cfg.web.reads_public() {
+                "public"
+            } else {
+                "need the token: web.public-reads is off or left out on a non-loopback address"
+            }
+        );
         let ready = format!("scoring frames; status page on http://{addr}");
         if let Err(e) = Systemd.notify(&[NotifyState::Ready, NotifyState::Status(&ready)]) {
             warn!("cannot notify the service manager: {e}");

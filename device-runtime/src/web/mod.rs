@@ -20,7 +20,8 @@
 //! | `POST /api/overlay/mark` | mark `{"alert": SEQ}` good, journaled | token |
 //! | `POST /api/overlay/undo` | undo `{"entry": ID}`, journaled | token |
 //!
-//! "read" is public when the config says `public-reads = true`, otherwise it needs the token too
+//! "read" is public when the config says `public-reads = true` (or leaves it out and listens on a
+//! loopback address only: `WebConfig::reads_public`), otherwise it needs the token too
 //! (as `Authorization: Bearer TOKEN`, or `?token=TOKEN` on GET for the page's event stream and
 //! images, which cannot set headers). Every mutating route needs the token in the header: a
 //! `?token=` ends up in proxy logs and browser history, so it is refused there (401). Without a
