@@ -13,7 +13,7 @@ use firm_shared::bundle::manifest::{
 };
 use firm_shared::bundle::{
     BankData, Bundle, BundleError, ContainerError, EncoderWeights, Limits, Member, SelfTestData,
-    container, weights,
+    container, scan, sha256_hex, weights,
 };
 use firm_shared::calibrate::{self, CalibrationSpec};
 use firm_shared::detect::{CpuEmbedder, Detector, Embedder};
@@ -393,6 +393,141 @@ fn a_flipped_bit_anywhere_is_refused_with_the_error_of_its_place() {
             flip(i, 5),
             BundleError::Container(ContainerError::BadPadding { .. })
         ));
+    }
+}
+
+/// `bundle::scan` under `keys` (the file read in pieces, as a device reports on its slots).
+fn scan_with(
+    bytes: &[u8],
+    keys: &[ed25519_dalek::VerifyingKey],
+) -> Result<scan::Scanned, BundleError> {
+    scan::scan(&mut std::io::Cursor::new(bytes), keys, &Limits::default())
+}
+
+/// The streamed scan agrees with `Bundle::open` wherever it decides: on a good file the same
+/// manifest, with the file's size and SHA-256; the same error for every truncation at the
+/// section boundaries and every 997th byte, every flipped header bit, every 61st data byte,
+/// every padding and end byte, bytes appended, the wrong key (and the right one among others),
+/// and members that do not match the signed manifest. (Tensor contents it leaves to `open`.)
+#[test]
+fn the_streamed_scan_agrees_with_open() {
+    let bytes = bytes_of(&make(&Spec::default()));
+    let pk = key().verifying_key();
+    let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
+    let s = scan_with(&bytes, &[other, pk]).unwrap();
+    assert_eq!(s.manifest, open(&bytes).unwrap().manifest);
+    assert_eq!(s.bytes, bytes.len() as u64);
+    assert_eq!(s.sha256, sha256_hex(&bytes));
+    let agree = |b: &[u8], what: &str| {
+        let want = open(b).map(|_| ()).unwrap_err();
+        assert_eq!(scan_with(b, &[pk]).map(|_| ()).unwrap_err(), want, "{what}");
+    };
+    let entries = layout(&bytes);
+    let mut cuts: Vec<usize> = (0..bytes.len()).step_by(997).collect();
+    for (off, _, size) in &entries {
+        cuts.extend([
+            off + 1,
+            off + 511,
+            off + 512,
+            off + 512 + size,
+            off + 513 + size,
+        ]);
+    }
+    cuts.extend([bytes.len() - 1, bytes.len() - 512, bytes.len() - 1024]);
+    cuts.retain(|&c| c < bytes.len());
+    for cut in cuts {
+        agree(&bytes[..cut], &format!("cut at {cut}"));
+    }
+    let flipped = |i: usize, bit: u8| {
+        let mut b = bytes.clone();
+        b[i] ^= 1 << bit;
+        b
+    };
+    for (off, name, size) in &entries {
+        for i in *off..off + 512 {
+            for bit in 0..8 {
+                agree(
+                    &flipped(i, bit),
+                    &format!("{name}: header byte {} bit {bit}", i - off),
+                );
+            }
+        }
+        let data = off + 512;
+        let padded = data + size.div_ceil(512) * 512;
+        for i in (data..data + size).step_by(61).chain(data + size..padded) {
+            agree(
+                &flipped(i, (i % 8) as u8),
+                &format!("{name}: byte {}", i - off),
+            );
+        }
+    }
+    for i in bytes.len() - 1024..bytes.len() {
+        agree(&flipped(i, 5), &format!("end block byte {i}"));
+    }
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0; 512]);
+    agree(&longer, "appended zeros");
+    assert_eq!(
+        scan_with(&bytes, &[other]).unwrap_err(),
+        BundleError::Container(ContainerError::BadSignature)
+    );
+    // Signed with the right key, members that do not match the manifest: a changed member, one
+    // more, one missing.
+    let mut m = members(&bytes);
+    m[2].data[0] ^= 1;
+    agree(&resign(&m), "a changed member");
+    let mut m = members(&bytes);
+    m.push(Member {
+        name: "extra.bin".into(),
+        data: vec![1, 2, 3],
+    });
+    agree(&resign(&m), "an extra member");
+    let mut m = members(&bytes);
+    m.remove(2);
+    agree(&resign(&m), "a missing member");
+    let m = members(&bytes);
+    agree(&resign(&m[1..]), "no manifest");
+}
+
+/// `Bundle::open_owned` (the device's: it takes the file's buffer) gives what `open` gives,
+/// with small thumbnails and with thumbnails that are most of the file, which then keep the
+/// file's buffer (its capacity shows it); it refuses a wrong key and a changed byte alike.
+#[test]
+fn open_owned_gives_what_open_gives_and_reuses_the_buffer_for_large_thumbnails() {
+    let pk = key().verifying_key();
+    let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
+    let lim = Limits::default();
+    let small = bytes_of(&make(&Spec::default()));
+    let mut big = make(&Spec::default());
+    let side = 512;
+    big.manifest.bank.thumbnail_size = side;
+    big.bank.thumbnail_size = side;
+    big.bank.thumbnails = (0..big.bank.len() * (side * side * 3) as usize)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let big = bytes_of(&big);
+    for (what, bytes, in_place) in [("small", &small, false), ("large", &big, true)] {
+        let want = open(bytes).unwrap();
+        let got = Bundle::open_owned(bytes.clone(), &[other, pk], &lim).unwrap();
+        assert_eq!(got, want, "{what} thumbnails");
+        assert_eq!(
+            got.bank.thumbnails.capacity() == bytes.len(),
+            in_place,
+            "{what} thumbnails: capacity {} of a {}-byte file",
+            got.bank.thumbnails.capacity(),
+            bytes.len()
+        );
+        assert_eq!(
+            Bundle::open_owned(bytes.clone(), &[other], &lim).unwrap_err(),
+            BundleError::Container(ContainerError::BadSignature)
+        );
+        let mut changed = bytes.clone();
+        let i = changed.len() / 2;
+        changed[i] ^= 1;
+        assert_eq!(
+            Bundle::open_owned(changed.clone(), &[pk], &lim).unwrap_err(),
+            open(&changed).unwrap_err()
+        );
     }
 }
 

@@ -194,6 +194,23 @@ impl BankData {
         thumbnail_size: u32,
         patch: Option<(usize, usize)>,
     ) -> Result<Self, BundleError> {
+        let (mut bank, thumbnails) =
+            Self::without_thumbnails(bytes, n, dim, angles, thumbnail_size, patch)?;
+        bank.thumbnails = thumbnails.to_vec();
+        Ok(bank)
+    }
+
+    /// [`Self::from_safetensors`] with `thumbnails` left empty: their checked bytes where they
+    /// lie in `bytes`, for a caller that can place them without a copy
+    /// ([`super::Bundle::open_owned`]).
+    pub(crate) fn without_thumbnails<'a>(
+        bytes: &'a [u8],
+        n: usize,
+        dim: usize,
+        angles: &[u8],
+        thumbnail_size: u32,
+        patch: Option<(usize, usize)>,
+    ) -> Result<(Self, &'a [u8]), BundleError> {
         let f = TensorFile::parse(MEMBER, bytes)?;
         let mut expected = BTreeSet::new();
         let (mut means, mut residuals) = (Vec::new(), Vec::new());
@@ -220,7 +237,7 @@ impl BankData {
             expected.insert(mean_name);
         }
         let t = thumbnail_size as usize;
-        let thumbnails = f.u8("thumbnails", &[n, t, t, 3])?;
+        let thumbnails = f.u8_in_place("thumbnails", &[n, t, t, 3])?;
         expected.insert("thumbnails".to_string());
         let patch_rows = match patch {
             Some((entries, pd)) => {
@@ -238,16 +255,17 @@ impl BankData {
             None => None,
         };
         f.expect_exactly(&expected)?;
-        Ok(Self {
+        let bank = Self {
             dim,
             angles: angles.to_vec(),
             mean: means,
             residual: residuals,
             thumbnail_size,
-            thumbnails,
+            thumbnails: Vec::new(),
             patch_dim: patch.map_or(0, |p| p.1),
             patch: patch_rows,
-        })
+        };
+        Ok((bank, thumbnails))
     }
 }
 

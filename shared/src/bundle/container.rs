@@ -28,7 +28,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
 /// Name of the signature entry (always the last).
 pub const SIGNATURE_NAME: &str = "signature.ed25519";
-const BLOCK: usize = 512;
+pub(crate) const BLOCK: usize = 512;
 
 /// Size limits the reader enforces (before reading a member's data).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -206,7 +206,7 @@ pub fn check_name(name: &str) -> Result<()> {
 }
 
 /// The canonical 512-byte header for a member.
-fn header(name: &str, size: u64) -> [u8; BLOCK] {
+pub(crate) fn header(name: &str, size: u64) -> [u8; BLOCK] {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Regular);
     h.set_mode(0o644);
@@ -227,7 +227,7 @@ fn header(name: &str, size: u64) -> [u8; BLOCK] {
     out
 }
 
-fn padding(len: usize) -> usize {
+pub(crate) fn padding(len: usize) -> usize {
     (BLOCK - len % BLOCK) % BLOCK
 }
 
@@ -297,16 +297,118 @@ fn zeros(bytes: &[u8], offset: usize, len: usize) -> Result<()> {
     }
 }
 
+/// A member of a [`ContainerRef`]: its data borrowed from the file's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberRef<'a> {
+    pub name: &'a str,
+    pub data: &'a [u8],
+}
+
+/// A parsed container that borrows the file's bytes instead of copying its members: what a
+/// device verifies a bundle with, so that a flash holds the file once (see [`read_ref`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRef<'a> {
+    pub members: Vec<MemberRef<'a>>,
+    /// Bytes `[0, signed_len)` are the signed message.
+    pub signed_len: usize,
+    pub signature: [u8; 64],
+}
+
+impl<'a> ContainerRef<'a> {
+    pub fn get(&self, name: &str) -> Option<&'a [u8]> {
+        self.members.iter().find(|m| m.name == name).map(|m| m.data)
+    }
+
+    /// Check the signature over the bytes this was read from ([`verify`]).
+    pub fn verify(&self, bytes: &[u8], key: &VerifyingKey) -> Result<()> {
+        verify_signed(bytes, self.signed_len, &self.signature, key)
+    }
+
+    /// The members copied out.
+    pub fn to_owned(&self) -> Container {
+        Container {
+            members: self
+                .members
+                .iter()
+                .map(|m| Member {
+                    name: m.name.to_string(),
+                    data: m.data.to_vec(),
+                })
+                .collect(),
+            signed_len: self.signed_len,
+            signature: self.signature,
+        }
+    }
+}
+
+impl Container {
+    /// A view of the members (no copy).
+    pub fn as_ref(&self) -> ContainerRef<'_> {
+        ContainerRef {
+            members: self
+                .members
+                .iter()
+                .map(|m| MemberRef {
+                    name: &m.name,
+                    data: &m.data,
+                })
+                .collect(),
+            signed_len: self.signed_len,
+            signature: self.signature,
+        }
+    }
+}
+
+/// Check one 512-byte header found at `offset` (not all zero): its name and size, when it is
+/// the canonical header for them and within the member limit. The one header check of [`read`]
+/// and of the streamed reader ([`super::scan`]).
+pub(crate) fn check_header(h: &[u8], offset: usize, limits: &Limits) -> Result<(String, u64)> {
+    // Name: up to the first NUL of the 100-byte field.
+    let raw = &h[..100];
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(100);
+    let name = String::from_utf8_lossy(&raw[..end]).into_owned();
+    // Size: octal digits of the 12-byte field; anything else is refused by the canonical
+    // comparison below, so a rough parse is enough here.
+    let size = parse_octal(&h[124..136]).ok_or_else(|| ContainerError::BadHeader {
+        offset,
+        name: name.clone(),
+        why: "size field is not an octal number".into(),
+    })?;
+    check_name(&name)?;
+    let canonical = header(&name, size);
+    if h != canonical {
+        let field = first_diff_field(h, &canonical);
+        return Err(ContainerError::BadHeader {
+            offset,
+            name,
+            why: format!("field `{field}` differs"),
+        });
+    }
+    if size > limits.max_member {
+        return Err(ContainerError::MemberTooLarge {
+            name,
+            size,
+            limit: limits.max_member,
+        });
+    }
+    Ok((name, size))
+}
+
 /// Parse the structure (no key needed): canonical headers, padding, names, limits, signature
 /// entry last. Verify the signature with [`verify`] before trusting any member.
 pub fn read(bytes: &[u8], limits: &Limits) -> Result<Container> {
+    read_ref(bytes, limits).map(|c| c.to_owned())
+}
+
+/// [`read`] without copying the members out of `bytes`.
+pub fn read_ref<'a>(bytes: &'a [u8], limits: &Limits) -> Result<ContainerRef<'a>> {
     if bytes.len() as u64 > limits.max_total {
         return Err(ContainerError::FileTooLarge {
             size: bytes.len() as u64,
             limit: limits.max_total,
         });
     }
-    let mut members: Vec<Member> = Vec::new();
+    let mut members: Vec<MemberRef<'a>> = Vec::new();
     let mut offset = 0usize;
     loop {
         let h = take(bytes, offset, BLOCK)?;
@@ -314,34 +416,7 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Container> {
             // End of archive before any signature entry.
             return Err(ContainerError::MissingSignature);
         }
-        // Name: up to the first NUL of the 100-byte field.
-        let raw = &h[..100];
-        let end = raw.iter().position(|&b| b == 0).unwrap_or(100);
-        let name = String::from_utf8_lossy(&raw[..end]).into_owned();
-        // Size: octal digits of the 12-byte field; anything else is refused by the canonical
-        // comparison below, so a rough parse is enough here.
-        let size = parse_octal(&h[124..136]).ok_or_else(|| ContainerError::BadHeader {
-            offset,
-            name: name.clone(),
-            why: "size field is not an octal number".into(),
-        })?;
-        check_name(&name)?;
-        let canonical = header(&name, size);
-        if h != canonical {
-            let field = first_diff_field(h, &canonical);
-            return Err(ContainerError::BadHeader {
-                offset,
-                name,
-                why: format!("field `{field}` differs"),
-            });
-        }
-        if size > limits.max_member {
-            return Err(ContainerError::MemberTooLarge {
-                name,
-                size,
-                limit: limits.max_member,
-            });
-        }
+        let (name, size) = check_header(h, offset, limits)?;
         let size = size as usize;
         let data = take(bytes, offset + BLOCK, size)?;
         let pad_at = offset + BLOCK + size;
@@ -365,7 +440,7 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Container> {
             }
             let mut signature = [0u8; 64];
             signature.copy_from_slice(data);
-            return Ok(Container {
+            return Ok(ContainerRef {
                 members,
                 signed_len: offset,
                 signature,
@@ -379,9 +454,12 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Container> {
                 limit: limits.max_members,
             });
         }
-        members.push(Member {
-            name,
-            data: data.to_vec(),
+        // The name as it stands in the header (check_name allows ASCII only, so the lossy
+        // conversion above changed nothing).
+        let name_in_header = std::str::from_utf8(&h[..name.len()]).expect("an ASCII name");
+        members.push(MemberRef {
+            name: name_in_header,
+            data,
         });
         offset = next;
     }
@@ -389,14 +467,23 @@ pub fn read(bytes: &[u8], limits: &Limits) -> Result<Container> {
 
 /// Check the signature of a parsed container over the original bytes.
 pub fn verify(bytes: &[u8], c: &Container, key: &VerifyingKey) -> Result<()> {
+    verify_signed(bytes, c.signed_len, &c.signature, key)
+}
+
+fn verify_signed(
+    bytes: &[u8],
+    signed_len: usize,
+    signature: &[u8; 64],
+    key: &VerifyingKey,
+) -> Result<()> {
     let msg = bytes
-        .get(..c.signed_len)
+        .get(..signed_len)
         .ok_or(ContainerError::BadSignature)?;
     // `verify_strict`, not `verify`: it also refuses a small-order R and a weak (small-order)
     // key, with which one signature verifies for many messages (for the identity key, R = the
     // identity and s = 0 "sign" every message). RFC 8032 leaves these cases to the verifier;
     // nothing we sign produces them.
-    key.verify_strict(msg, &Signature::from_bytes(&c.signature))
+    key.verify_strict(msg, &Signature::from_bytes(signature))
         .map_err(|_| ContainerError::BadSignature)
 }
 
@@ -744,6 +831,18 @@ mod tests {
             open(&forged, &weak, &Limits::default()).unwrap_err(),
             ContainerError::BadSignature
         );
+        assert_eq!(scanned(&forged, &weak), ContainerError::BadSignature.into());
+    }
+
+    /// What the streamed check ([`crate::bundle::scan`]) says of `bytes` under `key`: it must
+    /// refuse what `verify_strict` refuses.
+    fn scanned(bytes: &[u8], key: &VerifyingKey) -> crate::bundle::BundleError {
+        crate::bundle::scan::scan(
+            &mut std::io::Cursor::new(bytes),
+            std::slice::from_ref(key),
+            &Limits::default(),
+        )
+        .unwrap_err()
     }
 
     /// Arithmetic modulo the group order l = 2^252 + 27742317777372353535851937790883648493, bit
@@ -840,6 +939,7 @@ mod tests {
             open(&forged, &pk, &Limits::default()).unwrap_err(),
             ContainerError::BadSignature
         );
+        assert_eq!(scanned(&forged, &pk), ContainerError::BadSignature.into());
     }
 
     proptest::proptest! {

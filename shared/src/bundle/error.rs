@@ -42,6 +42,9 @@ pub enum BundleError {
     /// The bundle's own inputs do not give its expected outputs on this path.
     #[error("self-test failed: {why}")]
     SelfTest { why: String },
+    /// The file could not be read ([`super::scan`]; the caller names the file).
+    #[error("cannot read the bundle file: {why}")]
+    Read { why: String },
     /// The inference path could not run the bundle.
     #[error("cannot run the bundle: {why}")]
     Runtime { why: String },

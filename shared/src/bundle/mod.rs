@@ -21,6 +21,7 @@ pub mod bank;
 pub mod container;
 pub mod error;
 pub mod manifest;
+pub mod scan;
 pub mod selftest;
 pub mod tensors;
 pub mod weights;
@@ -31,7 +32,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256};
 
 pub use bank::BankData;
-pub use container::{Container, ContainerError, Limits, Member};
+pub use container::{Container, ContainerError, ContainerRef, Limits, Member, MemberRef};
 pub use error::BundleError;
 pub use manifest::{Manifest, MemberInfo};
 pub use selftest::{SelfTestData, SelfTestReport};
@@ -56,6 +57,57 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Refuse a member that is not part of the bundle format.
+pub(crate) fn check_names<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), BundleError> {
+    let names: BTreeSet<&str> = names.collect();
+    match names.iter().find(|n| !MEMBERS.contains(n)) {
+        Some(extra) => Err(BundleError::UnexpectedMember {
+            name: extra.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Check the members against the manifest's list: every member but the manifest listed with
+/// its size and SHA-256, nothing else listed. `digest(name)`: the member's size and SHA-256
+/// (hex), `None` when the file has no such member.
+pub(crate) fn check_listed(
+    manifest: &Manifest,
+    digest: impl Fn(&str) -> Option<(u64, String)>,
+) -> Result<(), BundleError> {
+    let listed: BTreeMap<&str, &MemberInfo> = manifest
+        .members
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    for &name in &MEMBERS[1..] {
+        let (size, sha256) = digest(name).ok_or_else(|| BundleError::MissingMember {
+            name: name.to_string(),
+        })?;
+        let info = listed
+            .get(name)
+            .ok_or_else(|| BundleError::manifest(format!("`members` does not list {name:?}")))?;
+        if info.size != size {
+            return Err(BundleError::MemberMismatch {
+                name: name.into(),
+                why: format!("{size} bytes, the manifest says {}", info.size),
+            });
+        }
+        if sha256 != info.sha256 {
+            return Err(BundleError::MemberMismatch {
+                name: name.into(),
+                why: "SHA-256 differs from the manifest's".into(),
+            });
+        }
+    }
+    if let Some(extra) = listed.keys().find(|n| !MEMBERS[1..].contains(n)) {
+        return Err(BundleError::manifest(format!(
+            "`members` lists {extra:?}, which is not a bundle member"
+        )));
+    }
+    Ok(())
 }
 
 impl Bundle {
@@ -92,59 +144,74 @@ impl Bundle {
 
     /// Verify the signature with `key`, then parse every member.
     pub fn open(bytes: &[u8], key: &VerifyingKey, limits: &Limits) -> Result<Self, BundleError> {
-        let c = container::open(bytes, key, limits)?;
-        Self::from_container(&c)
+        let c = container::read_ref(bytes, limits)?;
+        c.verify(bytes, key)?;
+        Self::from_container_ref(&c)
     }
 
     /// Parse without checking the signature: for `bundle inspect` without a key and for tests.
     /// Never trust what this returns on a device.
     pub fn parse_unverified(bytes: &[u8], limits: &Limits) -> Result<Self, BundleError> {
-        let c = container::read(bytes, limits)?;
-        Self::from_container(&c)
+        let c = container::read_ref(bytes, limits)?;
+        Self::from_container_ref(&c)
     }
 
     /// Members of a container that has been read (and, for trust, verified).
     pub fn from_container(c: &Container) -> Result<Self, BundleError> {
-        let names: BTreeSet<&str> = c.members.iter().map(|m| m.name.as_str()).collect();
-        if let Some(extra) = names.iter().find(|n| !MEMBERS.contains(n)) {
-            return Err(BundleError::UnexpectedMember {
-                name: extra.to_string(),
-            });
+        Self::from_container_ref(&c.as_ref())
+    }
+
+    /// Verify the signature with one of `keys`, then parse every member, taking the file's
+    /// buffer: when the bank's thumbnails are most of the file (a bundle of many good images),
+    /// they are moved to the front of the buffer and it becomes theirs, so that loading holds
+    /// the file once instead of the file and a copy of its largest part (memory during a
+    /// flash, issue 18). What is left of the buffer behind them (less than they take) stays
+    /// allocated with them.
+    pub fn open_owned(
+        mut bytes: Vec<u8>,
+        keys: &[VerifyingKey],
+        limits: &Limits,
+    ) -> Result<Self, BundleError> {
+        let c = container::read_ref(&bytes, limits)?;
+        if !keys.iter().any(|k| c.verify(&bytes, k).is_ok()) {
+            return Err(ContainerError::BadSignature.into());
         }
+        let (mut bundle, thumbnails) = Self::decode(&c)?;
+        let len = thumbnails.len();
+        if len < bytes.len() / 2 {
+            bundle.bank.thumbnails = thumbnails.to_vec();
+            return Ok(bundle);
+        }
+        // Where the thumbnails lie in the buffer (they are a slice of it).
+        let start = thumbnails.as_ptr() as usize - bytes.as_ptr() as usize;
+        debug_assert!(start + len <= bytes.len());
+        drop(c);
+        bytes.copy_within(start..start + len, 0);
+        bytes.truncate(len);
+        bundle.bank.thumbnails = bytes;
+        Ok(bundle)
+    }
+
+    /// [`Self::from_container`] on a container that borrows the file's bytes.
+    pub fn from_container_ref(c: &ContainerRef<'_>) -> Result<Self, BundleError> {
+        let (mut bundle, thumbnails) = Self::decode(c)?;
+        bundle.bank.thumbnails = thumbnails.to_vec();
+        Ok(bundle)
+    }
+
+    /// Every member parsed and cross-checked, but the bank's thumbnails left empty: their bytes
+    /// where they lie in the container.
+    fn decode<'a>(c: &ContainerRef<'a>) -> Result<(Self, &'a [u8]), BundleError> {
+        check_names(c.members.iter().map(|m| m.name))?;
         let get = |name: &str| {
             c.get(name).ok_or_else(|| BundleError::MissingMember {
                 name: name.to_string(),
             })
         };
         let manifest = Manifest::from_json(get(MANIFEST)?)?;
-        let listed: BTreeMap<&str, &MemberInfo> = manifest
-            .members
-            .iter()
-            .map(|(k, v)| (k.as_str(), v))
-            .collect();
-        for &name in &MEMBERS[1..] {
-            let data = get(name)?;
-            let info = listed.get(name).ok_or_else(|| {
-                BundleError::manifest(format!("`members` does not list {name:?}"))
-            })?;
-            if info.size != data.len() as u64 {
-                return Err(BundleError::MemberMismatch {
-                    name: name.into(),
-                    why: format!("{} bytes, the manifest says {}", data.len(), info.size),
-                });
-            }
-            if sha256_hex(data) != info.sha256 {
-                return Err(BundleError::MemberMismatch {
-                    name: name.into(),
-                    why: "SHA-256 differs from the manifest's".into(),
-                });
-            }
-        }
-        if let Some(extra) = listed.keys().find(|n| !MEMBERS[1..].contains(n)) {
-            return Err(BundleError::manifest(format!(
-                "`members` lists {extra:?}, which is not a bundle member"
-            )));
-        }
+        check_listed(&manifest, |name| {
+            c.get(name).map(|d| (d.len() as u64, sha256_hex(d)))
+        })?;
         let m = &manifest;
         let encoder = EncoderWeights::from_safetensors(get(weights::MEMBER)?, &m.model.graph)?;
         let float = encoder.float_layers();
@@ -166,7 +233,7 @@ impl Bundle {
                 a.tensor
             )));
         }
-        let bank = BankData::from_safetensors(
+        let (bank, thumbnails) = BankData::without_thumbnails(
             get(bank::MEMBER)?,
             m.bank.entries,
             m.model.feature_dim,
@@ -181,12 +248,13 @@ impl Bundle {
             m.model.feature_dim,
             m.patch.is_some(),
         )?;
-        Ok(Self {
+        let bundle = Self {
             manifest,
             encoder,
             bank,
             selftest,
-        })
+        };
+        Ok((bundle, thumbnails))
     }
 
     /// Load the bundle on the CPU backend and run its self-test there.

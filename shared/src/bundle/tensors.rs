@@ -181,7 +181,12 @@ impl<'a> TensorFile<'a> {
     }
 
     pub fn u8(&self, name: &str, shape: &[usize]) -> Result<Vec<u8>, BundleError> {
-        Ok(self.view(name, Dtype::U8, shape)?.data().to_vec())
+        Ok(self.u8_in_place(name, shape)?.to_vec())
+    }
+
+    /// [`Self::u8`] without the copy: the tensor's bytes where they lie in the member.
+    pub fn u8_in_place(&self, name: &str, shape: &[usize]) -> Result<&'a [u8], BundleError> {
+        Ok(self.view(name, Dtype::U8, shape)?.data())
     }
 
     pub fn dtype(&self, name: &str) -> Result<Dtype, BundleError> {
