@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use device_runtime::config::DeviceConfig;
-use device_runtime::slots::Slots;
+use device_runtime::slots::{SlotError, Slots};
 use tracing_subscriber::EnvFilter;
 
 // Training and inference allocate and free large tensors every step; mimalloc keeps those pages
@@ -237,8 +237,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
                     ),
                 });
             }
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let from = carry_overlay.then(|| slots.active_sha256()).flatten();
             // A forced flash is journaled, so the journal must take records before anything
             // changes. It takes the journal's lock per append: `run` may be appending too.
@@ -247,8 +245,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             } else {
                 None
             };
-            let (done, loaded) = slots.flash(&bytes, force).map_err(|e| Failure {
-                code: 3,
+            let (done, loaded) = slots.flash(&file, force).map_err(|e| Failure {
+                // A bundle refused (3), or a file that cannot be read (1; the error names it).
+                code: if matches!(e, SlotError::Flash { .. }) {
+                    3
+                } else {
+                    1
+                },
                 error: e.into(),
             })?;
             if let (Some(journal), Some(forced)) = (journal.as_mut(), &done.forced) {

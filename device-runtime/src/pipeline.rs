@@ -212,12 +212,16 @@ impl Scorer {
 }
 
 impl Scorer {
-    fn new(shared: &Shared, l: &Loaded, cfg: &InferenceConfig) -> Result<Self, String> {
+    /// The scorer of `l`, whose thumbnails it moves to `shared` (the rest of the bundle is
+    /// not needed once the detector is built: the caller drops it).
+    fn new(shared: &Shared, l: &mut Loaded, cfg: &InferenceConfig) -> Result<Self, String> {
         let (threshold, point) = threshold(&l.bundle, cfg)?;
         let mut detector = Detector::on(&l.bundle, cfg.backend).map_err(|e| e.to_string())?;
-        let n = l.bundle.bank.len();
-        *shared.thumbnails.write().expect("state lock") =
-            (0..n).filter_map(|i| l.bundle.bank.thumbnail(i)).collect();
+        let bank = &mut l.bundle.bank;
+        *shared.thumbnails.write().expect("state lock") = crate::state::Thumbnails {
+            side: bank.thumbnail_size,
+            pixels: std::mem::take(&mut bank.thumbnails),
+        };
         let sources = l.bundle.manifest.bank.sources.clone();
         *shared.thumbnail_sources.write().expect("state lock") = sources.clone();
         let info = bundle_info(l, threshold, &point, detector.embedder());
@@ -253,7 +257,7 @@ impl Scorer {
 pub fn start(
     shared: Arc<Shared>,
     mut source: Box<dyn FrameSource>,
-    loaded: Loaded,
+    mut loaded: Loaded,
     cfg: InferenceConfig,
     mut sinks: Vec<Box<dyn AlertSink>>,
 ) -> Result<Pipeline, String> {
@@ -264,7 +268,7 @@ pub fn start(
         .thread_name(|i| format!("inference-{i}"))
         .build()
         .map_err(|e| format!("cannot start the inference threads: {e}"))?;
-    let mut scorer = pool.install(|| Scorer::new(&shared, &loaded, &cfg))?;
+    let mut scorer = pool.install(|| Scorer::new(&shared, &mut loaded, &cfg))?;
     info!(
         "running bundle {} (version {}) from slot {}, threshold {:.4e}",
         loaded.bundle.manifest.product_class,
@@ -319,8 +323,9 @@ pub fn start(
                 loop {
                     // One beat per turn: a frame scored or an idle poll (see crate::watchdog).
                     sh.heartbeat.beat_inference();
-                    if let Some(next) = sh.pending_bundle.lock().expect("state lock").take() {
-                        match Scorer::new(&sh, &next, &cfg) {
+                    let next = sh.pending_bundle.lock().expect("state lock").take();
+                    if let Some(mut next) = next {
+                        match Scorer::new(&sh, &mut next, &cfg) {
                             Ok(s) => scorer = s,
                             Err(e) => warn!("the flashed bundle cannot run here: {e}"),
                         }

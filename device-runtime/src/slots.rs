@@ -13,8 +13,9 @@
 //! against the trusted keys, every member; the product class and anti-downgrade against the
 //! persisted high-water mark; the configured operating point) -> **self-test** on this device's
 //! backend, from memory -> **write** into the inactive slot (temporary file, fsync, rename, fsync
-//! of the folder) -> **load** (read back from disk and verified again) -> **switch** (the
-//! high-water mark raised, then `active` replaced atomically). The active bundle changes only in
+//! of the folder; the bytes written must have the SHA-256 of the bytes verified) -> **load**
+//! (read back from disk: the same SHA-256 again) -> **switch** (the high-water mark raised, then
+//! `active` replaced atomically). The active bundle changes only in
 //! the last step, by one rename, so a crash or power cut at any moment leaves the previous bundle
 //! active and intact (tested by killing the process at every step); a bundle refused before the
 //! write (at verify or self-test) leaves the fallback slot untouched too. A failure names the
@@ -31,6 +32,15 @@
 //! the runtime has crashed [`CRASH_LOOP_STARTS`] times in a row without a healthy run, it rolls
 //! back to the other slot when that one holds a good bundle.
 //!
+//! Memory (issue 18: a flash needed 5-7x the bundle's size, measured with
+//! `scripts/flash-memory`): the file is read once, and decoded in place of itself where it can
+//! be (`Bundle::open_owned`: the thumbnails, most of a large bundle, take over the file's
+//! buffer); the slot is written by copying the file again and read back by its hash, so its
+//! bytes are never held twice; what a slot holds (`status`, the bundle a flash replaces, an old
+//! device's anti-downgrade floor) is checked in one streamed pass (`bundle::scan`), never
+//! loaded. A flash of 256 MiB of image bank entries now peaks at 1.2-1.4x the bundle's size in
+//! `device-runtime flash` and 1.3-1.6x over idle by upload (the README has the figures).
+//!
 //! Crash tests: `FIRM_TEST_STALL_AT=<step>` makes a flash stop at that step (after writing half
 //! of the file for `write`) and wait to be killed. It has no other effect.
 //!
@@ -39,13 +49,14 @@
 //! The boot counter is the one write a start makes here: when it fails (a full filesystem),
 //! `run` logs it and starts anyway, without crash-loop protection for that start.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::VerifyingKey;
-use firm_shared::bundle::{Bundle, BundleError, Limits, container, sha256_hex};
+use firm_shared::bundle::{Bundle, Limits, Manifest, container, scan, sha256_hex};
 use firm_shared::detect::{Backend, Detector};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 /// Starts without a healthy run after which the other slot is tried.
@@ -168,6 +179,12 @@ pub enum SlotError {
     NoBundle { why: String },
     #[error("cannot roll back: slot {slot} {why}")]
     Rollback { slot: Slot, why: String },
+    /// A bundle file changed between its verification and its copy into a slot.
+    #[error(
+        "{path}: the bytes written are not the bytes verified (the bundle file changed while it \
+         was installed)"
+    )]
+    Changed { path: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SlotError + '_ {
@@ -191,16 +208,16 @@ pub struct BundleSummary {
 }
 
 impl BundleSummary {
-    fn new(b: &Bundle, bytes: &[u8]) -> Self {
-        let m = &b.manifest;
+    /// A bundle file of `bytes` bytes with this SHA-256 (hex) and manifest.
+    fn new(m: &Manifest, bytes: u64, sha256: String) -> Self {
         Self {
             bundle_version: m.bundle_version,
             product_class: m.product_class.clone(),
             created: m.created.clone(),
             score: m.score.spec.to_string(),
             threshold: m.threshold.distance,
-            bytes: bytes.len() as u64,
-            sha256: sha256_hex(bytes),
+            bytes,
+            sha256,
         }
     }
 }
@@ -291,33 +308,76 @@ fn temporary(path: &Path) -> PathBuf {
 
 const TMP_SUFFIX: &str = ".tmp";
 
-/// Write `bytes` to `path` through a temporary file, fsync, rename, fsync the folder; the
-/// temporary file is removed when that fails (a full filesystem leaves nothing behind). With
-/// the stall hook, stop after half of the bytes.
+/// Write `bytes` to `path` durably ([`write_durable_from`]).
 fn write_durable(path: &Path, bytes: &[u8], stall: Option<FlashStep>) -> Result<(), SlotError> {
+    write_durable_from(path, &mut &bytes[..], bytes.len() as u64, None, stall)
+}
+
+/// Write the `len` bytes `source` gives to `path` through a temporary file, fsync, rename, fsync
+/// of the folder; the temporary file is removed when that fails (a full filesystem leaves
+/// nothing behind). With `sha256`, the bytes written must have that SHA-256 (hex), or nothing
+/// is renamed ([`SlotError::Changed`]). With the stall hook, stop after half of the bytes.
+fn write_durable_from(
+    path: &Path,
+    source: &mut dyn Read,
+    len: u64,
+    sha256: Option<&str>,
+    stall: Option<FlashStep>,
+) -> Result<(), SlotError> {
     let tmp = temporary(path);
-    let r = write_through(path, &tmp, bytes, stall);
+    let r = write_through(path, &tmp, source, len, sha256, stall);
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     r
 }
 
+/// Bytes copied at a time by [`write_through`] and [`file_sha256`].
+const PIECE: usize = 1 << 20;
+
 fn write_through(
     path: &Path,
     tmp: &Path,
-    bytes: &[u8],
+    source: &mut dyn Read,
+    len: u64,
+    sha256: Option<&str>,
     stall: Option<FlashStep>,
 ) -> Result<(), SlotError> {
     let dir = path.parent().expect("slot files live in a folder");
     let mut f = std::fs::File::create(tmp).map_err(io(tmp))?;
-    let half = bytes.len() / 2;
-    f.write_all(&bytes[..half]).map_err(io(tmp))?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; PIECE.min(len as usize)];
+    let mut copy = |f: &mut std::fs::File, mut n: u64| -> Result<(), SlotError> {
+        while n > 0 {
+            let piece = &mut buf[..(n as usize).min(PIECE)];
+            source.read_exact(piece).map_err(|e| match e.kind() {
+                // The source is shorter than what was verified.
+                std::io::ErrorKind::UnexpectedEof => SlotError::Changed {
+                    path: path.to_path_buf(),
+                },
+                _ => SlotError::Io {
+                    path: path.to_path_buf(),
+                    source: e,
+                },
+            })?;
+            hash.update(&*piece);
+            f.write_all(piece).map_err(io(tmp))?;
+            n -= piece.len() as u64;
+        }
+        Ok(())
+    };
+    let half = len / 2;
+    copy(&mut f, half)?;
     if let Some(step) = stall {
         f.sync_all().map_err(io(tmp))?;
         stall_if(step);
     }
-    f.write_all(&bytes[half..]).map_err(io(tmp))?;
+    copy(&mut f, len - half)?;
+    if sha256.is_some_and(|want| hex(hash.finalize()) != want) {
+        return Err(SlotError::Changed {
+            path: path.to_path_buf(),
+        });
+    }
     f.sync_all().map_err(io(tmp))?;
     drop(f);
     std::fs::rename(tmp, path).map_err(io(path))?;
@@ -325,6 +385,29 @@ fn write_through(
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+fn hex(digest: impl AsRef<[u8]>) -> String {
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The size and SHA-256 (hex) of a file, read in pieces.
+fn file_sha256(path: &Path) -> std::io::Result<(u64, String)> {
+    let mut f = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut buf = vec![0u8; PIECE];
+    let mut n = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok((n, hex(hash.finalize()))),
+            Ok(k) => {
+                hash.update(&buf[..k]);
+                n += k as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Read a public key file (64 hex digits, keygen's `.pub`).
@@ -376,13 +459,12 @@ impl Slots {
                 let mut hw = HighWater::default();
                 let active = self.active();
                 for s in [Slot::A, Slot::B] {
-                    if let Ok((b, _)) = self.read_slot(s) {
-                        let m = &b.manifest;
+                    if let Ok(b) = self.check_slot(s) {
                         let class = hw.class.take();
-                        hw = hw.raised(&m.product_class, m.bundle_version);
+                        hw = hw.raised(&b.product_class, b.bundle_version);
                         hw.class = class;
                         if active == Some(s) {
-                            hw.class = Some(m.product_class.clone());
+                            hw.class = Some(b.product_class);
                         }
                     }
                 }
@@ -424,31 +506,56 @@ impl Slots {
         write_durable(&self.dir.join(ACTIVE), slot.name().as_bytes(), None)
     }
 
-    /// Verify `bytes` as a bundle signed by one of the trusted keys.
-    pub fn verify(&self, bytes: &[u8]) -> Result<Bundle, BundleError> {
-        let c = container::read(bytes, &self.limits)?;
-        if !self
-            .keys
-            .iter()
-            .any(|k| container::verify(bytes, &c, k).is_ok())
-        {
-            return Err(BundleError::Container(
-                container::ContainerError::BadSignature,
-            ));
+    /// Read, verify (signature under a trusted key, members, tensors) and decode the bundle
+    /// file at `path`; its summary. The file is read once, into the buffer that becomes the
+    /// bank's thumbnails when they are most of it (`Bundle::open_owned`); nothing else of it is
+    /// kept. `Ok(Err(why))`: a file that is not a good bundle.
+    fn read_bundle(&self, path: &Path) -> std::io::Result<Result<(Bundle, BundleSummary), String>> {
+        let len = std::fs::metadata(path)?.len();
+        if len > self.limits.max_total {
+            let e = container::ContainerError::FileTooLarge {
+                size: len,
+                limit: self.limits.max_total,
+            };
+            return Ok(Err(e.to_string()));
         }
-        Bundle::from_container(&c)
+        // At most one byte above the limit, should the file grow meanwhile (then refused).
+        let mut bytes = Vec::with_capacity(len as usize);
+        std::fs::File::open(path)?
+            .take(self.limits.max_total + 1)
+            .read_to_end(&mut bytes)?;
+        let (n, sha256) = (bytes.len() as u64, sha256_hex(&bytes));
+        Ok(Bundle::open_owned(bytes, &self.keys, &self.limits)
+            .map_err(|e| e.to_string())
+            .map(|b| {
+                let summary = BundleSummary::new(&b.manifest, n, sha256);
+                (b, summary)
+            }))
     }
 
-    /// Read and verify a slot's bundle (no self-test).
-    fn read_slot(&self, slot: Slot) -> Result<(Bundle, Vec<u8>), String> {
+    /// Read, verify and decode a slot's bundle (no self-test).
+    fn read_slot(&self, slot: Slot) -> Result<(Bundle, BundleSummary), String> {
         let p = self.bundle_path(slot);
-        let bytes = match std::fs::read(&p) {
-            Ok(b) => b,
+        match self.read_bundle(&p) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("empty".into()),
+            Err(e) => Err(format!("{}: {e}", p.display())),
+        }
+    }
+
+    /// What a slot holds, checked in one streamed pass without holding the file (signature
+    /// under a trusted key, members as the signed manifest lists them: `bundle::scan`); the
+    /// tensors were decoded and self-tested when the bundle was flashed, and are again when it
+    /// is loaded.
+    fn check_slot(&self, slot: Slot) -> Result<BundleSummary, String> {
+        let p = self.bundle_path(slot);
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("empty".into()),
             Err(e) => return Err(format!("{}: {e}", p.display())),
         };
-        let b = self.verify(&bytes).map_err(|e| e.to_string())?;
-        Ok((b, bytes))
+        let s = scan::scan(&mut f, &self.keys, &self.limits).map_err(|e| e.to_string())?;
+        Ok(BundleSummary::new(&s.manifest, s.bytes, s.sha256))
     }
 
     fn self_test(&self, b: &Bundle) -> Result<f64, String> {
@@ -461,8 +568,7 @@ impl Slots {
 
     /// The SHA-256 of the active slot's bundle file, when it holds one that verifies.
     pub fn active_sha256(&self) -> Option<String> {
-        let (b, bytes) = self.read_slot(self.active()?).ok()?;
-        Some(BundleSummary::new(&b, &bytes).sha256)
+        Some(self.check_slot(self.active()?).ok()?.sha256)
     }
 
     pub fn status(&self) -> Status {
@@ -470,8 +576,8 @@ impl Slots {
         let slots = [Slot::A, Slot::B]
             .into_iter()
             .map(|s| {
-                let (bundle, problem) = match self.read_slot(s) {
-                    Ok((b, bytes)) => (Some(BundleSummary::new(&b, &bytes)), None),
+                let (bundle, problem) = match self.check_slot(s) {
+                    Ok(b) => (Some(b), None),
                     Err(why) => (None, Some(why)),
                 };
                 SlotStatus {
@@ -489,15 +595,19 @@ impl Slots {
         }
     }
 
-    /// Install `bytes` into the inactive slot and switch to it (see the module docs).
-    /// `force` allows a lower bundle version than the active one.
+    /// Install the bundle file `source` into the inactive slot and switch to it (see the module
+    /// docs). `force` allows a lower bundle version than the active one.
     /// Also returns the installed bundle, verified and self-tested, ready to run.
-    pub fn flash(&self, bytes: &[u8], force: bool) -> Result<(Flashed, Loaded), SlotError> {
+    pub fn flash(&self, source: &Path, force: bool) -> Result<(Flashed, Loaded), SlotError> {
         let fail = |step, why: String| SlotError::Flash { step, why };
         stall_if(FlashStep::Verify);
-        let bundle = self
-            .verify(bytes)
-            .map_err(|e| fail(FlashStep::Verify, e.to_string()))?;
+        let active = self.active();
+        // What it replaces, for the report: checked as `status` checks a slot, never loaded.
+        let current = active.and_then(|s| self.check_slot(s).ok());
+        let (bundle, summary) = self
+            .read_bundle(source)
+            .map_err(io(source))?
+            .map_err(|why| fail(FlashStep::Verify, why))?;
         let (class, version) = (
             bundle.manifest.product_class.clone(),
             bundle.manifest.bundle_version,
@@ -545,18 +655,28 @@ impl Slots {
         let err = self
             .self_test(&bundle)
             .map_err(|why| fail(FlashStep::SelfTest, why))?;
-        let active = self.active();
-        let current = active.and_then(|s| self.read_slot(s).ok());
         let target = active.map_or(Slot::A, Slot::other);
         let path = self.bundle_path(target);
-        info!("flash: writing slot {target} ({} bytes)", bytes.len());
-        write_durable(&path, bytes, Some(FlashStep::Write))
-            .map_err(|e| fail(FlashStep::Write, e.to_string()))?;
+        info!("flash: writing slot {target} ({} bytes)", summary.bytes);
+        // Copied from the file again rather than kept in memory through the self-test: the
+        // bytes written must have the SHA-256 of the bytes verified, or nothing is renamed.
+        let mut src = std::fs::File::open(source)
+            .map_err(|e| fail(FlashStep::Write, format!("{}: {e}", source.display())))?;
+        write_durable_from(
+            &path,
+            &mut src,
+            summary.bytes,
+            Some(&summary.sha256),
+            Some(FlashStep::Write),
+        )
+        .map_err(|e| fail(FlashStep::Write, e.to_string()))?;
+        drop(src);
         stall_if(FlashStep::Load);
-        let (loaded, on_disk) = self
-            .read_slot(target)
-            .map_err(|why| fail(FlashStep::Load, why))?;
-        if on_disk != bytes {
+        // The slot read back: the same SHA-256 as the bytes verified, decoded and self-tested
+        // is the same bundle, so the file is hashed in pieces, not decoded a second time.
+        let on_disk = file_sha256(&path)
+            .map_err(|e| fail(FlashStep::Load, format!("{}: {e}", path.display())))?;
+        if on_disk != (summary.bytes, summary.sha256.clone()) {
             return Err(fail(
                 FlashStep::Load,
                 "the slot reads back different bytes".into(),
@@ -571,11 +691,10 @@ impl Slots {
             .map_err(|e| fail(FlashStep::Switch, e.to_string()))?;
         self.reset_boots();
         info!("flash: slot {target} is active");
-        let summary = BundleSummary::new(&loaded, &on_disk);
         let flashed = Flashed {
             slot: target,
             bundle: summary.clone(),
-            replaced: current.map(|(b, bytes)| BundleSummary::new(&b, &bytes)),
+            replaced: current,
             selftest_max_distance_err: err,
             forced,
         };
@@ -583,7 +702,7 @@ impl Slots {
             flashed,
             Loaded {
                 slot: target,
-                bundle: loaded,
+                bundle,
                 summary,
                 rolled_back: None,
             },
@@ -632,9 +751,9 @@ impl Slots {
         for slot in order {
             let checked = self
                 .read_slot(slot)
-                .and_then(|(b, bytes)| self.self_test(&b).map(|_| (b, bytes)));
+                .and_then(|(b, summary)| self.self_test(&b).map(|_| (b, summary)));
             match checked {
-                Ok((b, bytes)) => {
+                Ok((b, summary)) => {
                     let switched = Some(slot) != active;
                     let rolled_back = switched.then(|| problems.join("; "));
                     if switched {
@@ -644,7 +763,7 @@ impl Slots {
                     }
                     return Ok(Loaded {
                         slot,
-                        summary: BundleSummary::new(&b, &bytes),
+                        summary,
                         bundle: b,
                         rolled_back,
                     });

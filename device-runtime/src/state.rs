@@ -209,6 +209,23 @@ fn push_capped<T>(q: &mut VecDeque<T>, v: T, cap: usize) {
     q.push_back(v);
 }
 
+/// The running bundle's bank thumbnails: its `thumbnails` buffer (`[n, side, side, 3]` RGB),
+/// moved out of the bundle rather than copied (with a large bank they are most of its size).
+#[derive(Debug, Default)]
+pub struct Thumbnails {
+    pub side: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl Thumbnails {
+    /// Entry `i`'s thumbnail.
+    pub fn get(&self, i: usize) -> Option<image::RgbImage> {
+        let per = (self.side as usize).pow(2) * 3;
+        let px = self.pixels.get(i.checked_mul(per)?..)?.get(..per)?;
+        image::RgbImage::from_raw(self.side, self.side, px.to_vec()).filter(|_| per > 0)
+    }
+}
+
 /// Everything shared between the pipeline and the web server.
 #[derive(Debug)]
 pub struct Shared {
@@ -217,7 +234,7 @@ pub struct Shared {
     pub live: RwLock<Live>,
     pub events: broadcast::Sender<Event>,
     /// Bank thumbnails (PNG-encoded on request) and their sources.
-    pub thumbnails: RwLock<Vec<image::RgbImage>>,
+    pub thumbnails: RwLock<Thumbnails>,
     pub thumbnail_sources: RwLock<Vec<String>>,
     /// A bundle flashed over HTTP, for the inference thread to switch to.
     pub pending_bundle: Mutex<Option<crate::slots::Loaded>>,
@@ -242,7 +259,7 @@ impl Shared {
             started: SystemTime::now(),
             live: RwLock::new(Live::default()),
             events,
-            thumbnails: RwLock::new(Vec::new()),
+            thumbnails: RwLock::new(Thumbnails::default()),
             thumbnail_sources: RwLock::new(Vec::new()),
             pending_bundle: Mutex::new(None),
             closing: tokio::sync::watch::Sender::new(false),

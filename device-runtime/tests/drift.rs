@@ -159,7 +159,9 @@ struct Outcome {
 /// Replay `frames` from a `dir:` source through the pipeline with the journal as its sink.
 fn replay(dir: &Path, frames: &[RgbImage]) -> Outcome {
     let slots = Slots::new(&dir.join("slots"), vec![key().verifying_key()], 64 << 20).unwrap();
-    let (_, loaded) = slots.flash(bundle_bytes(), false).unwrap();
+    let (_, loaded) = slots
+        .flash(&firm_e2e::bundle_file(bundle_bytes()), false)
+        .unwrap();
     let folder = dir.join("frames");
     std::fs::create_dir_all(&folder).unwrap();
     for (i, f) in frames.iter().enumerate() {

@@ -641,7 +641,9 @@ fn a_blocked_camera_read_stops_the_watchdog_until_frames_flow_again() {
         64 << 20,
     )
     .unwrap();
-    let (_, loaded) = slots.flash(&bundle_bytes(), false).unwrap();
+    let (_, loaded) = slots
+        .flash(&firm_e2e::bundle_file(&bundle_bytes()), false)
+        .unwrap();
     let shared = Shared::new("line-test");
     let open = Arc::new((Mutex::new(true), Condvar::new()));
     let source = Box::new(Gate {

@@ -65,7 +65,9 @@ fn defects_are_flagged_located_and_saved_with_their_heat_map() {
         64 << 20,
     )
     .unwrap();
-    let (_, loaded) = slots.flash(&bundle_bytes(), false).unwrap();
+    let (_, loaded) = slots
+        .flash(&firm_e2e::bundle_file(&bundle_bytes()), false)
+        .unwrap();
     // Even frames good, odd frames with the square.
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let folder = dir.path().join("frames");

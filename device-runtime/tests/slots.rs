@@ -11,6 +11,7 @@ use std::path::Path;
 
 use device_runtime::slots::{FlashStep, SlotError, Slots};
 use ed25519_dalek::SigningKey;
+use firm_e2e::bundle_file;
 use firm_shared::bundle::{Bundle, Limits};
 use firm_shared::detect::synthetic::{SyntheticSpec, random_bundle};
 use firm_shared::model::{EncoderConfig, Stem};
@@ -71,12 +72,12 @@ fn active_version(s: &Slots) -> u64 {
 fn replays_lower_versions_and_other_classes_are_refused_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let s = slots(dir.path());
-    s.flash(&bundle("bottle", 1), false).unwrap();
-    s.flash(&bundle("bottle", 2), false).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 1)), false).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 2)), false).unwrap();
     assert_eq!(active_version(&s), 2);
 
     // The same version again: a replay.
-    let (step, why) = refused(s.flash(&bundle("bottle", 2), false));
+    let (step, why) = refused(s.flash(&bundle_file(&bundle("bottle", 2)), false));
     assert_eq!(step, FlashStep::Verify);
     assert!(why.contains("not newer than 2"), "{why}");
 
@@ -84,7 +85,7 @@ fn replays_lower_versions_and_other_classes_are_refused_across_restarts() {
     s.rollback().unwrap();
     assert_eq!(active_version(&s), 1);
     let s = slots(dir.path());
-    let (_, why) = refused(s.flash(&bundle("bottle", 1), false));
+    let (_, why) = refused(s.flash(&bundle_file(&bundle("bottle", 1)), false));
     assert!(
         why.contains("anti-downgrade") && why.contains("not newer than 2"),
         "{why}"
@@ -94,7 +95,7 @@ fn replays_lower_versions_and_other_classes_are_refused_across_restarts() {
     assert_eq!(hw.versions.get("bottle"), Some(&2));
 
     // A bundle for another product, even with a higher version.
-    let (step, why) = refused(s.flash(&bundle("capsule", 9), false));
+    let (step, why) = refused(s.flash(&bundle_file(&bundle("capsule", 9)), false));
     assert_eq!(step, FlashStep::Verify);
     assert!(
         why.contains("product class `capsule`") && why.contains("`bottle`"),
@@ -109,18 +110,18 @@ fn replays_lower_versions_and_other_classes_are_refused_across_restarts() {
         bytes[mid] ^= 1;
         std::fs::write(&p, bytes).unwrap();
     }
-    let (_, why) = refused(s.flash(&bundle("bottle", 2), false));
+    let (_, why) = refused(s.flash(&bundle_file(&bundle("bottle", 2)), false));
     assert!(why.contains("not newer than 2"), "{why}");
 
     // --force is the explicit way past both checks; the floor keeps its maximum per class.
-    s.flash(&bundle("bottle", 1), true).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 1)), true).unwrap();
     assert_eq!(s.high_water().unwrap().versions.get("bottle"), Some(&2));
-    s.flash(&bundle("capsule", 4), true).unwrap();
+    s.flash(&bundle_file(&bundle("capsule", 4)), true).unwrap();
     let hw = s.high_water().unwrap();
     assert_eq!(hw.class.as_deref(), Some("capsule"));
     assert_eq!(hw.versions.get("capsule"), Some(&4));
     assert_eq!(hw.versions.get("bottle"), Some(&2));
-    s.flash(&bundle("capsule", 5), false).unwrap();
+    s.flash(&bundle_file(&bundle("capsule", 5)), false).unwrap();
     assert_eq!(active_version(&s), 5);
 }
 
@@ -128,8 +129,8 @@ fn replays_lower_versions_and_other_classes_are_refused_across_restarts() {
 fn a_refused_bundle_leaves_the_fallback_slot_intact() {
     let dir = tempfile::tempdir().unwrap();
     let s = slots(dir.path());
-    s.flash(&bundle("bottle", 1), false).unwrap();
-    s.flash(&bundle("bottle", 2), false).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 1)), false).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 2)), false).unwrap();
     // Slot a holds version 1: the fallback the next flash would overwrite.
     let fallback = std::fs::read(dir.path().join("a/bundle.firm")).unwrap();
 
@@ -139,7 +140,7 @@ fn a_refused_bundle_leaves_the_fallback_slot_intact() {
             *v = -*v;
         }
     });
-    let (step, _) = refused(s.flash(&bad_selftest, false));
+    let (step, _) = refused(s.flash(&bundle_file(&bad_selftest), false));
     assert_eq!(step, FlashStep::SelfTest);
     assert_eq!(
         std::fs::read(dir.path().join("a/bundle.firm")).unwrap(),
@@ -150,7 +151,7 @@ fn a_refused_bundle_leaves_the_fallback_slot_intact() {
     // A config that reads an operating point the bundle lacks: installing it would switch
     // to a bundle the device cannot start.
     let strict = slots(dir.path()).with_operating_point(Some("frr-0.1%".into()));
-    let (step, why) = refused(strict.flash(&bundle("bottle", 3), false));
+    let (step, why) = refused(strict.flash(&bundle_file(&bundle("bottle", 3)), false));
     assert_eq!(step, FlashStep::Verify);
     assert!(
         why.contains("no operating point `frr-0.1%`") && why.contains("calibrated"),
@@ -162,7 +163,7 @@ fn a_refused_bundle_leaves_the_fallback_slot_intact() {
     );
     assert_eq!(active_version(&s), 2);
     // Neither refusal raised the floor: version 3 done right still installs.
-    s.flash(&bundle("bottle", 3), false).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 3)), false).unwrap();
     assert_eq!(active_version(&s), 3);
 }
 
@@ -170,20 +171,20 @@ fn a_refused_bundle_leaves_the_fallback_slot_intact() {
 fn a_device_without_the_high_water_file_takes_its_floor_from_its_slots() {
     let dir = tempfile::tempdir().unwrap();
     let s = slots(dir.path());
-    s.flash(&bundle("bottle", 3), false).unwrap();
-    s.flash(&bundle("bottle", 7), false).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 3)), false).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 7)), false).unwrap();
     s.rollback().unwrap();
     // As installed by an older runtime: no record.
     std::fs::remove_file(dir.path().join("high-water.json")).unwrap();
     let hw = s.high_water().unwrap();
     assert_eq!(hw.class.as_deref(), Some("bottle"));
     assert_eq!(hw.versions.get("bottle"), Some(&7));
-    let (_, why) = refused(s.flash(&bundle("bottle", 5), false));
+    let (_, why) = refused(s.flash(&bundle_file(&bundle("bottle", 5)), false));
     assert!(why.contains("not newer than 7"), "{why}");
     // A damaged record refuses (it would otherwise be a way around the floor) until --force.
     std::fs::write(dir.path().join("high-water.json"), "{").unwrap();
-    let (_, why) = refused(s.flash(&bundle("bottle", 8), false));
+    let (_, why) = refused(s.flash(&bundle_file(&bundle("bottle", 8)), false));
     assert!(why.contains("damaged"), "{why}");
-    s.flash(&bundle("bottle", 8), true).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 8)), true).unwrap();
     assert_eq!(s.high_water().unwrap().versions.get("bottle"), Some(&8));
 }

@@ -39,6 +39,14 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
     path
 }
 
+/// `bytes` in a temporary file, removed when the returned path is dropped: `Slots::flash` takes
+/// a bundle file.
+pub fn bundle_file(bytes: &[u8]) -> tempfile::TempPath {
+    let mut f = tempfile::NamedTempFile::new().expect("a temporary file");
+    std::io::Write::write_all(&mut f, bytes).expect("writing the bundle file");
+    f.into_temp_path()
+}
+
 /// The stdout of a command that must have succeeded; on failure, panics with its status, stdout
 /// and stderr.
 pub fn ok(out: Output) -> String {

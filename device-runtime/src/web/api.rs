@@ -164,7 +164,6 @@ pub async fn thumbnail(
         .read()
         .expect("state lock")
         .get(index)
-        .cloned()
         .ok_or_else(|| AppError::new(StatusCode::NOT_FOUND, "no such bank entry"))?;
     let mut png = std::io::Cursor::new(Vec::new());
     image::DynamicImage::ImageRgb8(img)
@@ -275,12 +274,8 @@ pub async fn upload_bundle(
         .then(|| st.shared.overlay.config.get().map(|c| c.dir.clone()))
         .flatten();
     let result = tokio::task::spawn_blocking(move || {
-        let bytes = std::fs::read(&p).map_err(|e| SlotError::Io {
-            path: p.clone(),
-            source: e,
-        })?;
         let from = slots.active_sha256();
-        let (flashed, loaded) = slots.flash(&bytes, false)?;
+        let (flashed, loaded) = slots.flash(&p, false)?;
         if let (Some(dir), Some(from)) = (&carry_dir, from)
             && let Err(e) = crate::overlay::Carry::request(dir, &from, &loaded.summary.sha256)
         {
