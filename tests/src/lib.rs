@@ -2,6 +2,7 @@
 //! The helpers here locate the workspace's binaries, building them when a test runs before they
 //! exist (for example `cargo test -p firm-e2e` alone).
 
+pub mod flash_memory;
 pub mod load;
 pub mod soak;
 
