@@ -196,14 +196,16 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener).context("listener")?;
         let addr = listener.local_addr()?;
-        info!(
-            "status page on http://{addr} (reads {})",
-            if cfg.web.reads_public() {
-                "public"
-            } else {
-                "need the token: web.public-reads is off or left out on a non-loopback address"
-            }
-        );
+        // The address ends its line: scripts and tests read it from there.
+        info!("status page on http://{addr}");
+        if cfg.web.reads_public() {
+            info!("reads (page, API, frames, metrics) are public");
+        } else {
+            info!(
+                "reads need the token (web.public-reads is off, or left out on a non-loopback \
+                 address)"
+            );
+        }
         let ready = format!("scoring frames; status page on http://{addr}");
         if let Err(e) = Systemd.notify(&[NotifyState::Ready, NotifyState::Status(&ready)]) {
             warn!("cannot notify the service manager: {e}");

@@ -8,8 +8,11 @@
 //!   oldest one with no request in flight (idle, or still trickling its request head), so a fresh
 //!   client such as a /healthz probe still gets in under a flood of idle connections. When every
 //!   connection has a request or an event stream in flight, the new one gets a 503 written
-//!   without waiting and is closed at once: nothing beyond the cap is held (closing ones
-//!   included, the server holds at most `max-connections` + [`CLOSING`] sockets);
+//!   without waiting and is closed: nothing beyond the cap is served (closing ones included, the
+//!   server holds at most `max-connections` + [`CLOSING`] + [`LINGER`] sockets). Up to [`LINGER`]
+//!   refused connections are closed gracefully (FIN, then their request read and discarded for
+//!   at most [`LINGER_FOR`]): closing a socket with unread bytes sends a reset, which can destroy
+//!   the 503 before the client reads it; beyond that they are dropped at once;
 //! - a connection that sends no complete request head for `web.idle-timeout-ms` (idle between
 //!   requests, or a header trickled in byte by byte) is closed by hyper's header-read timeout;
 //! - accept errors (EMFILE included) back off instead of spinning;
@@ -51,6 +54,10 @@ const FDS_FOR_PIPELINE: u64 = 128;
 /// beyond this, so the server never holds more than `max-connections + CLOSING` sockets (plus the
 /// one being refused).
 const CLOSING: usize = 8;
+/// Refused connections closed gracefully at once, at most (see the module docs).
+const LINGER: usize = 16;
+/// How long a refused connection's request is read and discarded before it is closed.
+const LINGER_FOR: Duration = Duration::from_millis(250);
 /// Refusals and evictions are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -63,6 +70,25 @@ fn busy_reply() -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// Close a refused connection so that its client can read the 503: end the reply (FIN), then
+/// read and discard what the client still sends (its request) until it closes, 64 KiB or
+/// [`LINGER_FOR`].
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = stream.shutdown().await;
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER_FOR, async {
+        let mut total = 0;
+        while total < 64 * 1024 {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await;
 }
 
 /// One open connection, as the accept loop sees it.
@@ -186,6 +212,7 @@ pub async fn serve(
     let mut next_id = 0u64;
     let (mut refused, mut evicted, mut accept_errors) = (0u64, 0u64, 0u64);
     let mut last_log = Instant::now();
+    let lingering = Arc::new(AtomicUsize::new(0));
     'accept: loop {
         while tasks.try_join_next().is_some() {}
         while table.len() >= cap + CLOSING {
@@ -229,6 +256,14 @@ pub async fn serve(
             Admit::Busy => {
                 refused += 1;
                 let _ = stream.try_write(&busy_reply());
+                if lingering.load(Ordering::Relaxed) < LINGER {
+                    lingering.fetch_add(1, Ordering::Relaxed);
+                    let l = lingering.clone();
+                    tokio::spawn(async move {
+                        linger(stream).await;
+                        l.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
                 continue;
             }
         };
