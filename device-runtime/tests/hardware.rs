@@ -120,6 +120,7 @@ fn the_unit_says_what_the_runtime_needs() {
         ("StateDirectory", "firm-inspect"),
         ("ReadWritePaths", "/var/lib/firm-inspect"),
         ("UMask", "0027"),
+        ("Environment", "MIMALLOC_PURGE_DELAY=0"),
         (
             "ExecStart",
             "/usr/local/bin/device-runtime run --config /etc/firm-inspect/device.toml",
