@@ -335,12 +335,7 @@ impl Station {
     /// `POST /api/bundle` to `device-runtime run`, each big bundle in turn: the peak of each
     /// over the resident memory before it (the first: the settled idle).
     fn http(&self) -> Vec<Peak> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: SocketAddr = crate::free_loopback_addr();
         let cfg = self.device("http", &format!("listen = \"{addr}\"\n"));
         let log = cfg.with_file_name("device.log");
         let child = Command::new(&self.device_bin)

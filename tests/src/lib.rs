@@ -50,6 +50,14 @@ pub fn bundle_file(bytes: &[u8]) -> tempfile::TempPath {
 
 /// The stdout of a command that must have succeeded; on failure, panics with its status, stdout
 /// and stderr.
+/// A loopback address with a port that was free a moment ago, for a device to listen on.
+pub fn free_loopback_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 pub fn ok(out: Output) -> String {
     assert!(
         out.status.success(),

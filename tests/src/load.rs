@@ -488,12 +488,7 @@ impl Bench {
             "flash: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let addr: SocketAddr = crate::free_loopback_addr();
         let log = root.join("device.log");
         let child = Command::new("sh")
             .current_dir(root)
