@@ -471,7 +471,10 @@ mod tests {
         assert!(public(""), "the default listen address is 127.0.0.1");
         assert!(public("listen = '127.0.0.1:9000'\n"));
         assert!(public("listen = '[::1]:9000'\n"));
-        assert!(!public("listen = '0.0.0.0:8080'\n"), "the LAN needs the token");
+        assert!(
+            !public("listen = '0.0.0.0:8080'\n"),
+            "the LAN needs the token"
+        );
         assert!(!public("listen = '192.168.1.20:8080'\n"));
         assert!(!public("listen = '[::]:8080'\n"));
         assert!(public("listen = '0.0.0.0:8080'\npublic-reads = true\n"));

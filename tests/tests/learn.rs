@@ -61,14 +61,22 @@ fn demo_learns(m: &Measured) {
     let trained = json["image_auroc"].as_f64().unwrap();
     let init = json["init_auroc"].as_f64().unwrap();
     let mean = m.trained.iter().sum::<f64>() / 3.0;
-    let spread = m.trained.iter().map(|t| (t - mean).abs()).fold(0.0, f64::max);
+    let spread = m
+        .trained
+        .iter()
+        .map(|t| (t - mean).abs())
+        .fold(0.0, f64::max);
     let floor = mean - spread - 0.01;
     println!(
         "demo {}: random init {init:.4}, trained {trained:.4}; floor {floor:.4} = mean of seeds \
          {:?} - their spread {spread:.4} - 0.01 (their inits {:?}); per type {}",
         m.class, m.trained, m.init, json["per_type"]
     );
-    assert_eq!(json["n_test"], m.n_test, "{}: the demo's test images", m.class);
+    assert_eq!(
+        json["n_test"], m.n_test,
+        "{}: the demo's test images",
+        m.class
+    );
     assert!(
         trained >= floor,
         "{}: image AUROC {trained:.4} is below the demo's gate {floor:.4}",
@@ -77,7 +85,11 @@ fn demo_learns(m: &Measured) {
     // No defect type may look more normal than the good parts.
     for (ty, auroc) in json["per_type"].as_object().unwrap() {
         let auroc = auroc.as_f64().unwrap();
-        assert!(auroc >= 0.5, "{}: {ty} scores {auroc:.4}, below chance", m.class);
+        assert!(
+            auroc >= 0.5,
+            "{}: {ty} scores {auroc:.4}, below chance",
+            m.class
+        );
     }
     if let Some(gain) = m.gain {
         assert!(
