@@ -220,9 +220,7 @@ pub struct Thumbnails {
 impl Thumbnails {
     /// Entry `i`'s thumbnail.
     pub fn get(&self, i: usize) -> Option<image::RgbImage> {
-        let per = (self.side as usize).pow(2) * 3;
-        let px = self.pixels.get(i.checked_mul(per)?..)?.get(..per)?;
-        image::RgbImage::from_raw(self.side, self.side, px.to_vec()).filter(|_| per > 0)
+        firm_shared::bundle::bank::thumbnail_at(&self.pixels, self.side, i)
     }
 }
 

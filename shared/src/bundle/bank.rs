@@ -151,10 +151,7 @@ impl BankData {
 
     /// Thumbnail of entry `i`.
     pub fn thumbnail(&self, i: usize) -> Option<RgbImage> {
-        let t = self.thumbnail_size as usize;
-        let per = t * t * 3;
-        let px = self.thumbnails.get(i * per..(i + 1) * per)?;
-        RgbImage::from_raw(self.thumbnail_size, self.thumbnail_size, px.to_vec())
+        thumbnail_at(&self.thumbnails, self.thumbnail_size, i)
     }
 
     fn tensor_name(angle: u8) -> String {
@@ -282,6 +279,18 @@ fn reconstruct(mean: &[f32], residual: &[f16], dim: usize) -> Vec<f32> {
         .chunks(dim)
         .flat_map(crate::score::l2_normalize)
         .collect()
+}
+
+/// Entry `i`'s thumbnail in a bank's `thumbnails` buffer (`[n, side, side, 3]` RGB, the layout
+/// of [`Bank::thumbnails`]), also for a device that keeps the buffer without its bank; `None`
+/// past the end or without thumbnails (side 0).
+pub fn thumbnail_at(pixels: &[u8], side: u32, i: usize) -> Option<RgbImage> {
+    let per = (side as usize).pow(2) * 3;
+    if per == 0 {
+        return None;
+    }
+    let px = pixels.get(i.checked_mul(per)?..)?.get(..per)?;
+    RgbImage::from_raw(side, side, px.to_vec())
 }
 
 #[cfg(test)]
