@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use firm_shared::model::{ResNet18, Stem, params};
+use firm_shared::model::{ResNet18, Stem, params, profile};
 use host_trainer::optim::Sgd;
 
 struct Opts {
@@ -30,6 +30,8 @@ struct Opts {
     train_res: Vec<usize>,
     train_batch: usize,
     iters: usize,
+    /// Also print where a training step's time goes, op by op.
+    ops: bool,
 }
 
 fn parse() -> Opts {
@@ -40,6 +42,7 @@ fn parse() -> Opts {
         train_res: vec![64, 128],
         train_batch: 32,
         iters: 10,
+        ops: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -65,6 +68,7 @@ fn parse() -> Opts {
             "--train-res" => o.train_res = list(&args, &mut i),
             "--train-batch" => o.train_batch = list(&args, &mut i)[0],
             "--iters" => o.iters = list(&args, &mut i)[0],
+            "--ops" => o.ops = true,
             _ => {} // cargo passes --bench
         }
         i += 1;
@@ -140,8 +144,15 @@ fn main() {
     let mut opt = Sgd::new(params::trainable_vars(&vm), 0.01, 0.9, 3e-4);
     for &r in &o.train_res {
         let x = Tensor::randn(0f32, 1.0, (o.train_batch, 3, r, r), &dev).unwrap();
+        // Each phase timed on its own (wall clock): forward + loss, backward, optimizer.
+        let mut phases: [Vec<f64>; 3] = Default::default();
+        let mut warm = false;
         let (med, _) = median_ms(
             || {
+                // The op table counts the timed steps only (after the warm-up step).
+                profile::enable(o.ops && warm);
+                warm = true;
+                let t0 = Instant::now();
                 let loss = enc
                     .forward_t(&x, true)
                     .unwrap()
@@ -149,7 +160,15 @@ fn main() {
                     .unwrap()
                     .mean_all()
                     .unwrap();
-                opt.step(&loss.backward().unwrap()).unwrap();
+                let t1 = Instant::now();
+                let grads = loss.backward().unwrap();
+                let t2 = Instant::now();
+                opt.step(&grads).unwrap();
+                drop(grads);
+                let t3 = Instant::now();
+                for (p, (a, b)) in phases.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
+                    p.push((b - a).as_secs_f64() * 1e3);
+                }
             },
             1,
             (o.iters / 3).max(3),
@@ -164,6 +183,63 @@ fn main() {
             med,
             med / b as f64,
             b as f64 * 1e3 / med
+        );
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let [f, bw, s] = &mut phases;
+        println!(
+            "  phases (median ms): forward + loss {:.1}, backward {:.1}, sgd {:.1}",
+            median(f),
+            median(bw),
+            median(s)
+        );
+        profile::enable(false);
+        if o.ops {
+            print_ops(&phases, (o.iters / 3).max(3));
+        }
+    }
+}
+
+/// Per step: each custom op's time, and what is left of each phase (candle's element-wise ops,
+/// autograd's bookkeeping and gradient sums, allocation). `phases` are the timed steps' forward,
+/// backward and optimizer times.
+fn print_ops(phases: &[Vec<f64>; 3], steps: usize) {
+    let rows = profile::take();
+    let per_step = |d: std::time::Duration| d.as_secs_f64() * 1e3 / steps as f64;
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let total: f64 = phases.iter().map(mean).sum();
+    let (mut fwd_ops, mut bwd_ops) = (0.0, 0.0);
+    println!(
+        "  {:<34} {:>10} {:>8} {:>7}",
+        "where a step goes (mean)", "ms/step", "calls", "share"
+    );
+    for (name, d, calls) in &rows {
+        let ms = per_step(*d);
+        if name.ends_with("bwd") {
+            bwd_ops += ms;
+        } else {
+            fwd_ops += ms;
+        }
+        let calls = *calls as f64 / steps as f64;
+        println!(
+            "  {name:<34} {ms:>10.1} {calls:>8.0} {:>6.1}%",
+            100.0 * ms / total
+        );
+    }
+    for (name, ms) in [
+        ("rest of forward (candle ops)", mean(&phases[0]) - fwd_ops),
+        (
+            "rest of backward (candle, autograd)",
+            mean(&phases[1]) - bwd_ops,
+        ),
+        ("sgd", mean(&phases[2])),
+    ] {
+        println!(
+            "  {name:<34} {ms:>10.1} {:>8} {:>6.1}%",
+            "",
+            100.0 * ms / total
         );
     }
 }

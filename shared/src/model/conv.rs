@@ -875,6 +875,7 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span("conv fwd");
         let g = Geom::from_layouts(l1, l2, self.stride, self.padding)?;
         let x = f32_slice(s1, l1, "conv", "input")?;
         let w = f32_slice(s2, l2, "conv", "weight")?;
@@ -928,6 +929,7 @@ impl CustomOp3 for Conv2dBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span("conv bwd");
         let g = Geom::from_layouts(l1, l2, self.stride, self.padding)?;
         if l3.dims() != [g.b, g.cout, g.ho, g.wo] {
             bail!("conv backward: gradient shape {:?}", l3.dims());
@@ -1121,6 +1123,7 @@ impl CustomOp2 for DepthwiseOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span("depthwise fwd");
         let g = Geom::from_layouts(l1, l2, self.stride, self.padding)?;
         let x = f32_slice(s1, l1, "conv", "input")?;
         let w = f32_slice(s2, l2, "conv", "weight")?;
@@ -1173,6 +1176,7 @@ impl CustomOp3 for DepthwiseBackward {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span("depthwise bwd");
         let g = Geom::from_layouts(l1, l2, self.stride, self.padding)?;
         if l3.dims() != [g.b, g.cout, g.ho, g.wo] {
             bail!("depthwise backward: gradient shape {:?}", l3.dims());

@@ -9,6 +9,8 @@ pub mod head;
 pub mod norm;
 pub mod params;
 pub mod pool;
+pub mod profile;
+pub mod residual;
 pub mod resnet;
 
 use candle_core::{Device, Result, Tensor};

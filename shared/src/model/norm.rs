@@ -17,11 +17,9 @@
 //!
 //! Backward, per channel with `n` values, `xh = (x - mean) * inv_std`, `a = gamma * inv_std`:
 //! `dbeta = sum dy`, `dgamma = sum dy * xh`, `dx = a * (dy - dbeta / n - xh * dgamma / n)`.
-//! Statistics are accumulated in f64.
+//! Statistics are accumulated in f64 (the backward pass: f32 over runs of 512 values, then f64).
 
-use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, Var, bail,
-};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, Var, bail};
 use candle_nn::{BatchNormConfig, Init, VarBuilder};
 use rayon::prelude::*;
 
@@ -247,6 +245,7 @@ impl candle_core::CustomOp1 for Stats {
     }
 
     fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span("bn stats");
         let x = f32_slice(st, l, "batch-norm", "input")?;
         let n = (x.len() / self.c) as f64;
         let sums = per_channel(x, self.c, self.s, |_, _, p| {
@@ -287,6 +286,7 @@ impl CustomOp3 for NormOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span("bn fwd");
         let x = f32_slice(s1, l1, "batch-norm", "input")?;
         let g = f32_slice(s2, l2, "batch-norm", "weight")?;
         let be = f32_slice(s3, l3, "batch-norm", "bias")?;
@@ -337,15 +337,11 @@ impl CustomOp3 for NormOp {
             inv_std: self.inv_std.clone(),
             gamma: g.to_vec1::<f32>()?,
             need_dx,
+            relu: self.relu,
         };
-        // Through the ReLU: the gradient passes where the output is positive (PyTorch's rule).
-        let dy = if self.relu {
-            let mask = res.gt(0f32)?.to_dtype(DType::F32)?;
-            (dy * mask)?
-        } else {
-            dy.contiguous()?
-        };
-        let packed = x.apply_op2_no_bwd(&dy, &op)?;
+        // Through the ReLU (when fused): the gradient passes where the output is positive
+        // (PyTorch's rule); the backward op applies the mask as it reads `dy`.
+        let packed = x.apply_op3_no_bwd(&dy.contiguous()?, res, &op)?;
         let nx = if need_dx { x.elem_count() } else { 0 };
         let dx = need_dx
             .then(|| packed.narrow(0, 0, nx)?.reshape(x.shape()))
@@ -358,7 +354,8 @@ impl CustomOp3 for NormOp {
     }
 }
 
-/// Backward of [`NormOp`]: arguments `(x, dy)`, result `[dx (if asked) | dgamma | dbeta]`.
+/// Backward of [`NormOp`]: arguments `(x, dy, y)` (`y` the op's output, read for the ReLU's
+/// mask when `relu`), result `[dx (if asked) | dgamma | dbeta]`.
 struct NormBackward {
     c: usize,
     s: usize,
@@ -366,9 +363,10 @@ struct NormBackward {
     inv_std: Vec<f32>,
     gamma: Vec<f32>,
     need_dx: bool,
+    relu: bool,
 }
 
-impl CustomOp2 for NormBackward {
+impl CustomOp3 for NormBackward {
     fn name(&self) -> &'static str {
         "batch-norm-train-backward"
     }
@@ -379,26 +377,53 @@ impl CustomOp2 for NormBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span("bn bwd");
         let x = f32_slice(s1, l1, "batch-norm", "input")?;
         let dy = f32_slice(s2, l2, "batch-norm", "gradient")?;
-        if x.len() != dy.len() {
+        let y = f32_slice(s3, l3, "batch-norm", "output")?;
+        if x.len() != dy.len() || x.len() != y.len() {
             bail!(
-                "batch-norm backward: gradient has {} values, input {}",
+                "batch-norm backward: gradient has {} values, output {}, input {}",
                 dy.len(),
+                y.len(),
                 x.len()
             )
         }
         let (c, s) = (self.c, self.s);
         let n = (x.len() / c) as f64;
-        let dbeta = per_channel(dy, c, s, |_, _, p| p.iter().map(|&v| v as f64).sum());
-        let dgamma = per_channel(dy, c, s, |ch, off, p| {
-            let (m, is) = (self.mean[ch], self.inv_std[ch]);
-            p.iter()
-                .zip(&x[off..off + s])
-                .map(|(&d, &v)| d as f64 * ((v - m) * is) as f64)
-                .sum()
-        });
+        let relu = self.relu;
+        // The gradient arriving at the normalisation: through the fused ReLU's mask if any.
+        let grad = |d: f32, out: f32| if relu && out <= 0.0 { 0.0 } else { d };
+        // dbeta = sum dy, dgamma = sum dy * xh, in one pass per channel.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (m, is) = (self.mean[ch], self.inv_std[ch]);
+                let b = x.len() / (c * s);
+                let (mut db, mut dg) = (0f64, 0f64);
+                for bi in 0..b {
+                    let off = (bi * c + ch) * s;
+                    // f32 over runs of at most 512 values (vectorised), f64 across runs.
+                    for k in (off..off + s).step_by(512) {
+                        let e = (k + 512).min(off + s);
+                        let (mut pb, mut pg) = (0f32, 0f32);
+                        for ((&d, &o), &v) in dy[k..e].iter().zip(&y[k..e]).zip(&x[k..e]) {
+                            let d = grad(d, o);
+                            pb += d;
+                            pg += d * ((v - m) * is);
+                        }
+                        db += pb as f64;
+                        dg += pg as f64;
+                    }
+                }
+                (db, dg)
+            })
+            .collect();
+        let dbeta: Vec<f64> = sums.iter().map(|p| p.0).collect();
+        let dgamma: Vec<f64> = sums.iter().map(|p| p.1).collect();
         let nx = if self.need_dx { x.len() } else { 0 };
         let mut out = vec![0f32; nx + 2 * c];
         let (dx, rest) = out.split_at_mut(nx);
@@ -406,15 +431,15 @@ impl CustomOp2 for NormBackward {
             let mb: Vec<f32> = dbeta.iter().map(|v| (v / n) as f32).collect();
             let mg: Vec<f32> = dgamma.iter().map(|v| (v / n) as f32).collect();
             dx.par_chunks_mut(s)
-                .zip(x.par_chunks(s).zip(dy.par_chunks(s)))
+                .zip(x.par_chunks(s).zip(dy.par_chunks(s).zip(y.par_chunks(s))))
                 .enumerate()
-                .for_each(|(plane, (o, (xi, di)))| {
+                .for_each(|(plane, (o, (xi, (di, yi))))| {
                     let ch = plane % c;
                     let (m, is) = (self.mean[ch], self.inv_std[ch]);
                     let a = self.gamma[ch] * is;
-                    for ((o, &v), &d) in o.iter_mut().zip(xi).zip(di) {
+                    for (((o, &v), &d), &out) in o.iter_mut().zip(xi).zip(di).zip(yi) {
                         let xh = (v - m) * is;
-                        *o = a * (d - mb[ch] - xh * mg[ch]);
+                        *o = a * (grad(d, out) - mb[ch] - xh * mg[ch]);
                     }
                 });
         }

@@ -8,7 +8,7 @@
 //! maximum in row-major window order, as PyTorch's CPU kernel). Padding never wins: the pool
 //! follows a ReLU, and a padded position counts as minus infinity here anyway.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 use super::conv::f32_slice;
@@ -27,26 +27,66 @@ fn out_side(n: usize) -> usize {
     (n - 1) / 2 + 1
 }
 
-/// Index (in the plane) of the first maximum of the window of output `(oh, ow)`.
-#[inline]
-fn argmax(plane: &[f32], h: usize, w: usize, oh: usize, ow: usize) -> usize {
-    let (r0, c0) = ((2 * oh).saturating_sub(1), (2 * ow).saturating_sub(1));
-    let (r1, c1) = ((2 * oh + 1).min(h - 1), (2 * ow + 1).min(w - 1));
-    let mut best = r0 * w + c0;
-    let mut bv = f32::NEG_INFINITY;
-    for r in r0..=r1 {
-        for c in c0..=c1 {
-            let v = plane[r * w + c];
-            if v > bv || v.is_nan() {
-                bv = v;
-                best = r * w + c;
-                if v.is_nan() {
-                    return best;
-                }
+/// The larger of two values, NaN if either is (a NaN anywhere in a window makes its maximum NaN,
+/// as PyTorch's kernel).
+#[inline(always)]
+fn nan_max(a: f32, b: f32) -> f32 {
+    if a.is_nan() || a > b { a } else { b }
+}
+
+/// Pool one `h x w` plane into `out` (`ho x wo`), separably: each row's stride-2 maxima of three
+/// columns into `hm` (`h x wo`, reused between planes), then the maxima of three rows of `hm`
+/// (contiguous rows, which vectorise).
+fn pool_plane(plane: &[f32], h: usize, w: usize, hm: &mut Vec<f32>, out: &mut [f32]) {
+    let (ho, wo) = (out_side(h), out_side(w));
+    hm.resize(h * wo, 0.0);
+    for (src, dst) in plane.chunks_exact(w).zip(hm.chunks_exact_mut(wo)) {
+        // Column window of output ow: 2ow-1 ..= 2ow+1, clipped.
+        dst[0] = if w > 1 {
+            nan_max(src[0], src[1])
+        } else {
+            src[0]
+        };
+        for (ow, d) in dst.iter_mut().enumerate().skip(1) {
+            let c = 2 * ow;
+            let m = nan_max(src[c - 1], src[c]);
+            *d = if c + 1 < w { nan_max(m, src[c + 1]) } else { m };
+        }
+    }
+    for (oh, o) in out.chunks_exact_mut(wo).enumerate() {
+        let r0 = (2 * oh).saturating_sub(1);
+        let r1 = (2 * oh + 1).min(h - 1);
+        o.copy_from_slice(&hm[r0 * wo..r0 * wo + wo]);
+        for r in r0 + 1..=r1 {
+            for (v, &m) in o.iter_mut().zip(&hm[r * wo..r * wo + wo]) {
+                *v = nan_max(*v, m);
             }
         }
     }
-    best
+    debug_assert_eq!(out.len(), ho * wo);
+}
+
+/// Index (in the plane) of the first element of the window rows `r0..=r1`, columns `c0..=c1`
+/// (row-major order) that equals `v`, the window's maximum (or is NaN when `v` is): where
+/// PyTorch's CPU kernel routes the gradient.
+#[inline]
+fn first_equal(
+    plane: &[f32],
+    w: usize,
+    (r0, r1): (usize, usize),
+    (c0, c1): (usize, usize),
+    v: f32,
+) -> usize {
+    let nan = v.is_nan();
+    for r in r0..=r1 {
+        for c in c0..=c1 {
+            let x = plane[r * w + c];
+            if x == v || (nan && x.is_nan()) {
+                return r * w + c;
+            }
+        }
+    }
+    r0 * w + c0 // unreachable for a window's own maximum
 }
 
 struct MaxPool;
@@ -57,6 +97,7 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span("pool fwd");
         let x = f32_slice(s, l, "max-pool", "input")?;
         let &[b, c, h, w] = l.dims() else {
             bail!("max-pool: input must be NCHW, got {:?}", l.dims())
@@ -65,30 +106,26 @@ impl CustomOp1 for MaxPool {
         let mut y = vec![0f32; b * c * ho * wo];
         y.par_chunks_mut(ho * wo)
             .zip(x.par_chunks(h * w))
-            .for_each(|(yo, plane)| {
-                for oh in 0..ho {
-                    for ow in 0..wo {
-                        yo[oh * wo + ow] = plane[argmax(plane, h, w, oh, ow)];
-                    }
-                }
-            });
+            .for_each_init(Vec::new, |hm, (yo, plane)| pool_plane(plane, h, w, hm, yo));
         Ok((CpuStorage::F32(y), Shape::from((b, c, ho, wo))))
     }
 
-    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+    fn bwd(&self, x: &Tensor, res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         if !x.track_op() {
             return Ok(None);
         }
-        Ok(Some(
-            x.apply_op2_no_bwd(&dy.contiguous()?, &MaxPoolBackward)?,
-        ))
+        Ok(Some(x.apply_op3_no_bwd(
+            res,
+            &dy.contiguous()?,
+            &MaxPoolBackward,
+        )?))
     }
 }
 
-/// Arguments `(x, dy)`, result `dx` (shape of `x`).
+/// Arguments `(x, y, dy)` (`y` the pooled output), result `dx` (shape of `x`).
 struct MaxPoolBackward;
 
-impl CustomOp2 for MaxPoolBackward {
+impl CustomOp3 for MaxPoolBackward {
     fn name(&self) -> &'static str {
         "max-pool-3x3-s2-backward"
     }
@@ -99,23 +136,36 @@ impl CustomOp2 for MaxPoolBackward {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let _span = super::profile::span("pool bwd");
         let x = f32_slice(s1, l1, "max-pool", "input")?;
-        let dy = f32_slice(s2, l2, "max-pool", "gradient")?;
+        let y = f32_slice(s2, l2, "max-pool", "output")?;
+        let dy = f32_slice(s3, l3, "max-pool", "gradient")?;
         let &[b, c, h, w] = l1.dims() else {
             bail!("max-pool backward: input must be NCHW, got {:?}", l1.dims())
         };
         let (ho, wo) = (out_side(h), out_side(w));
-        if l2.dims() != [b, c, ho, wo] {
-            bail!("max-pool backward: gradient shape {:?}", l2.dims())
+        if l2.dims() != [b, c, ho, wo] || l3.dims() != [b, c, ho, wo] {
+            bail!(
+                "max-pool backward: output {:?} and gradient {:?} for input {:?}",
+                l2.dims(),
+                l3.dims(),
+                l1.dims()
+            )
         }
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(h * w)
-            .zip(x.par_chunks(h * w).zip(dy.par_chunks(ho * wo)))
-            .for_each(|(d, (plane, g))| {
+            .zip(x.par_chunks(h * w).zip(y.par_chunks(ho * wo)))
+            .zip(dy.par_chunks(ho * wo))
+            .for_each(|((d, (plane, yp)), g)| {
                 for oh in 0..ho {
+                    let (r0, r1) = ((2 * oh).saturating_sub(1), (2 * oh + 1).min(h - 1));
                     for ow in 0..wo {
-                        d[argmax(plane, h, w, oh, ow)] += g[oh * wo + ow];
+                        let (c0, c1) = ((2 * ow).saturating_sub(1), (2 * ow + 1).min(w - 1));
+                        let i = first_equal(plane, w, (r0, r1), (c0, c1), yp[oh * wo + ow]);
+                        d[i] += g[oh * wo + ow];
                     }
                 }
             });
@@ -176,6 +226,86 @@ mod tests {
             let d2 = g2.get(xp.as_tensor()).unwrap().flatten_all().unwrap();
             let diff = (d1 - d2).unwrap().abs().unwrap().max(0).unwrap();
             assert!(diff.to_scalar::<f32>().unwrap() < 1e-6, "{h}x{w}");
+        }
+    }
+
+    /// Ties and NaN, against a direct per-window reference: on ReLU output (many zeros, so many
+    /// tied windows) each window's gradient goes to its first maximum in row-major order, as
+    /// PyTorch's CPU kernel; a NaN anywhere in a window makes its output NaN and takes the
+    /// gradient.
+    #[test]
+    fn ties_go_to_the_first_maximum_and_nan_propagates() {
+        for (h, w) in [(9usize, 8usize), (2, 2), (5, 1)] {
+            let mut xv: Vec<f32> = Tensor::randn(0f32, 1.0, (2, 2, h, w), &Device::Cpu)
+                .unwrap()
+                .relu()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            // Quantise so that equal positive values occur too, and put a NaN in plane 1.
+            for v in xv.iter_mut() {
+                *v = (*v * 2.0).round() / 2.0;
+            }
+            xv[h * w + (h / 2) * w] = f32::NAN;
+            let x = Var::from_tensor(
+                &Tensor::from_vec(xv.clone(), (2, 2, h, w), &Device::Cpu).unwrap(),
+            )
+            .unwrap();
+            let y = max_pool_3x3_s2(x.as_tensor()).unwrap();
+            let (ho, wo) = (out_side(h), out_side(w));
+            let up: Vec<f32> = (0..4 * ho * wo).map(|i| 1.0 + i as f32).collect();
+            let upt = Tensor::from_vec(up.clone(), (2, 2, ho, wo), &Device::Cpu).unwrap();
+            let g = (&y * &upt).unwrap().sum_all().unwrap().backward().unwrap();
+            let got_y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let got_d = g
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let mut want_d = vec![0f32; xv.len()];
+            for p in 0..4 {
+                let plane = &xv[p * h * w..(p + 1) * h * w];
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        // First maximum, NaN first, scanning the clipped window row by row.
+                        let mut best: Option<(usize, f32)> = None;
+                        for r in (2 * oh).saturating_sub(1)..=(2 * oh + 1).min(h - 1) {
+                            for c in (2 * ow).saturating_sub(1)..=(2 * ow + 1).min(w - 1) {
+                                let v = plane[r * w + c];
+                                let better = match best {
+                                    None => true,
+                                    Some((_, b)) => !b.is_nan() && (v.is_nan() || v > b),
+                                };
+                                if better {
+                                    best = Some((r * w + c, v));
+                                }
+                            }
+                        }
+                        let (at, v) = best.unwrap();
+                        let o = p * ho * wo + oh * wo + ow;
+                        assert!(
+                            got_y[o] == v || (v.is_nan() && got_y[o].is_nan()),
+                            "{h}x{w} plane {p} ({oh},{ow}): {} vs {v}",
+                            got_y[o]
+                        );
+                        want_d[p * h * w + at] += up[o];
+                    }
+                }
+            }
+            let bad = got_d
+                .iter()
+                .zip(&want_d)
+                .filter(|(a, b)| a != b && !(a.is_nan() && b.is_nan()))
+                .count();
+            assert_eq!(bad, 0, "{h}x{w}: {got_d:?} vs {want_d:?}");
+            assert!(
+                got_y[ho * wo..2 * ho * wo].iter().any(|v| v.is_nan()),
+                "{h}x{w}: NaN lost"
+            );
         }
     }
 }

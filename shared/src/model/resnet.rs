@@ -166,7 +166,7 @@ impl BasicBlock {
             Some((c, b)) => b.forward_t(&conv::forward(c, x)?, train)?,
             None => x.clone(),
         };
-        (y + shortcut)?.relu()
+        super::residual::add_relu(&y, &shortcut)
     }
 }
 
