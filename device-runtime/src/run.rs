@@ -17,12 +17,13 @@ use tracing::{info, warn};
 use crate::alerts::AlertSink;
 use crate::alerts::flagged::FlaggedFrames;
 use crate::alerts::gpio::RejectLine;
+use crate::alerts::journal::Seal;
 use crate::alerts::journal_sink::JournalSink;
 use crate::alerts::webhook::Webhook;
 use crate::capture::{self, CaptureOptions, PixelFormat, SourceSpec};
 use crate::config::DeviceConfig;
 use crate::slots::{self, Slots};
-use crate::state::Shared;
+use crate::state::{Shared, StateFs};
 use crate::watchdog::{self, Notifier, NotifyState, Systemd};
 use crate::web::{self, AppState};
 
@@ -75,8 +76,23 @@ fn capture_options(cfg: &DeviceConfig) -> anyhow::Result<CaptureOptions> {
 
 fn sinks(cfg: &DeviceConfig, shared: &Arc<Shared>) -> anyhow::Result<Vec<Box<dyn AlertSink>>> {
     let a = &cfg.alerts;
-    // The device secret (created 0600 at first start) seals the journal's head outside it.
-    let seal = crate::alerts::journal::Seal::in_state_dir(&cfg.state_dir)?;
+    // The device secret (created 0600 at first start) seals the journal's head outside it. A
+    // first start on a full filesystem cannot create it: the journal then runs without its
+    // checkpoint, and each append tries again (the first that can seals the head).
+    let seal = match Seal::in_state_dir(&cfg.state_dir) {
+        Ok(seal) => seal,
+        Err(e) if StateFs::caused_by_full(&e) => {
+            let why = format!(
+                "the device secret could not be created ({e}): the journal runs without its \
+                 HMAC checkpoint (deleting its newest records would not show) until space is \
+                 freed; every append tries again"
+            );
+            warn!("{why}");
+            shared.state_fs.journal_checkpoint_failed(why);
+            Seal::deferred(&cfg.state_dir)
+        }
+        Err(e) => return Err(e.into()),
+    };
     let journal = JournalSink::open_sealed(
         &cfg.journal_dir(),
         seal,
@@ -162,6 +178,13 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
     let loaded = slots.load_active()?;
     if let Some(why) = &loaded.rolled_back {
         warn!("rolled back to slot {}: {why}", loaded.slot);
+    }
+    // A rollback that could not be recorded (a full state filesystem; load_active logged it)
+    // still runs the good bundle. A healthy run then must not clear the boot counter: it
+    // counts the slot that `active` still names, and the next start must roll back again.
+    let rollback_recorded = loaded.persist_error.is_none();
+    if let Some(why) = loaded.persist_error.clone() {
+        shared.state_fs.rollback_not_recorded(why);
     }
     shared.live.write().expect("state lock").slots = Some(slots.status());
     let pipeline =
@@ -263,7 +286,9 @@ pub fn run(cfg: &DeviceConfig, opts: &RunOptions) -> anyhow::Result<()> {
                             break;
                         }
                         if !healthy_marked && scored > 0 && (started.elapsed() >= HEALTHY_AFTER || finished) {
-                            slots.mark_healthy();
+                            if rollback_recorded {
+                                slots.mark_healthy();
+                            }
                             healthy_marked = true;
                         }
                         if exit_at_end && finished {

@@ -46,8 +46,10 @@
 //!
 //! Temporary files (`.NAME.tmp` beside the file they replace) are removed when their write
 //! fails, and those a crash or power cut left behind by [`Slots::remove_temporaries`] at start.
-//! The boot counter is the one write a start makes here: when it fails (a full filesystem),
-//! `run` logs it and starts anyway, without crash-loop protection for that start.
+//! The boot counter and, after a rollback, `active` are the writes a start makes here. When one
+//! fails for want of space, the start goes on: without crash-loop protection for that start
+//! (the counter, logged by `run`), or running the slot rolled back to without recording it
+//! (`active`: [`Loaded::persist_error`], so the next start rolls back again).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -58,6 +60,8 @@ use firm_shared::detect::{Backend, Detector};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
+
+use crate::state::StateFs;
 
 /// Starts without a healthy run after which the other slot is tried.
 pub const CRASH_LOOP_STARTS: u32 = 3;
@@ -274,6 +278,10 @@ pub struct Loaded {
     pub summary: BundleSummary,
     /// Set when the start rolled back from the other slot, with the reason.
     pub rolled_back: Option<String>,
+    /// Set when the start rolled back but could not record the switch in `active` for want of
+    /// space (ENOSPC, EDQUOT): this bundle runs, `active` still names the slot rolled back
+    /// from, and every start rolls back again until a switch is recorded. Why, for the status.
+    pub persist_error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -705,6 +713,7 @@ impl Slots {
                 bundle,
                 summary,
                 rolled_back: None,
+                persist_error: None,
             },
         ))
     }
@@ -729,6 +738,13 @@ impl Slots {
     /// Load the bundle to run: the active one if it verifies and self-tests, else the other
     /// one, which then becomes active. In a crash loop the other slot is tried first (and the
     /// active one still used when the other is not usable).
+    ///
+    /// A switch that cannot be recorded for want of space (a full state filesystem) does not
+    /// stop the start: the good bundle is in memory, and the line must keep being inspected. It
+    /// is logged here (once per start) and returned in [`Loaded::persist_error`]; the boot
+    /// counter is then left as it is, so the next start sees what this one saw (the same
+    /// unusable slot, or the same crash loop) and rolls back again. Any other error writing
+    /// `active` still fails the start.
     pub fn load_active(&self) -> Result<Loaded, SlotError> {
         let boots = self.boot_attempts();
         let active = self.active();
@@ -756,16 +772,29 @@ impl Slots {
                 Ok((b, summary)) => {
                     let switched = Some(slot) != active;
                     let rolled_back = switched.then(|| problems.join("; "));
+                    let mut persist_error = None;
                     if switched {
                         warn!("{}: starting from slot {slot}", problems.join("; "));
-                        self.set_active(slot)?;
-                        self.reset_boots();
+                        match self.set_active(slot) {
+                            Ok(()) => self.reset_boots(),
+                            Err(e) if StateFs::caused_by_full(&e) => {
+                                let why = format!(
+                                    "slot {slot} runs, but the switch to it could not be \
+                                     recorded ({e}): every start rolls back again until space \
+                                     is freed"
+                                );
+                                warn!("{why}");
+                                persist_error = Some(why);
+                            }
+                            Err(e) => return Err(e),
+                        }
                     }
                     return Ok(Loaded {
                         slot,
                         summary,
                         bundle: b,
                         rolled_back,
+                        persist_error,
                     });
                 }
                 Err(e) => problems.push(format!("slot {slot}: {e}")),

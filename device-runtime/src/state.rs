@@ -303,6 +303,15 @@ pub struct StateFsStatus {
     /// rollback is degraded until the next start that counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub crash_loop_protection: Option<String>,
+    /// Set when this start rolled back to the other slot but could not record the switch
+    /// (`active` is not written): the slot rolled back to runs, and every start rolls back
+    /// again until one records it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollback_not_recorded: Option<String>,
+    /// Set while the device secret cannot be created (a first start on a full filesystem): the
+    /// journal runs without its HMAC checkpoint. Cleared when an append creates it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub journal_checkpoint: Option<String>,
 }
 
 impl StateFs {
@@ -374,6 +383,32 @@ impl StateFs {
     /// This start could not be counted: the crash-loop rollback cannot see it.
     pub fn boot_counter_failed(&self, why: String) {
         self.lock().crash_loop_protection = Some(why);
+    }
+
+    /// This start rolled back but could not record the switch ([`crate::slots::Loaded`]'s
+    /// `persist_error`, which `load_active` logged).
+    pub fn rollback_not_recorded(&self, why: String) {
+        self.lock().rollback_not_recorded = Some(why);
+    }
+
+    /// The journal runs without its checkpoint: the device secret could not be created (the
+    /// caller logged why).
+    pub fn journal_checkpoint_failed(&self, why: String) {
+        self.lock().journal_checkpoint = Some(why);
+    }
+
+    /// The journal is sealed again (the device secret now exists); logged when it was not.
+    pub fn journal_checkpoint_resumed(&self) {
+        if self.lock().journal_checkpoint.take().is_some() {
+            tracing::warn!(
+                "the device secret is created: the journal's checkpoint is written again"
+            );
+        }
+    }
+
+    /// Whether the journal runs without its checkpoint (read before each append: cheap).
+    pub fn journal_checkpoint_pending(&self) -> bool {
+        self.lock().journal_checkpoint.is_some()
     }
 
     pub fn is_full_now(&self) -> bool {

@@ -6,12 +6,17 @@
 //!   in /api/status, `firm_state_fs_full` in /metrics), journals again once space returns, and
 //!   the journal then verifies; it also starts, and scores, on a filesystem that is already full
 //!   (the boot counter cannot be written: the status says crash-loop protection is degraded);
+//! - a first start on a full filesystem that must roll back: it runs the good slot without
+//!   recording the switch, runs the journal without its checkpoint (the device secret cannot be
+//!   created), says both in `state-fs`, seals the journal once space returns (no restart), rolls
+//!   back again at the next full start, and records the rollback at the first start with space;
 //! - temporaries left by interrupted flashes and uploads are removed at start, and an upload cut
 //!   off mid-body leaves no file.
 //!
 //! The full filesystem is a small tmpfs mounted on the state folder where the test may mount
-//! (root, as in CI); elsewhere the journal's write-failure hook (`FIRM_TEST_JOURNAL_FULL_WHILE`)
-//! stands in for it, and the test says which ran.
+//! (root, as in CI); elsewhere the journal's write-failure hook (`FIRM_TEST_JOURNAL_FULL_WHILE`:
+//! appends and the device secret's creation) stands in for it, with a link to /dev/full where
+//! the slots' `active` is written through, and the test says which ran.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -31,9 +36,9 @@ fn key() -> SigningKey {
     SigningKey::from_bytes(&[7; 32])
 }
 
-/// A small signed bundle with random weights (CIFAR stem at 1/16 width, 32 px).
-fn bundle_bytes() -> Vec<u8> {
-    let b = random_bundle(&SyntheticSpec {
+/// A small signed bundle of `version` with random weights (CIFAR stem at 1/16 width, 32 px).
+fn bundle_bytes_version(version: u64) -> Vec<u8> {
+    let mut b = random_bundle(&SyntheticSpec {
         encoder: EncoderConfig::new(Stem::Cifar, 0.0625),
         size: 32,
         score: "cos_1".parse().unwrap(),
@@ -42,6 +47,7 @@ fn bundle_bytes() -> Vec<u8> {
         seed: 1,
     })
     .unwrap();
+    b.manifest.bundle_version = version;
     b.to_bytes(&key(), &Limits::default()).unwrap()
 }
 
@@ -81,8 +87,12 @@ fn station(dir: &Path, images: usize, source: &str, inference: &str, alerts: &st
 }
 
 fn flash(dir: &Path, cfg: &Path) {
+    flash_version(dir, cfg, 1);
+}
+
+fn flash_version(dir: &Path, cfg: &Path, version: u64) {
     let bundle = dir.join("b.firm");
-    std::fs::write(&bundle, bundle_bytes()).unwrap();
+    std::fs::write(&bundle, bundle_bytes_version(version)).unwrap();
     let out = bin()
         .arg("flash")
         .arg(&bundle)
@@ -552,6 +562,223 @@ fn full_state_filesystem(mount: bool) {
     });
     d.stop();
     verify("after a start on a full filesystem");
+}
+
+/// A first start on a full filesystem, with the active slot damaged: on a tmpfs where the test
+/// may mount one (root: CI), else through the hooks.
+#[test]
+fn a_first_start_on_a_full_filesystem_rolls_back_unrecorded_and_seals_the_journal_later() {
+    first_start_full(true);
+}
+
+/// The same through the hooks, wherever the test runs.
+#[test]
+fn a_first_start_that_cannot_write_rolls_back_unrecorded_and_seals_the_journal_later() {
+    first_start_full(false);
+}
+
+fn first_start_full(mount: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let state = root.join("state");
+    let fs = StateFs::new(root, &state, 8, mount);
+    let env = fs.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // Every frame is an alert: journaled.
+    let cfg = station(
+        root,
+        4,
+        "fps = 25\nloop = true",
+        "threshold = -1.0",
+        "save-flagged = false",
+    );
+    flash_version(root, &cfg, 1);
+    flash_version(root, &cfg, 2);
+    // Slot b (active) stops verifying: one byte changed, in place.
+    let b = state.join("slots/b/bundle.firm");
+    let mut bytes = std::fs::read(&b).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&b, bytes).unwrap();
+    let key = state.join("secret/device.key");
+    let checkpoint = state.join("journal.checkpoint");
+    assert!(!key.exists(), "flashing made no device secret");
+    // Under the hook, `active` is written through a link to /dev/full (kept by the start's
+    // clean-up, which removes only plain files; a failed write removes it).
+    let active_tmp = state.join("slots/.active.tmp");
+    let fill = || {
+        fs.fill();
+        if let StateFs::Hook { .. } = &fs {
+            let _ = std::os::unix::fs::symlink("/dev/full", &active_tmp);
+        }
+    };
+    let free = || {
+        fs.free();
+        let _ = std::fs::remove_file(&active_tmp);
+    };
+    let active = || std::fs::read_to_string(state.join("slots/active")).unwrap();
+
+    fill();
+    let mut d = Device::start(&cfg, &env);
+    d.wait_up();
+    let s = d.wait_status("scoring the slot rolled back to", |s| {
+        s["counters"]["frames-scored"].as_u64() >= Some(20)
+    });
+    assert_eq!(s["bundle"]["slot"], "a", "{s}");
+    assert_eq!(s["bundle"]["bundle-version"], 1, "{s}");
+    assert!(s["bundle"]["rolled-back"].is_string(), "{s}");
+    assert_eq!(s["slots"]["active"], "b", "{s}");
+    assert_eq!(active(), "b", "the switch is not recorded");
+    let why = s["state-fs"]["rollback-not-recorded"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("slot a runs, but the switch to it could not be recorded")
+            && why.contains("No space left on device"),
+        "{s}"
+    );
+    let why = s["state-fs"]["journal-checkpoint"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        why.contains("the device secret could not be created")
+            && why.contains("No space left on device")
+            && why.contains("without its HMAC checkpoint"),
+        "{s}"
+    );
+    assert!(!key.exists() && !checkpoint.exists());
+    // Said once each.
+    assert_eq!(d.count("could not be recorded"), 1, "{}", d.log());
+    assert_eq!(
+        d.count("the device secret could not be created"),
+        1,
+        "{}",
+        d.log()
+    );
+    assert_eq!(d.count("checkpoint could not be written"), 0, "{}", d.log());
+
+    // Space again, without a restart: the next append creates the secret and seals the head.
+    free();
+    let s = d.wait_status("the checkpoint resumed", |s| {
+        s["state-fs"]["journal-checkpoint"].is_null()
+            && s["state-fs"]["full"] == false
+            && s["alerts"]["in-journal"].as_u64() >= Some(5)
+    });
+    assert!(checkpoint.exists(), "{s}");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&key).unwrap().len(), 65);
+    assert_eq!(
+        d.count("the journal's checkpoint is written again"),
+        1,
+        "{}",
+        d.log()
+    );
+    d.stop();
+    let verify = |what: &str| -> String {
+        let out = bin()
+            .args(["journal", "verify", "--config"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{what}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let text = verify("after the checkpoint resumed");
+    assert!(text.contains("(HMAC good)"), "{text}");
+
+    // Full again: the next start detects the same and rolls back again, unrecorded.
+    fill();
+    let mut d = Device::start(&cfg, &env);
+    d.wait_up();
+    let s = d.wait_status("scoring after a second full start", |s| {
+        s["counters"]["frames-scored"].as_u64() >= Some(5)
+    });
+    assert_eq!(s["bundle"]["slot"], "a", "{s}");
+    assert!(s["state-fs"]["rollback-not-recorded"].is_string(), "{s}");
+    assert!(
+        s["state-fs"]["journal-checkpoint"].is_null(),
+        "the secret exists: {s}"
+    );
+    assert_eq!(active(), "b");
+    d.stop();
+
+    // Space at start: the rollback is recorded, and nothing is degraded.
+    free();
+    let mut d = Device::start(&cfg, &env);
+    d.wait_up();
+    let s = d.wait_status("scoring after the rollback is recorded", |s| {
+        s["counters"]["frames-scored"].as_u64() >= Some(5)
+    });
+    assert_eq!(s["bundle"]["slot"], "a", "{s}");
+    assert_eq!(s["slots"]["active"], "a", "{s}");
+    assert!(s["state-fs"]["rollback-not-recorded"].is_null(), "{s}");
+    assert!(s["state-fs"]["journal-checkpoint"].is_null(), "{s}");
+    assert_eq!(active(), "a");
+    d.stop();
+    let text = verify("after the rollback was recorded");
+    assert!(text.contains("(HMAC good)"), "{text}");
+}
+
+/// A crash-loop rollback that could not be recorded: the run of the good slot, healthy as it
+/// is, leaves the boot counter alone (it counts the slot `active` still names), so the next
+/// start sees the crash loop again instead of going back to the crashing slot.
+#[test]
+fn a_healthy_run_after_an_unrecorded_rollback_keeps_the_crash_loop_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let state = root.join("state");
+    let fs = StateFs::new(root, &state, 8, true);
+    let env = fs.env();
+    // A finite replay: its end counts as a healthy run (`--exit-at-end`).
+    let cfg = station(root, 4, "fps = 50", "", "save-flagged = false");
+    flash_version(root, &cfg, 1);
+    flash_version(root, &cfg, 2);
+    let boots = state.join("slots/boot-attempts");
+    std::fs::write(&boots, "3").unwrap();
+    fs.fill();
+    let active_tmp = state.join("slots/.active.tmp");
+    if let StateFs::Hook { .. } = &fs {
+        std::os::unix::fs::symlink("/dev/full", &active_tmp).unwrap();
+    }
+    let out = bin()
+        .args([
+            "run",
+            "--exit-at-end",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+        ])
+        .arg(&cfg)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("slot a runs, but the switch to it could not be recorded"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("slots/active")).unwrap(),
+        "b"
+    );
+    let n: u32 = std::fs::read_to_string(&boots)
+        .unwrap_or_else(|e| panic!("the healthy run cleared the boot counter ({e}): {err}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(n >= 3, "{n}");
+    fs.free();
+    let _ = std::fs::remove_file(&active_tmp);
 }
 
 /// An upload cut off mid-body leaves no file in the upload folder (the handler's future is

@@ -5,11 +5,16 @@
 //!   it and the floor never drops;
 //! - a bundle that fails its self-test, or lacks the operating point the config reads, is refused
 //!   before anything is written: the fallback slot keeps its bytes;
-//! - a device from before the high-water file takes its floor from its slots.
+//! - a device from before the high-water file takes its floor from its slots;
+//! - a start that must roll back on a full filesystem runs the good slot without recording the
+//!   switch, says why, and rolls back again at the next start until one can record it (in a
+//!   crash loop too, whose count it keeps); other errors recording it still fail the start.
+//!   The full filesystem is a link to /dev/full (writes fail with ENOSPC) where the write's
+//!   temporary file goes; the failed write removes it, as if space were freed right after.
 
 use std::path::Path;
 
-use device_runtime::slots::{FlashStep, SlotError, Slots};
+use device_runtime::slots::{FlashStep, Slot, SlotError, Slots};
 use ed25519_dalek::SigningKey;
 use firm_e2e::bundle_file;
 use firm_shared::bundle::{Bundle, Limits};
@@ -187,4 +192,115 @@ fn a_device_without_the_high_water_file_takes_its_floor_from_its_slots() {
     assert!(why.contains("damaged"), "{why}");
     s.flash(&bundle_file(&bundle("bottle", 8)), true).unwrap();
     assert_eq!(s.high_water().unwrap().versions.get("bottle"), Some(&8));
+}
+
+/// The next write of `active` fails as on a full filesystem (see the header).
+fn active_full_once(dir: &Path) {
+    std::os::unix::fs::symlink("/dev/full", dir.join(".active.tmp")).unwrap();
+}
+
+/// Slot a holds version 1, slot b version 2 (active).
+fn two_slots(dir: &Path) -> Slots {
+    let s = slots(dir);
+    s.flash(&bundle_file(&bundle("bottle", 1)), false).unwrap();
+    s.flash(&bundle_file(&bundle("bottle", 2)), false).unwrap();
+    assert_eq!(s.active(), Some(Slot::B));
+    s
+}
+
+#[test]
+fn a_rollback_that_cannot_be_recorded_for_want_of_space_still_runs_the_good_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_slots(dir.path());
+    // Slot b no longer verifies (one byte changed).
+    let b = s.bundle_path(Slot::B);
+    let mut bytes = std::fs::read(&b).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&b, bytes).unwrap();
+
+    // Two starts on a full filesystem: each runs slot a, and says the switch is not recorded.
+    for start in 1..=2 {
+        active_full_once(dir.path());
+        let l = s.load_active().unwrap();
+        assert_eq!(
+            (l.slot, l.summary.bundle_version),
+            (Slot::A, 1),
+            "start {start}"
+        );
+        assert!(
+            l.rolled_back.as_deref().unwrap().contains("slot b"),
+            "{:?}",
+            l.rolled_back
+        );
+        let why = l
+            .persist_error
+            .as_deref()
+            .expect("the failure to record it");
+        assert!(why.contains("slot a runs"), "{why}");
+        assert!(why.contains("No space left on device"), "{why}");
+        assert!(why.contains("every start rolls back again"), "{why}");
+        assert_eq!(s.active(), Some(Slot::B), "start {start}: not recorded");
+        assert!(
+            std::fs::symlink_metadata(dir.path().join(".active.tmp")).is_err(),
+            "the failed write removed its temporary"
+        );
+    }
+    // Space again: the rollback is recorded, and the start after it needs none.
+    let l = s.load_active().unwrap();
+    assert_eq!(l.slot, Slot::A);
+    assert!(
+        l.rolled_back.is_some() && l.persist_error.is_none(),
+        "{l:?}"
+    );
+    assert_eq!(s.active(), Some(Slot::A));
+    let l = s.load_active().unwrap();
+    assert_eq!(l.slot, Slot::A);
+    assert!(l.rolled_back.is_none() && l.persist_error.is_none());
+}
+
+#[test]
+fn a_crash_loop_rollback_that_cannot_be_recorded_keeps_the_count_and_repeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_slots(dir.path());
+    for _ in 0..3 {
+        s.note_start().unwrap();
+    }
+    for start in 1..=2 {
+        active_full_once(dir.path());
+        let l = s.load_active().unwrap();
+        assert_eq!(l.slot, Slot::A, "start {start}");
+        assert!(
+            l.rolled_back
+                .as_deref()
+                .unwrap()
+                .contains("crashed 3 starts")
+        );
+        assert!(l.persist_error.is_some());
+        assert_eq!(s.active(), Some(Slot::B));
+        // The count stays: the next start must see the crash loop again.
+        assert_eq!(s.boot_attempts(), 3, "start {start}");
+    }
+    let l = s.load_active().unwrap();
+    assert!(l.persist_error.is_none());
+    assert_eq!((s.active(), s.boot_attempts()), (Some(Slot::A), 0));
+}
+
+#[test]
+fn other_errors_recording_a_rollback_still_fail_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = two_slots(dir.path());
+    for _ in 0..3 {
+        s.note_start().unwrap();
+    }
+    // The temporary path is a folder: the write fails with EISDIR, not for want of space.
+    std::fs::create_dir(dir.path().join(".active.tmp")).unwrap();
+    match s.load_active() {
+        Err(SlotError::Io { path, source }) => {
+            assert!(path.ends_with(".active.tmp"), "{}", path.display());
+            assert_eq!(source.kind(), std::io::ErrorKind::IsADirectory);
+        }
+        other => panic!("expected the I/O error, got {other:?}"),
+    }
+    assert_eq!(s.active(), Some(Slot::B));
 }

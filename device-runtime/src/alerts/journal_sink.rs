@@ -4,7 +4,9 @@
 //!
 //! A full state filesystem loses the record, never the frame: the failed append is cut back
 //! (the chain stays valid, see [`super::journal`]), the failure goes to [`StateFs`] (one error
-//! for the device, not one per frame), and the next append that fits clears it.
+//! for the device, not one per frame), and the next append that fits clears it. A journal opened
+//! with a deferred seal (a first start that could not create the device secret) shows its
+//! checkpoint as degraded in [`StateFs`] until an append creates the secret.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -90,6 +92,9 @@ impl JournalSink {
             Ok(_) => {
                 if let Some(fs) = fs {
                     fs.wrote(SINK);
+                    if fs.journal_checkpoint_pending() && self.ledger.is_sealed() {
+                        fs.journal_checkpoint_resumed();
+                    }
                 }
                 Ok(())
             }

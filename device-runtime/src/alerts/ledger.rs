@@ -279,6 +279,11 @@ impl Ledger {
         self.journal.lock().expect("journal lock").head()
     }
 
+    /// Whether appends are checkpointed ([`Journal::is_sealed`]).
+    pub fn is_sealed(&self) -> bool {
+        self.journal.lock().expect("journal lock").is_sealed()
+    }
+
     /// Journal `alert` (fsynced when this returns) and list it; fills in its `journal_seq`.
     pub fn append_alert(&self, alert: &mut AlertEntry) -> Result<u64, JournalError> {
         let record = serde_json::to_value(&*alert).expect("alert serialises");

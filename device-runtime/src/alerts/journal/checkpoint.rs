@@ -29,6 +29,13 @@
 //! then seals the new head, so the appliance keeps inspecting and every later `journal verify`
 //! reports the loss ([`JournalError::TamperRecorded`]) until retention deletes that record.
 //!
+//! A first start on a full filesystem cannot create the secret. The appliance then starts with
+//! a *deferred* seal ([`Seal::deferred`]): the journal runs without its checkpoint, and every
+//! append tries to create the secret again (its temporary file removed when that fails, so a
+//! failed attempt takes no space and leaves nothing a later start could take for a key); the
+//! first that succeeds seals the head, without a restart. Until then nothing is checked, and a
+//! missing checkpoint is not taken for a deleted one (the secret is newer than this start).
+//!
 //! What this cannot catch on its own: someone who can read the secret (root on the device), or who
 //! puts back an older checkpoint together with a journal cut back to it (a replay). The head
 //! (seq and hash) also goes out in every webhook payload and in `/metrics`, so a receiver that
@@ -45,6 +52,7 @@ use super::error::{JournalError, Result};
 use super::line::is_hash_hex;
 use super::secret::{DeviceSecret, same};
 use super::tail::Torn;
+use crate::state::StateFs;
 
 /// The checkpoint's file name in the state directory (beside, not in, `journal/`).
 pub const CHECKPOINT_FILE: &str = "journal.checkpoint";
@@ -81,7 +89,9 @@ pub enum Sealed {
 /// sealed.
 #[derive(Debug)]
 pub struct Seal {
-    secret: DeviceSecret,
+    /// None while a deferred seal has no secret yet ([`Seal::ensure_secret`]).
+    secret: Option<DeviceSecret>,
+    secret_path: PathBuf,
     path: PathBuf,
     /// The secret was created by this start: a journal without a checkpoint is then an upgrade
     /// from a version that had none, not a deleted checkpoint.
@@ -92,19 +102,60 @@ impl Seal {
     /// The appliance's seal: the secret at `STATE/secret/device.key` (created when there is
     /// none: the first start) and the checkpoint at `STATE/journal.checkpoint`.
     pub fn in_state_dir(state_dir: &Path) -> Result<Seal> {
-        let (secret, created) = DeviceSecret::load_or_create(&state_dir.join(SECRET_FILE))?;
+        let secret_path = state_dir.join(SECRET_FILE);
+        let (secret, created) = DeviceSecret::load_or_create(&secret_path)?;
         Ok(Seal {
-            secret,
+            secret: Some(secret),
+            secret_path,
             path: state_dir.join(CHECKPOINT_FILE),
             created,
         })
+    }
+
+    /// The appliance's seal when [`Seal::in_state_dir`] could not create the secret for want of
+    /// space: no secret yet, and no checkpoint written or checked until
+    /// [`Seal::ensure_secret`] creates it (the journal tries at every append). `created`: any
+    /// secret it finds later is newer than this start, so a checkpoint missing then is not a
+    /// deleted one.
+    pub fn deferred(state_dir: &Path) -> Seal {
+        Seal {
+            secret: None,
+            secret_path: state_dir.join(SECRET_FILE),
+            path: state_dir.join(CHECKPOINT_FILE),
+            created: true,
+        }
+    }
+
+    /// Whether the seal has its secret (false only for a deferred seal still without one).
+    pub fn has_secret(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Give a deferred seal its secret: read it, or create it ([`DeviceSecret::load_or_create`]).
+    /// `Ok(false)`: still none, for want of space (the caller reported that once already).
+    pub(super) fn ensure_secret(&mut self) -> Result<bool> {
+        if self.secret.is_some() {
+            return Ok(true);
+        }
+        match DeviceSecret::load_or_create(&self.secret_path) {
+            Ok((secret, _)) => {
+                self.secret = Some(secret);
+                Ok(true)
+            }
+            Err(e) if StateFs::caused_by_full(&e) => {
+                tracing::debug!(error = %e, "the device secret still cannot be created");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The seal for reading (`journal verify`): None when the device has no secret yet.
     pub fn existing(state_dir: &Path) -> Result<Option<Seal>> {
         Ok(
             DeviceSecret::load(&state_dir.join(SECRET_FILE))?.map(|secret| Seal {
-                secret,
+                secret: Some(secret),
+                secret_path: state_dir.join(SECRET_FILE),
                 path: state_dir.join(CHECKPOINT_FILE),
                 created: false,
             }),
@@ -117,19 +168,21 @@ impl Seal {
     }
 
     pub fn secret_path(&self) -> &Path {
-        self.secret.path()
+        &self.secret_path
     }
 
     pub(super) fn created(&self) -> bool {
         self.created
     }
 
-    fn mac(&self, seq: u64, hash: &str, time: &str) -> String {
-        self.secret
-            .mac_hex(format!("{DOMAIN}\n{seq}\n{hash}\n{time}").as_bytes())
+    /// The checkpoint's HMAC; None without a secret (a deferred seal).
+    fn mac(&self, seq: u64, hash: &str, time: &str) -> Option<String> {
+        let s = self.secret.as_ref()?;
+        Some(s.mac_hex(format!("{DOMAIN}\n{seq}\n{hash}\n{time}").as_bytes()))
     }
 
-    /// Read the checkpoint and check its HMAC.
+    /// Read the checkpoint and check its HMAC. Without a secret (a deferred seal) a checkpoint
+    /// cannot be checked: it counts as forged (none can have been written without one).
     pub fn read(&self) -> Result<Sealed> {
         let bytes = match fs::read(&self.path) {
             Ok(b) => b,
@@ -155,7 +208,13 @@ impl Seal {
                 cp.hash
             )));
         }
-        if !same(&self.mac(cp.seq, &cp.hash, &cp.time), &cp.hmac) {
+        let Some(mac) = self.mac(cp.seq, &cp.hash, &cp.time) else {
+            return Ok(Sealed::Forged(format!(
+                "there is no device secret ({}) to check it with",
+                self.secret_path.display()
+            )));
+        };
+        if !same(&mac, &cp.hmac) {
             return Ok(Sealed::Forged(format!(
                 "its HMAC does not match seq {} and hash {} under the device secret",
                 cp.seq, cp.hash
@@ -164,19 +223,23 @@ impl Seal {
         Ok(Sealed::Good(cp))
     }
 
-    /// Seal `seq`/`hash` as the head: written atomically and fsynced.
+    /// Seal `seq`/`hash` as the head: written atomically and fsynced. A deferred seal without
+    /// its secret writes nothing.
     pub(super) fn write(&self, seq: u64, hash: &str, time: &str) -> Result<()> {
+        let Some(hmac) = self.mac(seq, hash, time) else {
+            return Ok(());
+        };
         let cp = Checkpoint {
             seq,
             hash: hash.to_string(),
             time: time.to_string(),
-            hmac: self.mac(seq, hash, time),
+            hmac,
         };
         let mut bytes = serde_json::to_vec(&cp).unwrap_or_default();
         bytes.push(b'\n');
         firm_shared::fsutil::write_atomic(&self.path, &bytes).map_err(|e| JournalError::Io {
             path: self.path.clone(),
-            source: io::Error::other(e.to_string()),
+            source: super::secret::io_source(e),
         })
     }
 

@@ -397,11 +397,24 @@ impl Journal {
         }
     }
 
-    fn write_checkpoint(&self, time: SystemTime) -> Result<()> {
-        match &self.seal {
-            Some(seal) => seal.write(self.last_seq(), &self.last_hash, &format_time(time)),
-            None => Ok(()),
+    /// The checkpoint for the head. A deferred seal first tries to create its secret again
+    /// (still no space: nothing is written, and nothing logged here: the appliance reported it
+    /// once); the first append that creates it seals the head.
+    fn write_checkpoint(&mut self, time: SystemTime) -> Result<()> {
+        let (seq, time) = (self.last_seq(), format_time(time));
+        let Some(seal) = &mut self.seal else {
+            return Ok(());
+        };
+        if !seal.ensure_secret()? {
+            return Ok(());
         }
+        seal.write(seq, &self.last_hash, &time)
+    }
+
+    /// Whether appends are checkpointed: opened with a seal that has its secret (a deferred
+    /// seal has none until an append creates it).
+    pub fn is_sealed(&self) -> bool {
+        self.seal.as_ref().is_some_and(Seal::has_secret)
     }
 
     /// Append `record` stamped with the current time; durable (fsynced) when this returns Ok.
@@ -569,9 +582,9 @@ impl Journal {
     }
 }
 
-/// Fault test hook: while the file that `FIRM_TEST_JOURNAL_FULL_WHILE` names exists, appends
-/// fail as on a full filesystem (ENOSPC), for machines where a test cannot mount a small one
-/// (tests/faults.rs). It has no other effect.
+/// Fault test hook: while the file that `FIRM_TEST_JOURNAL_FULL_WHILE` names exists, appends,
+/// and the creation of the device secret, fail as on a full filesystem (ENOSPC), for machines
+/// where a test cannot mount a small one (tests/faults.rs). It has no other effect.
 fn full_for_test() -> io::Result<()> {
     static FLAG: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     let flag =
@@ -607,6 +620,11 @@ fn seal_check(
             &e, cp, head_seq, head_hash, torn,
         )))
     };
+    if !seal.has_secret() {
+        // A deferred seal: nothing to check against until the secret exists (none can have
+        // sealed anything yet); the append that creates it seals the head.
+        return Ok(SealCheck::Current);
+    }
     match seal.read()? {
         // A secret created by this start: the first start, or one after an upgrade from a
         // version without checkpoints. A journal without records has nothing to lose.

@@ -4,6 +4,11 @@
 //! with it, so someone who can write the journal and the checkpoint but cannot read this file
 //! cannot move the checkpoint to a shortened journal.
 //!
+//! Creation is atomic: the key is written to a temporary file (0600 from its creation), fsynced,
+//! then linked into place; a write that fails (a full filesystem) removes its temporary file, so
+//! `device.key` is either absent or whole, and a later attempt starts afresh (a temporary left by a
+//! crash is never read as the key, and the same process id's next attempt truncates it).
+//!
 //! The key never leaves this module: it has no accessor, and its `Debug` prints no byte of it.
 //! On disk it is 64 lowercase hex digits and a newline. HMAC is written out here over `sha2`
 //! (a dozen lines) rather than adding the `hmac` crate; the RFC 4231 test vectors below check it.
@@ -39,7 +44,8 @@ impl std::fmt::Debug for DeviceSecret {
 impl DeviceSecret {
     /// Read the secret at `path`, creating it (and its folder, 0700) when there is none yet.
     /// Returns whether it was created now. Two processes starting at once agree on one secret:
-    /// the file is linked into place only if it does not exist yet.
+    /// the file is linked into place only if it does not exist yet. A full filesystem is an
+    /// [`JournalError::Io`] whose source says so (ENOSPC, EDQUOT), and leaves no file behind.
     pub fn load_or_create(path: &Path) -> Result<(DeviceSecret, bool)> {
         if let Some(s) = Self::load(path)? {
             return Ok((s, false));
@@ -57,10 +63,11 @@ impl DeviceSecret {
         let tmp = dir.join(format!(".device.key.tmp-{}", std::process::id()));
         let mut text = hex(&key);
         text.push('\n');
+        super::full_for_test().map_err(io_err(&tmp))?;
         firm_shared::fsutil::write_atomic_mode(&tmp, text.as_bytes(), 0o600).map_err(|e| {
             JournalError::Io {
                 path: tmp.clone(),
-                source: io::Error::other(e.to_string()),
+                source: io_source(e),
             }
         })?;
         let linked = fs::hard_link(&tmp, path);
@@ -140,6 +147,15 @@ impl DeviceSecret {
     /// HMAC-SHA256 of `msg` under the device secret, lowercase hex.
     pub fn mac_hex(&self, msg: &[u8]) -> String {
         hex(&hmac_sha256(&self.key, msg))
+    }
+}
+
+/// The I/O error under a `firm_shared` error, its kind kept (a full filesystem must stay
+/// recognisable as one).
+pub(super) fn io_source(e: firm_shared::error::Error) -> io::Error {
+    match e {
+        firm_shared::error::Error::Io { source, .. } => source,
+        e => io::Error::other(e.to_string()),
     }
 }
 

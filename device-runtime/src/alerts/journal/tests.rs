@@ -271,3 +271,138 @@ fn read_recent_returns_the_newest_last_across_files() {
     assert_eq!(e.record, json!({"frame": 6}));
     assert_eq!(e.system_time(), Some(t(6)));
 }
+
+/// Make the next write through `tmp` fail as on a full filesystem: `tmp` becomes a link to
+/// /dev/full (writes there fail with ENOSPC). The failed write removes its temporary file, so
+/// the link goes with it: one failure, as if space were freed right after.
+fn full_once(tmp: &Path) {
+    std::os::unix::fs::symlink("/dev/full", tmp).unwrap();
+}
+
+/// The temporary file the device secret is written through in this process (`secret.rs`, then
+/// `firm_shared::fsutil::write_atomic_mode`).
+fn secret_temporary(state: &Path) -> std::path::PathBuf {
+    let pid = std::process::id();
+    state.join(format!("secret/..device.key.tmp-{pid}.tmp-{pid}"))
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_secret_that_cannot_be_created_defers_the_checkpoint_until_an_append_can() {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let journal_dir = state.join("journal");
+    let key = state.join(SECRET_FILE);
+    let checkpoint = state.join(CHECKPOINT_FILE);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(state.join("secret"))
+        .unwrap();
+
+    // The first start on a full filesystem: the secret cannot be created, and that is an
+    // error that says so (the appliance tells it from other errors by this).
+    full_once(&secret_temporary(state));
+    let e = Seal::in_state_dir(state).unwrap_err();
+    assert!(crate::state::StateFs::caused_by_full(&e), "{e}");
+    assert!(e.to_string().contains("No space left on device"), "{e}");
+    assert!(!key.exists());
+    assert!(
+        entries(&state.join("secret")).is_empty(),
+        "nothing left behind"
+    );
+
+    // The journal runs unsealed with a deferred seal; appends still try to create the secret.
+    let mut j = Journal::open_sealed(
+        &journal_dir,
+        JournalOptions::default(),
+        Seal::deferred(state),
+    )
+    .unwrap();
+    assert!(!j.is_sealed());
+    full_once(&secret_temporary(state));
+    j.append_at(json!({"frame": 1}), t(1)).unwrap();
+    assert!(!j.is_sealed(), "still full: no secret");
+    assert!(!key.exists() && !checkpoint.exists());
+    assert!(
+        entries(&state.join("secret")).is_empty(),
+        "nothing left behind"
+    );
+    assert!(
+        !j.checkpoint_failing,
+        "a deferred secret is not a checkpoint error"
+    );
+
+    // Space again: the next append creates the secret (0600) and seals the head.
+    let b = j.append_at(json!({"frame": 2}), t(2)).unwrap();
+    assert!(j.is_sealed());
+    let mode = fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(fs::read_to_string(&key).unwrap().len(), 65);
+    assert_eq!(entries(&state.join("secret")), ["device.key"]);
+    let seal = Seal::existing(state).unwrap().unwrap();
+    match seal.read().unwrap() {
+        Sealed::Good(cp) => assert_eq!((cp.seq, cp.hash), (b.seq, b.hash.clone())),
+        other => panic!("expected the head sealed, got {other:?}"),
+    }
+    let (_, status) = verify_sealed(&journal_dir, Some(&seal)).unwrap();
+    assert!(
+        matches!(status, SealStatus::Holds { newer: 0, .. }),
+        "{status:?}"
+    );
+    drop(j);
+
+    // The next start reads that secret: the chain holds against its checkpoint, no tamper
+    // record is written, and appends go on being sealed.
+    let mut j = Journal::open_sealed(
+        &journal_dir,
+        JournalOptions::default(),
+        Seal::in_state_dir(state).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(j.last_seq(), 2);
+    let c = j.append_at(json!({"frame": 3}), t(3)).unwrap();
+    let (report, status) = verify_sealed(&journal_dir, Some(&seal)).unwrap();
+    assert_eq!(report.last_seq, Some(c.seq));
+    assert!(
+        matches!(status, SealStatus::Holds { newer: 0, .. }),
+        "{status:?}"
+    );
+}
+
+#[test]
+fn temporaries_left_by_failed_or_cut_secret_writes_do_not_stop_a_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    let secret_dir = state.join("secret");
+    fs::create_dir_all(&secret_dir).unwrap();
+    // Half-written temporaries, as a power cut would leave them: this process id's (reused
+    // after a reboot) and another's. Neither is a key.
+    fs::write(secret_temporary(state), b"0123").unwrap();
+    let other = secret_dir.join(".device.key.tmp-999999");
+    fs::write(&other, b"").unwrap();
+    assert!(
+        DeviceSecret::load(&state.join(SECRET_FILE))
+            .unwrap()
+            .is_none()
+    );
+    let (s, created) = DeviceSecret::load_or_create(&state.join(SECRET_FILE)).unwrap();
+    assert!(created);
+    let text = fs::read_to_string(state.join(SECRET_FILE)).unwrap();
+    assert_eq!(text.len(), 65, "a whole key: {text:?}");
+    assert!(
+        !secret_temporary(state).exists(),
+        "its own temporary was reused"
+    );
+    let (again, created) = DeviceSecret::load_or_create(&state.join(SECRET_FILE)).unwrap();
+    assert!(!created);
+    assert_eq!(again.mac_hex(b"m"), s.mac_hex(b"m"));
+}
