@@ -243,6 +243,7 @@ impl Geom {
     }
 }
 
+/// The contiguous f32 data of a storage, or an error.
 /// The contiguous f32 data of a custom op's argument (`op` and `what` name it in errors).
 pub(crate) fn f32_slice<'a>(
     s: &'a CpuStorage,
