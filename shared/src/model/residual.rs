@@ -47,17 +47,7 @@ impl CustomOp2 for AddRelu {
         let _span = super::profile::span("add-relu fwd");
         let a = f32_slice(s1, l1, "add-relu", "input")?;
         let b = f32_slice(s2, l2, "add-relu", "shortcut")?;
-        if a.len() != b.len() {
-            bail!("add-relu: {} and {} values", a.len(), b.len())
-        }
-        let mut out = vec![0f32; a.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-            .for_each(|(o, (a, b))| {
-                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-                    *o = (a + b).max(0.0);
-                }
-            });
+        let out = zip_map("add-relu", a, b, |a, b| (a + b).max(0.0))?;
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -97,19 +87,25 @@ impl CustomOp2 for ReluMask {
         let _span = super::profile::span("relu-mask bwd");
         let out = f32_slice(s1, l1, "relu-mask", "output")?;
         let dy = f32_slice(s2, l2, "relu-mask", "gradient")?;
-        if out.len() != dy.len() {
-            bail!("relu-mask: {} outputs, {} gradients", out.len(), dy.len())
-        }
-        let mut g = vec![0f32; out.len()];
-        g.par_chunks_mut(CHUNK)
-            .zip(out.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
-            .for_each(|(g, (o, d))| {
-                for ((g, &o), &d) in g.iter_mut().zip(o).zip(d) {
-                    *g = if o > 0.0 { d } else { 0.0 };
-                }
-            });
+        let g = zip_map("relu-mask", out, dy, |o, d| if o > 0.0 { d } else { 0.0 })?;
         Ok((CpuStorage::F32(g), l1.shape().clone()))
     }
+}
+
+/// `f(a[i], b[i])` for every `i`, in parallel chunks; `op` names the caller in the length error.
+fn zip_map(op: &str, a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Result<Vec<f32>> {
+    if a.len() != b.len() {
+        bail!("{op}: arguments of {} and {} values", a.len(), b.len())
+    }
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
+            }
+        });
+    Ok(out)
 }
 
 #[cfg(test)]
