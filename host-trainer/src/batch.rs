@@ -62,6 +62,8 @@ pub struct Batch {
     pub kinds: Vec<String>,
     /// The 2S augmented views as images, when [`BatchConfig::keep_images`] is set.
     pub images: Option<Vec<RgbImage>>,
+    /// View 2 of every sample is view 1 (no augmentation): the model need only see one.
+    pub identical_views: bool,
 }
 
 impl Batch {
@@ -76,6 +78,20 @@ impl Batch {
             (2 * self.samples(), 3, s, s),
             device,
         )?)
+    }
+
+    /// What a training step must run through the model: view 1 alone `[S, 3, size, size]` when
+    /// the two views are the same images ([`Batch::identical_views`]), else the whole
+    /// [`Batch::tensor`]. The flag says which; with `true` the caller repeats the embeddings
+    /// (`[z; z]`), which gives the loss and every gradient of the two-view pass at half the work.
+    pub fn model_input(&self, device: &Device) -> Result<(Tensor, bool)> {
+        if !self.identical_views {
+            return Ok((self.tensor(device)?, false));
+        }
+        let s = self.size as usize;
+        let n = self.samples() * 3 * s * s;
+        let x = Tensor::from_slice(&self.x[..n], (self.samples(), 3, s, s), device)?;
+        Ok((x, true))
     }
 }
 
@@ -279,6 +295,7 @@ impl Sampler {
             labels: recipes.iter().map(|r| r.label).collect(),
             kinds: recipes.into_iter().map(|r| r.kind).collect(),
             images,
+            identical_views: self.augment.is_none(),
         })
     }
 

@@ -125,6 +125,21 @@ fn build_model(cfg: &FitConfig, device: &Device) -> Result<(VarMap, FirmModel)> 
     Ok((varmap, model))
 }
 
+/// Training-mode embeddings `[2S, d]` of a batch's two views. When the views are the same images
+/// (no augmentation) the encoder runs once on view 1 and its embeddings are repeated: the loss and
+/// the gradients are those of the two-view pass, for half the work. (BatchNorm's batch mean and
+/// biased variance are the same over a batch and its duplicate; only the running variance's
+/// unbiased correction, n / (n - 1), counts S images instead of 2S.)
+pub fn embed_views(model: &FirmModel, batch: &crate::batch::Batch) -> Result<candle_core::Tensor> {
+    let (x, shared) = batch.model_input(model.device())?;
+    let z = model.forward_t(&x, true)?.z;
+    Ok(if shared {
+        candle_core::Tensor::cat(&[&z, &z], 0)?
+    } else {
+        z
+    })
+}
+
 /// One optimisation step; returns the loss.
 fn step(
     model: &FirmModel,
@@ -132,9 +147,8 @@ fn step(
     cfg: &FitConfig,
     batch: &crate::batch::Batch,
 ) -> Result<f64> {
-    let x = batch.tensor(model.device())?;
-    let out = model.forward_t(&x, true)?;
-    let loss = cfg.loss.loss(&out.z, &batch.labels, cfg.tau)?;
+    let z = embed_views(model, batch)?;
+    let loss = cfg.loss.loss(&z, &batch.labels, cfg.tau)?;
     let value = loss.to_scalar::<f32>()? as f64;
     if !value.is_finite() {
         return Err(Error::invalid(

@@ -1,14 +1,14 @@
 //! End to end through the command line, the README's main job on every generated class:
 //! `host-trainer fit --demo --class C` (the demo profile: generated data, a quarter-width
-//! ResNet-18 at 64 px, 40 epochs) and then `eval --json`.
+//! ResNet-18 at 96 px, 60 epochs, CutPaste + scar + NSA outliers) and then `eval --json`.
 //!
 //! This is the demo's quality gate too: each class's image AUROC (cos_1, last checkpoint, seed 0)
 //! must reach the mean of three seeds measured on the dev box, less the seeds' spread (the largest
-//! distance of one from their mean) and 0.01. The MVTec bottle gate (`host-trainer/tests/quality.rs`)
-//! takes 0.03 off the mean; the demo's seeds spread further than that (its test sets are small),
-//! and seed 0 sits at the low end for bottle. The same binary, data and seed give the same numbers
-//! up to floating-point summation order on another CPU; the generated data are the same
-//! everywhere (`synth::GENERATOR_VERSION`, seed 0).
+//! distance of one from their mean, at least 0.02) and 0.01. The MVTec bottle gate
+//! (`host-trainer/tests/quality.rs`) takes 0.03 off the mean; the demo's seeds can spread further
+//! (its test sets are small). The same binary, data and seed give the same numbers up to
+//! floating-point summation order on another CPU; the generated data are the same everywhere
+//! (`synth::GENERATOR_VERSION`, seed 0).
 //!
 //! Training must add to the random start (`gain`), so the test cannot pass on defects that any
 //! features find, and no defect type may score below 0.5 (more normal than the good parts).
@@ -32,6 +32,9 @@ fn run(args: &[&str], cwd: &Path) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
+
+/// The least spread the floor allows for, whatever three seeds gave.
+const MIN_SPREAD: f64 = 0.02;
 
 /// One generated class: what was measured with `host-trainer fit --demo --class CLASS --seed S`
 /// (release build, seeds 0, 1, 2; see issue 19's closing note).
@@ -66,10 +69,12 @@ fn demo_learns(m: &Measured) {
         .iter()
         .map(|t| (t - mean).abs())
         .fold(0.0, f64::max);
-    let floor = mean - spread - 0.01;
+    // Three seeds may happen to agree (weave's spread is 0.0014): never allow less than 0.02.
+    let floor = mean - spread.max(MIN_SPREAD) - 0.01;
     println!(
         "demo {}: random init {init:.4}, trained {trained:.4}; floor {floor:.4} = mean of seeds \
-         {:?} - their spread {spread:.4} - 0.01 (their inits {:?}); per type {}",
+         {:?} - their spread {spread:.4} (at least {MIN_SPREAD}) - 0.01 (their inits {:?}); per \
+         type {}",
         m.class, m.trained, m.init, json["per_type"]
     );
     assert_eq!(
@@ -117,8 +122,8 @@ fn demo_bottle_learns() {
     demo_learns(&Measured {
         class: "bottle",
         n_test: 76,
-        trained: [0.9583, 0.9931, 0.9715],
-        init: [0.9056, 0.9160, 0.8333],
+        trained: [0.9799, 0.9729, 0.9931],
+        init: [0.8000, 0.9201, 0.8556],
         gain: Some(0.03),
     });
 }
@@ -128,9 +133,9 @@ fn demo_weave_learns() {
     demo_learns(&Measured {
         class: "weave",
         n_test: 100,
-        trained: [0.8767, 0.8329, 0.7454],
-        init: [0.6471, 0.6881, 0.6617],
-        gain: Some(0.05),
+        trained: [0.9812, 0.9821, 0.9796],
+        init: [0.6358, 0.6644, 0.6617],
+        gain: Some(0.25),
     });
 }
 
@@ -139,8 +144,8 @@ fn demo_grid_learns() {
     demo_learns(&Measured {
         class: "grid",
         n_test: 88,
-        trained: [0.9052, 0.8536, 0.9359],
-        init: [0.6328, 0.4896, 0.6250],
-        gain: Some(0.05),
+        trained: [0.9823, 0.9938, 0.9573],
+        init: [0.4797, 0.5052, 0.3953],
+        gain: Some(0.4),
     });
 }
