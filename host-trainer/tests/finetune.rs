@@ -32,7 +32,7 @@ fn a_pretrained_start_has_its_own_defaults_and_the_command_line_the_last_word() 
 
     // From scratch: the demo profile as it is.
     let (c, _) = resolve(&args(&[]), dir.path()).unwrap();
-    assert_eq!((c.size, c.backbone_lr, c.head_warmup), (64, 1.0, 0.0));
+    assert_eq!((c.size, c.backbone_lr, c.head_warmup), (96, 1.0, 0.0));
 
     // ResNet-18 from pretrained weights: 224 px, head first, encoder at 0.1.
     let (c, s) = resolve(&args(&["--init", init]), dir.path()).unwrap();
