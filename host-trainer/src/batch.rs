@@ -81,17 +81,20 @@ impl Batch {
     }
 
     /// What a training step must run through the model: view 1 alone `[S, 3, size, size]` when
-    /// the two views are the same images ([`Batch::identical_views`]), else the whole
-    /// [`Batch::tensor`]. The flag says which; with `true` the caller repeats the embeddings
-    /// (`[z; z]`), which gives the loss and every gradient of the two-view pass at half the work.
-    pub fn model_input(&self, device: &Device) -> Result<(Tensor, bool)> {
+    /// the two views are the same images ([`Batch::identical_views`]; the caller repeats the
+    /// embeddings, `[z; z]`, which gives the loss and every gradient of the two-view pass at half
+    /// the work), else the whole [`Batch::tensor`].
+    pub fn model_input(&self, device: &Device) -> Result<Tensor> {
         if !self.identical_views {
-            return Ok((self.tensor(device)?, false));
+            return self.tensor(device);
         }
         let s = self.size as usize;
         let n = self.samples() * 3 * s * s;
-        let x = Tensor::from_slice(&self.x[..n], (self.samples(), 3, s, s), device)?;
-        Ok((x, true))
+        Ok(Tensor::from_slice(
+            &self.x[..n],
+            (self.samples(), 3, s, s),
+            device,
+        )?)
     }
 }
 

@@ -131,9 +131,10 @@ fn build_model(cfg: &FitConfig, device: &Device) -> Result<(VarMap, FirmModel)> 
 /// biased variance are the same over a batch and its duplicate; only the running variance's
 /// unbiased correction, n / (n - 1), counts S images instead of 2S.)
 pub fn embed_views(model: &FirmModel, batch: &crate::batch::Batch) -> Result<candle_core::Tensor> {
-    let (x, shared) = batch.model_input(model.device())?;
-    let z = model.forward_t(&x, true)?.z;
-    Ok(if shared {
+    let z = model
+        .forward_t(&batch.model_input(model.device())?, true)?
+        .z;
+    Ok(if batch.identical_views {
         candle_core::Tensor::cat(&[&z, &z], 0)?
     } else {
         z
