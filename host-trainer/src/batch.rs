@@ -85,14 +85,11 @@ impl Batch {
     /// embeddings, `[z; z]`, which gives the loss and every gradient of the two-view pass at half
     /// the work), else the whole [`Batch::tensor`].
     pub fn model_input(&self, device: &Device) -> Result<Tensor> {
-        if !self.identical_views {
-            return self.tensor(device);
-        }
         let s = self.size as usize;
-        let n = self.samples() * 3 * s * s;
+        let n = if self.identical_views { 1 } else { 2 } * self.samples();
         Ok(Tensor::from_slice(
-            &self.x[..n],
-            (self.samples(), 3, s, s),
+            &self.x[..n * 3 * s * s],
+            (n, 3, s, s),
             device,
         )?)
     }
