@@ -185,6 +185,19 @@ fn graphs_have_the_expected_structure() {
     assert!((0.37..0.41).contains(&macs), "{macs}");
     assert_eq!(e.feature_dim().unwrap(), 1280);
     assert!(e.tap("stage5").is_some() && e.tap("head").is_some());
+    // Inside the blocks: block 3 (stage3's first) expands stage2's 24 channels to 144 at
+    // stride 4; block 5 (stage4's first) expands stage3's 40 to 240 at stride 8; block 0 has
+    // no expansion; block 15's depthwise runs at stride 32.
+    let s = e.shapes(224, 224).unwrap();
+    let shape = |n: &str| {
+        let t = s[e.tap(n).unwrap_or_else(|| panic!("tap {n}"))];
+        (t.c, t.h, t.w)
+    };
+    assert_eq!(shape("block3.expand"), (144, 56, 56));
+    assert_eq!(shape("block5.expand"), (240, 28, 28));
+    assert_eq!(shape("block15.dw"), (1152, 7, 7));
+    assert!(e.tap("block0.expand").is_none() && e.tap("block0.dw").is_some());
+    assert_eq!(e.taps.len(), 1 + 7 + 1 + 15 + 16);
 }
 
 /// With u8 activations (ranges from the tensors themselves) the int8 graph stays close to the

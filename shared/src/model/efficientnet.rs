@@ -390,6 +390,7 @@ pub fn graph(features: Features) -> super::graph::Graph {
                     false,
                     None,
                 );
+                g.tap(&format!("block{block}.expand"), y);
             }
             y = conv(
                 &mut g,
@@ -405,6 +406,7 @@ pub fn graph(features: Features) -> super::graph::Graph {
                 true,
                 None,
             );
+            g.tap(&format!("block{block}.dw"), y);
             let residual = (stride == 1 && c_in == st.out).then_some(Residual {
                 tensor: input,
                 before_activation: false,
