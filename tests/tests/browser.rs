@@ -316,9 +316,12 @@ fn status_page_shows_live_verdicts_and_alerts_in_chromium() {
         .args(["flash", "b.firm", "--config", "device.toml"])
         .output()
         .unwrap());
+    // The journal's write-failure hook: while `full` exists, appends fail as on a full disk.
+    let full = root.join("full");
     let mut rt = device()
         .current_dir(root)
         .args(["run", "--config", "device.toml"])
+        .env("FIRM_TEST_JOURNAL_FULL_WHILE", &full)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -533,6 +536,55 @@ fn status_page_shows_live_verdicts_and_alerts_in_chromium() {
         r.body_mut().read_to_string().unwrap()
     };
     assert!(metrics.contains("firm_alerts_unacknowledged "), "{metrics}");
+
+    // A full state filesystem shows on the page (not only in /api/status) while frames are
+    // still scored, and shows as recovered once the journal writes again.
+    let storage = || {
+        wd.eval(
+            "const s = document.getElementById('storage'); \
+             return { hidden: s.hidden, badge: document.getElementById('storage-badge').textContent, \
+             problems: Array.from(document.querySelectorAll('#storage-problems li')).map(li => li.dataset.problem + ': ' + li.textContent), \
+             events: Number(document.getElementById('sse-count').textContent) };",
+        )
+    };
+    let wait_storage = |what: &str, done: &dyn Fn(&Value) -> bool| -> Value {
+        let t = Instant::now();
+        loop {
+            let s = storage();
+            if done(&s) {
+                return s;
+            }
+            assert!(t.elapsed() < Duration::from_secs(30), "{what}: {s}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    assert_eq!(storage()["hidden"], true, "storage panel before any fault");
+    std::fs::write(&full, b"").unwrap();
+    let shown = wait_storage("the full disk on the page", &|s| {
+        s["hidden"] == false && s["badge"] == "full"
+    });
+    let text = shown["problems"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        text.starts_with("full: ") && text.contains("journal") && text.contains("still scored"),
+        "{shown}"
+    );
+    let during = shown["events"].as_u64().unwrap();
+    wait_storage("verdicts while the disk is full", &|s| {
+        s["events"].as_u64().unwrap() > during + 3
+    });
+    std::fs::remove_file(&full).unwrap();
+    let recovered = wait_storage("the page after space returns", &|s| {
+        s["badge"] == "recovered"
+    });
+    assert!(
+        recovered["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.starts_with("recovered: ") && p.contains("writes were lost")),
+        "{recovered}"
+    );
 
     // Still live: events and new alerts after all of that.
     let later = wait("new verdicts and alerts", &|s| {

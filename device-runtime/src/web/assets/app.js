@@ -292,6 +292,31 @@ function dl(el, rows) {
   }
 }
 
+// The state filesystem (`state-fs`): a full disk, and the degraded states a start on one leaves
+// (crash-loop protection, an unrecorded rollback, the journal without its checkpoint). Hidden
+// while there is nothing to say; frames are scored either way.
+function showStorage(fs) {
+  const problems = [];
+  if (fs && fs.full) {
+    problems.push(["full", "The state filesystem is full since " + (fs.since || "?") + ": " + (fs.error || "no space").replace(/\.?$/, ".") +
+      " Failing: " + (fs.failing || []).join(", ") + "; " + fs["lost-writes"] + " writes lost so far. Frames are still scored."]);
+  } else if (fs && fs["lost-writes"] > 0) {
+    problems.push(["recovered", fs["lost-writes"] + " writes were lost while the state filesystem was full; writing again."]);
+  }
+  for (const [key, what] of [["crash-loop-protection", "Crash-loop protection"], ["rollback-not-recorded", "Rollback not recorded"], ["journal-checkpoint", "Journal checkpoint"]]) {
+    if (fs && fs[key]) problems.push([key, what + ": " + fs[key]]);
+  }
+  const bad = problems.some(([k]) => k !== "recovered");
+  $("storage").hidden = problems.length === 0;
+  setBadge($("storage-badge"), bad ? (fs.full ? "full" : "degraded") : "recovered", bad ? "bad" : "ok");
+  $("storage-problems").replaceChildren(...problems.map(([key, text]) => {
+    const li = document.createElement("li");
+    li.dataset.problem = key;
+    li.textContent = text;
+    return li;
+  }));
+}
+
 // The drift sentinel: the warnings in force with their numbers, and each statistic's window
 // median beside its training range (hidden when the bundle carries no drift statistics).
 function showDrift(d) {
@@ -355,6 +380,7 @@ async function refreshStatus() {
     ]);
     if (s.last && !verdictShown) showVerdict(s.last);
     showDrift(s.drift);
+    showStorage(s["state-fs"]);
     if (s.alerts) {
       $("alert-total").textContent = s.alerts["in-journal"];
       setUnacked(s.alerts.unacknowledged);
