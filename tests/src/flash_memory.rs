@@ -126,7 +126,14 @@ fn grow_bank(b: &mut Bundle, n: usize) {
 fn grow_patch(b: &mut Bundle, n: usize) {
     let dim = b.bank.patch_dim;
     let p = b.bank.patch.as_mut().expect("a patch bank");
-    *p = p.chunks(dim).cycle().take(n).flatten().copied().collect();
+    *p = p
+        .chunks(dim)
+        .cycle()
+        .take(n)
+        .flatten()
+        .copied()
+        .collect::<Vec<_>>()
+        .into();
     let m = b.manifest.patch.as_mut().expect("a patch section");
     m.entries = n;
     m.spec.bank = n;
@@ -307,6 +314,7 @@ impl Station {
         let cfg = self.device("cli", "");
         let t = Instant::now();
         let out = Command::new(&self.peak_rss)
+            .envs(deployed_env())
             .arg(&self.device_bin)
             .arg("flash")
             .arg(&self.big[0])
@@ -339,6 +347,7 @@ impl Station {
         let cfg = self.device("http", &format!("listen = \"{addr}\"\n"));
         let log = cfg.with_file_name("device.log");
         let child = Command::new(&self.device_bin)
+            .envs(deployed_env())
             .args(["run", "--config"])
             .arg(&cfg)
             .stdout(Stdio::null())
@@ -549,5 +558,17 @@ impl std::fmt::Display for Report {
              bundle's size",
             self.width
         )
+    }
+}
+
+/// The allocator setting the device runs with (hardware/systemd/firm-inspect.service):
+/// `MIMALLOC_PURGE_DELAY=0` returns freed memory to the system at once. With mimalloc's default
+/// delay, the large blocks a flash frees (the file's bytes, the self-test's detector) stay
+/// resident beside the new bundle's, and a 128 MiB patch-bank upload measured 2.55x instead of
+/// 2.19x. An environment that sets the variable keeps its value (to compare).
+fn deployed_env() -> Vec<(&'static str, String)> {
+    match std::env::var("MIMALLOC_PURGE_DELAY") {
+        Ok(_) => Vec::new(),
+        Err(_) => vec![("MIMALLOC_PURGE_DELAY", "0".to_string())],
     }
 }

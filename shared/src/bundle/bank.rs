@@ -42,7 +42,9 @@ pub struct BankData {
     /// `[n, t, t, 3]`.
     pub thumbnails: Vec<u8>,
     /// The patch bank (`patch`: `[entries, patch_dim]` f16), when the bundle scores patches.
-    pub patch: Option<Vec<f16>>,
+    /// Shared with the detector's [`crate::score::patch::PatchBank`], which scores straight
+    /// from these rows: a bundle's largest tensor is in memory once.
+    pub patch: Option<std::sync::Arc<Vec<f16>>>,
     pub patch_dim: usize,
 }
 
@@ -120,7 +122,9 @@ impl BankData {
                 "patch bank value {v} does not fit f16"
             )));
         }
-        self.patch = Some(rows.iter().map(|&v| f16::from_f32(v)).collect());
+        self.patch = Some(std::sync::Arc::new(
+            rows.iter().map(|&v| f16::from_f32(v)).collect(),
+        ));
         self.patch_dim = dim;
         Ok(self)
     }
@@ -247,7 +251,7 @@ impl BankData {
                     ));
                 }
                 expected.insert(PATCH.to_string());
-                Some(p)
+                Some(std::sync::Arc::new(p))
             }
             None => None,
         };

@@ -19,7 +19,7 @@ use crate::bundle::{BankData, Bundle, BundleError, SelfTestReport};
 use crate::model::graph::{Graph, TensorId};
 use crate::preprocess::{FramePreprocessor, PreprocessSpec};
 use crate::score::map::Map;
-use crate::score::patch::{MAX_TAPS, PatchBank, PatchLayout, PatchScorer, PatchSpec};
+use crate::score::patch::{MAX_TAPS, PatchBank, PatchLayout, PatchRows, PatchScorer, PatchSpec};
 use crate::score::scan::ScoreScratch;
 use crate::score::{Bank, ScoreFn, ScoreSpec};
 
@@ -128,7 +128,9 @@ impl<E: Embedder> Detector<E> {
             )));
         }
         let det = Self::from_parts(m.preprocess.clone(), m.score.spec, &bundle.bank, embedder)?;
-        match (&m.patch, bundle.bank.patch_rows()) {
+        // The patch rows stay in f16, as the bundle stores them ([`PatchBank`] packs large
+        // banks block by block from them).
+        match (&m.patch, bundle.bank.patch.clone()) {
             (Some(p), Some(_)) if !det.core.embedder.has_taps() => {
                 if p.verdict {
                     return Err(BundleError::runtime(format!(
@@ -157,7 +159,7 @@ impl<E: Embedder> Detector<E> {
         mut self,
         graph: &Graph,
         spec: &PatchSpec,
-        rows: Vec<f32>,
+        rows: impl Into<PatchRows>,
         verdict: bool,
     ) -> Result<Self, BundleError> {
         let size = self.preprocess.size as usize;

@@ -369,7 +369,7 @@ mod tests {
             // A changed patch bank changes the scores: the self-test catches it.
             let mut bad = back.clone();
             if let Some(rows) = &mut bad.bank.patch {
-                for v in rows.iter_mut() {
+                for v in std::sync::Arc::make_mut(rows).iter_mut() {
                     *v = half::f16::from_f32(v.to_f32() * 1.05 + 0.01);
                 }
             }

@@ -382,13 +382,83 @@ pub fn coreset(feats: &[f32], dim: usize, budget: usize, seed: u64) -> Vec<usize
     chosen
 }
 
+/// Bank rows per GEMM block. A bank of more rows is scored block by block, each block packed
+/// from the stored rows when a query arrives, so a large bank costs its stored rows (f16 when
+/// it comes from a bundle) plus one block, and the distance scratch is `queries x BLOCK`
+/// instead of `queries x entries` (issue 18: a 256 MiB patch bank made a flash peak at 8.7x the
+/// bundle). Banks of up to `BLOCK` rows (the exporter's default is 1,024) are packed once.
+pub const BLOCK: usize = 4096;
+
+/// A bank's rows as stored: f32 (the trainer's), or f16 as a bundle holds them.
+#[derive(Clone)]
+pub enum PatchRows {
+    F32(Vec<f32>),
+    /// Shared with the bundle that holds them.
+    F16(std::sync::Arc<Vec<half::f16>>),
+}
+
+impl std::fmt::Debug for PatchRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::F32(v) => write!(f, "PatchRows::F32({} values)", v.len()),
+            Self::F16(v) => write!(f, "PatchRows::F16({} values)", v.len()),
+        }
+    }
+}
+
+impl From<Vec<f32>> for PatchRows {
+    fn from(v: Vec<f32>) -> Self {
+        Self::F32(v)
+    }
+}
+
+impl From<Vec<half::f16>> for PatchRows {
+    fn from(v: Vec<half::f16>) -> Self {
+        Self::F16(std::sync::Arc::new(v))
+    }
+}
+
+impl From<std::sync::Arc<Vec<half::f16>>> for PatchRows {
+    fn from(v: std::sync::Arc<Vec<half::f16>>) -> Self {
+        Self::F16(v)
+    }
+}
+
+impl PatchRows {
+    fn values(&self) -> usize {
+        match self {
+            Self::F32(v) => v.len(),
+            Self::F16(v) => v.len(),
+        }
+    }
+
+    /// Values `from..from + out.len()` in f32.
+    fn read(&self, from: usize, out: &mut [f32]) {
+        match self {
+            Self::F32(v) => out.copy_from_slice(&v[from..][..out.len()]),
+            Self::F16(v) => {
+                use half::slice::HalfFloatSliceExt;
+                v[from..][..out.len()].convert_to_f32_slice(out);
+            }
+        }
+    }
+
+    fn all_finite(&self) -> bool {
+        match self {
+            Self::F32(v) => v.iter().all(|x| x.is_finite()),
+            Self::F16(v) => v.iter().all(|x| x.is_finite()),
+        }
+    }
+}
+
 /// The bank of good patch features, packed for the GEMM that finds each query's nearest row.
 #[derive(Clone)]
 pub struct PatchBank {
     dim: usize,
-    rows: Vec<f32>,
-    /// `-2 * rows`, packed as the right operand.
-    packed: PackedF32,
+    isa: Isa,
+    rows: PatchRows,
+    /// `-2 * rows`, packed as the right operand, when the bank is one block.
+    packed: Option<PackedF32>,
     /// `|row|^2`, the epilogue's bias.
     sq: Vec<f32>,
 }
@@ -402,30 +472,54 @@ impl std::fmt::Debug for PatchBank {
     }
 }
 
+/// Buffers of [`PatchBank::nearest_into`], kept between calls.
+#[derive(Debug, Clone, Default)]
+pub struct NearestScratch {
+    /// Expanded distances of the queries to one block of rows.
+    dist: Vec<f32>,
+    /// Per query, the smallest expanded distance so far and its row.
+    best: Vec<(f32, usize)>,
+    /// One row in f32.
+    row: Vec<f32>,
+}
+
+/// `-2 *` rows `j0..j0 + n` of `rows`, packed.
+fn pack_block(isa: Isa, rows: &PatchRows, dim: usize, j0: usize, n: usize) -> PackedF32 {
+    let mut neg2 = vec![0f32; n * dim];
+    rows.read(j0 * dim, &mut neg2);
+    neg2.iter_mut().for_each(|v| *v *= -2.0);
+    PackedF32::new(isa, &neg2, n, dim)
+}
+
 impl PatchBank {
-    pub fn new(rows: Vec<f32>, dim: usize) -> Result<Self> {
+    /// A bank of `dim`-d rows, f32 or f16 ([`PatchRows`]).
+    pub fn new(rows: impl Into<PatchRows>, dim: usize) -> Result<Self> {
         Self::with_isa(rows, dim, Isa::best())
     }
 
-    pub fn with_isa(rows: Vec<f32>, dim: usize, isa: Isa) -> Result<Self> {
-        if dim == 0 || rows.is_empty() || !rows.len().is_multiple_of(dim) {
+    pub fn with_isa(rows: impl Into<PatchRows>, dim: usize, isa: Isa) -> Result<Self> {
+        let rows = rows.into();
+        let len = rows.values();
+        if dim == 0 || len == 0 || !len.is_multiple_of(dim) {
             return Err(bad(format!(
-                "a patch bank of {} values is not whole rows of {dim}",
-                rows.len()
+                "a patch bank of {len} values is not whole rows of {dim}"
             )));
         }
-        if rows.iter().any(|v| !v.is_finite()) {
+        if !rows.all_finite() {
             return Err(bad("the patch bank holds NaN or infinity"));
         }
-        let n = rows.len() / dim;
-        let neg2: Vec<f32> = rows.iter().map(|v| -2.0 * v).collect();
-        let packed = PackedF32::new(isa, &neg2, n, dim);
-        let sq = rows
-            .chunks_exact(dim)
-            .map(|r| r.iter().map(|v| v * v).sum())
+        let n = len / dim;
+        let mut row = vec![0f32; dim];
+        let sq = (0..n)
+            .map(|j| {
+                rows.read(j * dim, &mut row);
+                row.iter().map(|v| v * v).sum()
+            })
             .collect();
+        let packed = (n <= BLOCK).then(|| pack_block(isa, &rows, dim, 0, n));
         Ok(Self {
             dim,
+            isa,
             rows,
             packed,
             sq,
@@ -444,38 +538,71 @@ impl PatchBank {
         self.dim
     }
 
-    pub fn rows(&self) -> &[f32] {
-        &self.rows
+    /// Row `j` in f32.
+    pub fn row(&self, j: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.dim];
+        self.rows.read(j * self.dim, &mut out);
+        out
+    }
+
+    /// Bytes the bank holds: its rows as stored (f16 rows may be shared with their bundle),
+    /// the packed copy of a one-block bank and the norms.
+    pub fn heap_bytes(&self) -> usize {
+        let rows = match &self.rows {
+            PatchRows::F32(v) => v.len() * 4,
+            PatchRows::F16(v) => v.len() * 2,
+        };
+        rows + self
+            .packed
+            .as_ref()
+            .map_or(0, |_| self.len() * self.dim * 4)
+            + self.sq.len() * 4
     }
 
     /// Distance from each of the `m` queries (`q`, `m x dim`) to its nearest row, into `out`.
-    /// `scratch` grows to `m x len` once.
+    /// `scratch` grows to `m x min(len, BLOCK)` distances once.
     pub fn nearest_into(
         &self,
         q: &[f32],
         m: usize,
         threads: usize,
-        scratch: &mut Vec<f32>,
+        scratch: &mut NearestScratch,
         out: &mut [f32],
     ) {
         let (n, d) = (self.len(), self.dim);
         assert_eq!(q.len(), m * d, "queries of {d} values");
         assert_eq!(out.len(), m, "one distance per query");
-        scratch.resize(m * n, 0.0);
-        let ep = Epilogue::new(&self.sq, Clamp::NONE);
-        gemm_f32(q, d, m, &self.packed, &ep, scratch, n, threads.max(1));
-        for (i, o) in out.iter_mut().enumerate() {
-            let row = &scratch[i * n..][..n];
-            let mut j = 0;
-            for (jj, &v) in row.iter().enumerate() {
-                if v < row[j] {
-                    j = jj;
+        let bn = n.min(BLOCK);
+        let NearestScratch { dist, best, row } = scratch;
+        dist.resize(m * bn, 0.0);
+        best.clear();
+        best.resize(m, (f32::INFINITY, 0));
+        let mut packed_block;
+        for j0 in (0..n).step_by(BLOCK) {
+            let nb = (n - j0).min(BLOCK);
+            let packed = match &self.packed {
+                Some(p) => p,
+                None => {
+                    packed_block = pack_block(self.isa, &self.rows, d, j0, nb);
+                    &packed_block
+                }
+            };
+            let ep = Epilogue::new(&self.sq[j0..j0 + nb], Clamp::NONE);
+            gemm_f32(q, d, m, packed, &ep, dist, nb, threads.max(1));
+            for (i, b) in best.iter_mut().enumerate() {
+                for (jj, &v) in dist[i * nb..][..nb].iter().enumerate() {
+                    if v < b.0 {
+                        *b = (v, j0 + jj);
+                    }
                 }
             }
-            let qi = &q[i * d..][..d];
-            let b = &self.rows[j * d..][..d];
+        }
+        // The nearest row's distance, computed directly (no cancellation).
+        row.resize(d, 0.0);
+        for ((o, &(_, j)), qi) in out.iter_mut().zip(best.iter()).zip(q.chunks_exact(d)) {
+            self.rows.read(j * d, row);
             let mut s = 0f32;
-            for (a, c) in qi.iter().zip(b) {
+            for (a, c) in qi.iter().zip(row.iter()) {
                 let t = a - c;
                 s += t * t;
             }
@@ -485,10 +612,10 @@ impl PatchBank {
 
     /// The distance from `q` to its nearest row, by a plain scan in f64 (the reference).
     pub fn nearest_exact(&self, q: &[f32]) -> f64 {
-        self.rows
-            .chunks_exact(self.dim)
-            .map(|r| {
-                r.iter()
+        (0..self.len())
+            .map(|j| {
+                self.row(j)
+                    .iter()
                     .zip(q)
                     .map(|(a, b)| {
                         let t = *a as f64 - *b as f64;
@@ -511,7 +638,7 @@ pub struct PatchScorer {
     threads: usize,
     feats: Vec<f32>,
     scratch: Vec<f32>,
-    gemm: Vec<f32>,
+    gemm: NearestScratch,
     grid: Map,
     map: Map,
     /// Patches of frames marked good on the device ([`Self::set_overlay`]).
@@ -534,7 +661,7 @@ impl PatchScorer {
             threads: rayon::current_num_threads().max(1),
             feats: vec![0f32; p * layout.dim],
             scratch: Vec::new(),
-            gemm: Vec::with_capacity(p * bank.len()),
+            gemm: NearestScratch::default(),
             grid: Map::new(layout.gw, layout.gh),
             map: Map::new(layout.size, layout.size),
             layout,
@@ -735,7 +862,7 @@ mod tests {
         let bank = PatchBank::new(random(301 * dim, 1), dim).unwrap();
         let q = random(29 * dim, 2);
         let mut out = vec![0f32; 29];
-        bank.nearest_into(&q, 29, 2, &mut Vec::new(), &mut out);
+        bank.nearest_into(&q, 29, 2, &mut NearestScratch::default(), &mut out);
         for (i, &d) in out.iter().enumerate() {
             let want = bank.nearest_exact(&q[i * dim..][..dim]);
             assert!(
@@ -744,10 +871,57 @@ mod tests {
             );
         }
         // A bank row as query is at distance 0.
-        let row = bank.rows()[5 * dim..6 * dim].to_vec();
+        let row = bank.row(5);
         let mut z = [1f32];
-        bank.nearest_into(&row, 1, 1, &mut Vec::new(), &mut z);
+        bank.nearest_into(&row, 1, 1, &mut NearestScratch::default(), &mut z);
         assert!(z[0] < 1e-5, "{}", z[0]);
+    }
+
+    #[test]
+    fn a_bank_of_several_blocks_keeps_f16_rows_and_finds_the_exact_nearest() {
+        // Two whole blocks and a ragged one; queries near rows of each block, and random ones.
+        let dim = 6;
+        let n = 2 * BLOCK + 37;
+        let f32_rows: Vec<f32> = random(n * dim, 3)
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        let f16_rows: Vec<half::f16> = f32_rows.iter().map(|&v| half::f16::from_f32(v)).collect();
+        let wide = PatchBank::new(f32_rows.clone(), dim).unwrap();
+        let narrow = PatchBank::new(f16_rows, dim).unwrap();
+        assert_eq!(narrow.len(), n);
+        // Stored as f16 and never packed whole: 2 bytes per value plus the norms.
+        assert_eq!(narrow.heap_bytes(), n * dim * 2 + n * 4);
+        assert_eq!(wide.heap_bytes(), n * dim * 4 + n * 4);
+        let mut q = random(40 * dim, 4);
+        for (i, j) in [(0, 5), (1, BLOCK + 9), (2, 2 * BLOCK + 36), (3, BLOCK - 1)] {
+            for (k, v) in q[i * dim..][..dim].iter_mut().enumerate() {
+                *v = f32_rows[j * dim + k] + 1e-3 * (k as f32 - 2.0);
+            }
+        }
+        let (mut a, mut b) = (vec![0f32; 40], vec![0f32; 40]);
+        let mut scratch = NearestScratch::default();
+        wide.nearest_into(&q, 40, 2, &mut scratch, &mut a);
+        narrow.nearest_into(&q, 40, 2, &mut scratch, &mut b);
+        assert_eq!(a, b, "f16 storage scores as its f32 values");
+        for (i, &d) in b.iter().enumerate() {
+            let want = narrow.nearest_exact(&q[i * dim..][..dim]);
+            assert!(
+                (d as f64 - want).abs() < 1e-4 * want.max(1.0),
+                "{i}: {d} vs {want}"
+            );
+        }
+        assert!(b[..4].iter().all(|&d| d < 0.01), "{:?}", &b[..4]);
+        // The distance scratch is one block wide, not the bank's width.
+        assert_eq!(scratch.dist.len(), 40 * BLOCK);
+        // A one-block bank is packed once and scores the same whether stored in f16 or f32.
+        let small = PatchBank::new(f32_rows[..100 * dim].to_vec(), dim).unwrap();
+        let mut c = vec![0f32; 40];
+        small.nearest_into(&q, 40, 1, &mut scratch, &mut c);
+        for (i, &d) in c.iter().enumerate() {
+            let want = small.nearest_exact(&q[i * dim..][..dim]);
+            assert!((d as f64 - want).abs() < 1e-4 * want.max(1.0), "{i}");
+        }
     }
 
     #[test]
