@@ -144,6 +144,19 @@ fn chromium(driver: &Path, agent: &ureq::Agent, root: &Path) -> (Guard, WebDrive
 
 /// An RGB PNG of noise, stored uncompressed (deflate "stored" blocks): 320 x 320 is 307 KB, the
 /// size of a camera frame's PNG. Written here because this crate has no image encoder.
+/// `read()` every 100 ms until `done` says so; fails naming `what` after 30 s.
+fn poll(what: &str, read: &dyn Fn() -> Value, done: &dyn Fn(&Value) -> bool) -> Value {
+    let t = Instant::now();
+    loop {
+        let s = read();
+        if done(&s) {
+            return s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "{what}: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn noise_png(w: u32, h: u32) -> Vec<u8> {
     fn crc32(bytes: &[u8]) -> u32 {
         let mut c = !0u32;
@@ -439,17 +452,7 @@ fn status_page_shows_live_verdicts_and_alerts_in_chromium() {
              site: document.getElementById('site').textContent };",
         )
     };
-    let wait = |what: &str, done: &dyn Fn(&Value) -> bool| -> Value {
-        let t = Instant::now();
-        loop {
-            let s = read();
-            if done(&s) {
-                return s;
-            }
-            assert!(t.elapsed() < Duration::from_secs(30), "{what}: {s}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let wait = |what: &str, done: &dyn Fn(&Value) -> bool| poll(what, &read, done);
     let n = |s: &Value, k: &str| s[k].as_u64().unwrap_or(0);
     // The first page of the list, with thumbnails; events and new alerts keep coming.
     let listed = wait("the first page of alerts", &|s| {
@@ -547,17 +550,7 @@ fn status_page_shows_live_verdicts_and_alerts_in_chromium() {
              events: Number(document.getElementById('sse-count').textContent) };",
         )
     };
-    let wait_storage = |what: &str, done: &dyn Fn(&Value) -> bool| -> Value {
-        let t = Instant::now();
-        loop {
-            let s = storage();
-            if done(&s) {
-                return s;
-            }
-            assert!(t.elapsed() < Duration::from_secs(30), "{what}: {s}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
+    let wait_storage = |what: &str, done: &dyn Fn(&Value) -> bool| poll(what, &storage, done);
     assert_eq!(storage()["hidden"], true, "storage panel before any fault");
     std::fs::write(&full, b"").unwrap();
     let shown = wait_storage("the full disk on the page", &|s| {
