@@ -173,11 +173,7 @@ pub fn summary(
         convs.len(),
         depthwise,
         g.macs(side, side).unwrap_or(0) as f64 / 1e9,
-        g.taps
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
+        tap_summary(g)
     );
     let _ = writeln!(
         s,
@@ -291,5 +287,25 @@ pub fn summary(
         );
     }
     let _ = writeln!(s, "    {:<22} {:>10} bytes", container::SIGNATURE_NAME, 64);
+    s
+}
+
+/// The graph's taps for `bundle inspect`: the stage-level ones by name, the ones inside blocks
+/// (`blockN.expand`, `blockN.dw`: EfficientNet has 31) counted.
+fn tap_summary(g: &firm_shared::model::graph::Graph) -> String {
+    let (inner, outer): (Vec<&str>, Vec<&str>) = g
+        .taps
+        .iter()
+        .map(|t| t.name.as_str())
+        .partition(|n| n.contains('.'));
+    let mut s = outer.join(", ");
+    if !inner.is_empty() {
+        s += &format!(
+            " (and {} inside blocks, {} to {})",
+            inner.len(),
+            inner[0],
+            inner[inner.len() - 1]
+        );
+    }
     s
 }
