@@ -769,6 +769,37 @@ fn golden() {
     );
 }
 
+/// The workplace's own copy of the reference vectors (`../shared/golden` beside the checkout),
+/// checked as well when it is there, so that the shipped copy cannot drift from it unseen. A fresh
+/// clone without it says so and passes.
+#[test]
+fn golden_workplace_copy() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/golden");
+    if !dir.is_dir() {
+        println!(
+            "{} not found; golden ran on the shipped copy only",
+            dir.display()
+        );
+        return;
+    }
+    let t = check_dir(&dir);
+    println!(
+        "golden vectors from {}: {} files, {} values compared, {} ignored",
+        dir.display(),
+        t.files,
+        t.compared,
+        t.ignored
+    );
+    assert!(t.files > 0, "no *.json files in {}", dir.display());
+    assert!(
+        t.errors.is_empty(),
+        "{} mismatches against {}:\n{}",
+        t.errors.len(),
+        dir.display(),
+        t.errors.join("\n")
+    );
+}
+
 fn load(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(shipped_dir().join(name)).unwrap()).unwrap()
 }

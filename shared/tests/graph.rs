@@ -200,6 +200,40 @@ fn graphs_have_the_expected_structure() {
     assert_eq!(e.taps.len(), 1 + 7 + 1 + 15 + 16);
 }
 
+/// Both backbones pad every window by `k / 2` with odd `k`, so a stride-`s` tap's cell `i` is
+/// centred on input pixel `s * i`: what the patch map's placement relies on.
+#[test]
+fn taps_are_centred_on_their_strides_multiples() {
+    for (g, taps) in [
+        (
+            EncoderConfig::new(Stem::Imagenet, 1.0).graph(),
+            &[
+                ("stem", 2.0),
+                ("layer1", 4.0),
+                ("layer2", 8.0),
+                ("layer3", 16.0),
+            ][..],
+        ),
+        (
+            EncoderConfig::efficientnet(Features::Head).graph(),
+            &[
+                ("stage2", 4.0),
+                ("stage3", 8.0),
+                ("block3.expand", 4.0),
+                ("block5.expand", 8.0),
+                ("block5.dw", 16.0),
+                ("stage5", 16.0),
+            ][..],
+        ),
+    ] {
+        let p = g.placements();
+        for &(name, stride) in taps {
+            let t = p[g.tap(name).unwrap()];
+            assert_eq!((t.stride, t.offset), (stride, 0.0), "{name}");
+        }
+    }
+}
+
 /// With u8 activations (ranges from the tensors themselves) the int8 graph stays close to the
 /// f32 one.
 #[test]

@@ -129,6 +129,15 @@ impl Map {
     /// # Panics
     /// When `out.data.len() != out.w * out.h`, or when this map is empty and `out` is not.
     pub fn resize_bilinear_into(&self, out: &mut Map) {
+        self.resample_into(out, Resample::HalfPixel, Resample::HalfPixel)
+    }
+
+    /// Bilinear resize to `out`'s size with the source coordinate of each column (`x`) and row
+    /// (`y`) given by a [`Resample`]; [`Self::resize_bilinear_into`] is the half-pixel case.
+    ///
+    /// # Panics
+    /// As [`Self::resize_bilinear_into`].
+    pub fn resample_into(&self, out: &mut Map, x: Resample, y: Resample) {
         assert_eq!(
             out.data.len(),
             out.w * out.h,
@@ -148,22 +157,23 @@ impl Map {
             out.w,
             out.h
         );
-        if (self.w, self.h) == (out.w, out.h) {
+        if (self.w, self.h) == (out.w, out.h)
+            && (x, y) == (Resample::HalfPixel, Resample::HalfPixel)
+        {
             out.data.copy_from_slice(&self.data);
             return;
         }
-        let (sx, sy) = (self.w as f32 / out.w as f32, self.h as f32 / out.h as f32);
         // Columns in blocks whose sources are tabled on the stack once for all rows.
         const BLOCK: usize = 64;
         let (mut x0s, mut x1s, mut lxs) = ([0usize; BLOCK], [0usize; BLOCK], [0f32; BLOCK]);
         for bx in (0..out.w).step_by(BLOCK) {
             let n = BLOCK.min(out.w - bx);
             for i in 0..n {
-                (x0s[i], x1s[i], lxs[i]) = source(bx + i, sx, self.w);
+                (x0s[i], x1s[i], lxs[i]) = x.source(bx + i, self.w, out.w);
             }
             let cols = x0s[..n].iter().zip(&x1s[..n]).zip(&lxs[..n]);
             for oy in 0..out.h {
-                let (y0, y1, ly) = source(oy, sy, self.h);
+                let (y0, y1, ly) = y.source(oy, self.h, out.h);
                 let (r0, r1) = (self.row(y0), self.row(y1));
                 let row = &mut out.data[oy * out.w + bx..oy * out.w + bx + n];
                 for (o, ((&x0, &x1), &lx)) in row.iter_mut().zip(cols.clone()) {
@@ -291,9 +301,37 @@ impl Map {
 #[inline]
 fn source(i: usize, scale: f32, n: usize) -> (usize, usize, f32) {
     let s = ((i as f32 + 0.5) * scale - 0.5).max(0.0);
+    neighbours(s, n)
+}
+
+/// The two source indices around coordinate `s` (clamped to `0..n`) and the weight of the second.
+fn neighbours(s: f32, n: usize) -> (usize, usize, f32) {
+    let s = s.max(0.0);
     let i0 = (s as usize).min(n - 1);
     let i1 = (i0 + 1).min(n - 1);
     (i0, i1, (s - i0 as f32).clamp(0.0, 1.0))
+}
+
+/// Where a bilinear resize reads output index `i` from, along one axis.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Resample {
+    /// PyTorch's `align_corners=False`: source `(i + 0.5) * in / out - 0.5`, each cell taken as
+    /// an area of the output (right for pixels; PatchCore resizes its maps this way).
+    HalfPixel,
+    /// Source `scale * i + shift`: a grid whose cells are centred on known output positions
+    /// (`crate::model::graph::Placement`).
+    Affine { scale: f32, shift: f32 },
+}
+
+impl Resample {
+    /// The source of output `i` when resizing `in_len` values to `out_len`: `(index, next index,
+    /// weight of next)`, clamped to the source.
+    pub fn source(self, i: usize, in_len: usize, out_len: usize) -> (usize, usize, f32) {
+        match self {
+            Resample::HalfPixel => source(i, in_len as f32 / out_len as f32, in_len),
+            Resample::Affine { scale, shift } => neighbours(i as f32 * scale + shift, in_len),
+        }
+    }
 }
 
 /// Kernel radius as scipy computes it for `truncate = 4.0`: `int(4 * sigma + 0.5)`.

@@ -154,6 +154,39 @@ pub struct Tap {
     pub tensor: TensorId,
 }
 
+/// Where a tensor's cells sit on the model input, the same along both axes: cell `i` is centred
+/// on input pixel `stride * i + offset` (pixel indices, fractional between pixels). ResNet-18 and
+/// EfficientNet-Lite0 pad every window by `k / 2` (odd `k`), which keeps `offset` at 0: cell `i`
+/// of a stride-8 map is centred on pixel `8 i`, not on `8 i + 3.5` as a resize that treats cells
+/// as pixel areas assumes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Placement {
+    pub stride: f64,
+    pub offset: f64,
+}
+
+impl Placement {
+    /// The input itself.
+    pub const INPUT: Placement = Placement {
+        stride: 1.0,
+        offset: 0.0,
+    };
+
+    /// The placement of a window op's output whose input has this placement.
+    pub fn through(self, kernel: usize, stride: usize, padding: usize) -> Placement {
+        let centre = (kernel as f64 - 1.0) / 2.0 - padding as f64;
+        Placement {
+            stride: self.stride * stride as f64,
+            offset: self.offset + self.stride * centre,
+        }
+    }
+
+    /// This grid's coordinate of input pixel `x`.
+    pub fn cell_of(self, x: f64) -> f64 {
+        (x - self.offset) / self.stride
+    }
+}
+
 /// Channels and spatial size of one tensor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shape {
@@ -341,6 +374,24 @@ impl Graph {
     /// Dimension of the pooled feature vector.
     pub fn feature_dim(&self) -> Result<usize> {
         Ok(self.channels()?[self.output])
+    }
+
+    /// Where every tensor's cells sit on the input (the graph is assumed valid: see
+    /// [`Self::validate`]). A convolution or pool with kernel `k`, stride `s` and padding `p`
+    /// centres its output cell `i` on its input cell `s * i - p + (k - 1) / 2`, so every grid is
+    /// an affine map of input pixels. A global pool's single cell keeps its input's placement
+    /// (it is no grid).
+    pub fn placements(&self) -> Vec<Placement> {
+        let mut p = vec![Placement::INPUT];
+        for op in &self.ops {
+            let next = match op {
+                Op::Conv(c) => p[c.input].through(c.kernel, c.stride, c.padding),
+                Op::MaxPool(m) => p[m.input].through(m.kernel, m.stride, m.padding),
+                Op::GlobalAvgPool { input } => p[*input],
+            };
+            p.push(next);
+        }
+        p
     }
 
     /// Shape of every tensor for a `h` x `w` input; errors when a map shrinks to nothing or a
@@ -562,6 +613,33 @@ mod tests {
         let json = serde_json::to_string(&g).unwrap();
         assert!(json.contains(r#""op":"conv""#), "{json}");
         assert_eq!(serde_json::from_str::<Graph>(&json).unwrap(), g);
+    }
+
+    #[test]
+    fn placements_follow_kernels_strides_and_paddings() {
+        // Odd kernels padded by k / 2 keep cells on multiples of the stride: conv a (3x3, stride
+        // 2, pad 1) and b (stride 1) at 2 i, the pool (3x3, stride 2, pad 1) at 4 i.
+        let g = small();
+        let p = g.placements();
+        assert_eq!(p.len(), g.ops.len() + 1);
+        assert_eq!(p[0], Placement::INPUT);
+        assert_eq!((p[1].stride, p[1].offset), (2.0, 0.0));
+        assert_eq!((p[2].stride, p[2].offset), (2.0, 0.0));
+        assert_eq!((p[3].stride, p[3].offset), (4.0, 0.0));
+        // A 2x2 unpadded stride-2 window centres output i between input pixels 2 i and 2 i + 1;
+        // a 1x1 unpadded one on input cell i; a 3x3 unpadded one on cell s i + 1.
+        let q = Placement::INPUT.through(2, 2, 0);
+        assert_eq!((q.stride, q.offset), (2.0, 0.5));
+        assert_eq!(
+            q.through(1, 2, 0),
+            Placement {
+                stride: 4.0,
+                offset: 0.5
+            }
+        );
+        let r = q.through(3, 2, 0);
+        assert_eq!((r.stride, r.offset), (4.0, 2.5));
+        assert_eq!(r.cell_of(6.5), 1.0);
     }
 
     #[test]
