@@ -208,7 +208,7 @@ fn taps_are_centred_on_their_strides_multiples() {
         (
             EncoderConfig::new(Stem::Imagenet, 1.0).graph(),
             &[
-                ("stem", 2.0),
+                ("stem", 4.0),
                 ("layer1", 4.0),
                 ("layer2", 8.0),
                 ("layer3", 16.0),
