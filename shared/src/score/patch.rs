@@ -1076,7 +1076,7 @@ mod tests {
                 PatchScorer::new(l, PatchBank::new(vec![0f32; 5], 5).unwrap(), 0.0).unwrap();
             let mut a2 = vec![0f32; 8 * 8 * 2];
             a2[(3 * 8 + 5) * 2] = 9.0;
-            s.score(&[&a2, &vec![0f32; 4 * 4 * 3]]);
+            s.score(&[&a2, &[0f32; 4 * 4 * 3]]);
             s.map().clone()
         };
         // On its receptive field: the full distance at input pixel (10, 6), half a cell away half.
