@@ -11,7 +11,8 @@
 //!   images, reduced by greedy k-center selection (on a seeded Gaussian projection to
 //!   [`PROJECTION_DIM`] dimensions, as PatchCore does) to a size budget.
 //! - **Map** ([`PatchScorer`]): per cell the Euclidean distance to its nearest bank row; the grid
-//!   upsampled bilinearly to the model input (by the same placement) and smoothed with a Gaussian (`sigma` input pixels);
+//!   upsampled bilinearly to the model input (by the same placement) and smoothed with a
+//!   Gaussian (`sigma` input pixels);
 //!   the image score is the map's maximum (higher = more anomalous).
 //!
 //! The nearest row is found with the executor's f32 GEMM (`-2 q.b + |b|^2`, bank packed once) and
