@@ -187,7 +187,10 @@ impl<E: Embedder> Detector<E> {
 
     /// Entries of the patch bank (0 without patch scoring).
     pub fn patch_bank_len(&self) -> usize {
-        self.core.patch.as_ref().map_or(0, |p| p.scorer.bank.len())
+        self.core
+            .patch
+            .as_ref()
+            .map_or(0, |p| p.scorer.bank().len())
     }
 
     /// Raw features of every view of the last image scored, `[angle][dim]` in the bank's angle
@@ -204,7 +207,7 @@ impl<E: Embedder> Detector<E> {
         let Some(p) = &self.core.patch else {
             return Vec::new();
         };
-        let dim = p.scorer.layout.dim;
+        let dim = p.scorer.layout().dim;
         p.scorer
             .grid()
             .data

@@ -25,7 +25,7 @@ use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::map::{Map, Resample};
+use super::map::{Map, Resample, Smooth};
 use crate::error::{Error, Result};
 use crate::exec::kernels::gemm_f32::{PackedF32, gemm_f32};
 use crate::exec::kernels::{Clamp, Epilogue, Isa};
@@ -458,6 +458,10 @@ pub fn coreset(feats: &[f32], dim: usize, budget: usize, seed: u64) -> Vec<usize
 /// bundle). Banks of up to `BLOCK` rows (the exporter's default is 1,024) are packed once.
 pub const BLOCK: usize = 4096;
 
+/// Queries per GEMM of [`PatchBank::nearest_into`]: their distances to a 1,024-row block (112 KiB)
+/// stay in a core's L2 until the scan reads them. A multiple of the AVX-512 microkernel's 7 rows.
+pub const CHUNK: usize = 28;
+
 /// A bank's rows as stored: f32 (the trainer's), or f16 as a bundle holds them.
 #[derive(Clone)]
 pub enum PatchRows {
@@ -541,13 +545,16 @@ impl std::fmt::Debug for PatchBank {
     }
 }
 
+/// A query's smallest expanded distance so far and its row.
+type Best = (f32, usize);
+
 /// Buffers of [`PatchBank::nearest_into`], kept between calls.
 #[derive(Debug, Clone, Default)]
 pub struct NearestScratch {
     /// Expanded distances of the queries to one block of rows.
     dist: Vec<f32>,
     /// Per query, the smallest expanded distance so far and its row.
-    best: Vec<(f32, usize)>,
+    best: Vec<Best>,
     /// One row in f32.
     row: Vec<f32>,
 }
@@ -629,7 +636,13 @@ impl PatchBank {
     }
 
     /// Distance from each of the `m` queries (`q`, `m x dim`) to its nearest row, into `out`.
-    /// `scratch` grows to `m x min(len, BLOCK)` distances once.
+    /// `scratch` grows to `min(threads, chunks) x CHUNK x min(len, BLOCK)` distances once.
+    ///
+    /// The queries are split into one contiguous part per thread, and each part goes through
+    /// the bank [`CHUNK`] queries at a time: a GEMM of the chunk against the block, then the
+    /// scan, while the chunk's distances are still in cache (one GEMM over all queries wrote
+    /// 784 x 1,024 distances, 3 MiB, and read them back from memory). Each distance is the same
+    /// sum in the same order whatever the chunking, so the result does not depend on `threads`.
     pub fn nearest_into(
         &self,
         q: &[f32],
@@ -642,8 +655,11 @@ impl PatchBank {
         assert_eq!(q.len(), m * d, "queries of {d} values");
         assert_eq!(out.len(), m, "one distance per query");
         let bn = n.min(BLOCK);
+        let parts = threads.clamp(1, m.div_ceil(CHUNK).max(1));
+        // Queries per part: whole chunks, so that only the last part has a short one.
+        let per = m.div_ceil(parts).div_ceil(CHUNK).max(1) * CHUNK;
         let NearestScratch { dist, best, row } = scratch;
-        dist.resize(m * bn, 0.0);
+        dist.resize(parts * CHUNK * bn, 0.0);
         best.clear();
         best.resize(m, (f32::INFINITY, 0));
         let mut packed_block;
@@ -657,25 +673,29 @@ impl PatchBank {
                 }
             };
             let ep = Epilogue::new(&self.sq[j0..j0 + nb], Clamp::NONE);
-            gemm_f32(q, d, m, packed, &ep, dist, nb, threads.max(1));
-            // Each query's first nearest row of this block, kept when strictly nearer than the
-            // earlier blocks' (the same row as a plain scan with `<`).
-            let scan = |(b, row): (&mut (f32, usize), &[f32])| {
-                let v = min_f32(row);
-                if v < b.0 {
-                    let jj = row.iter().position(|&x| x == v).unwrap_or(0);
-                    *b = (v, j0 + jj);
+            let part = |(p, (best, dist)): (usize, (&mut [Best], &mut [f32]))| {
+                for (c, best) in best.chunks_mut(CHUNK).enumerate() {
+                    let i0 = p * per + c * CHUNK;
+                    let mc = best.len();
+                    gemm_f32(&q[i0 * d..(i0 + mc) * d], d, mc, packed, &ep, dist, nb, 1);
+                    // Each query's first nearest row of this block, kept when strictly nearer
+                    // than the earlier blocks' (the same row as a plain scan with `<`).
+                    for (b, row) in best.iter_mut().zip(dist.chunks_exact(nb)) {
+                        let v = min_f32(row);
+                        if v < b.0 {
+                            let jj = row.iter().position(|&x| x == v).unwrap_or(0);
+                            *b = (v, j0 + jj);
+                        }
+                    }
                 }
             };
-            if threads > 1 {
-                best.par_iter_mut()
-                    .zip(dist[..m * nb].par_chunks_exact(nb))
-                    .with_min_len(64)
-                    .for_each(scan);
+            if parts > 1 {
+                best.par_chunks_mut(per)
+                    .zip(dist.par_chunks_mut(CHUNK * bn))
+                    .enumerate()
+                    .for_each(part);
             } else {
-                best.iter_mut()
-                    .zip(dist[..m * nb].chunks_exact(nb))
-                    .for_each(scan);
+                part((0, (&mut best[..], &mut dist[..])));
             }
         }
         // The nearest row's distance, computed directly (no cancellation).
@@ -718,7 +738,9 @@ fn min_f32(x: &[f32]) -> f32 {
     let mut chunks = x.chunks_exact(8);
     for c in &mut chunks {
         for (l, &v) in lanes.iter_mut().zip(c) {
-            *l = l.min(v);
+            // A compare and select (`minps` on x86, NaN `v` skipped); `f32::min`'s NaN rules
+            // cost a compare and a blend more per vector.
+            *l = if v < *l { v } else { *l };
         }
     }
     let tail = chunks
@@ -732,10 +754,12 @@ fn min_f32(x: &[f32]) -> f32 {
 /// upsampled and smoothed map.
 #[derive(Debug, Clone)]
 pub struct PatchScorer {
-    pub layout: PatchLayout,
-    pub bank: PatchBank,
-    pub sigma: f32,
+    layout: PatchLayout,
+    bank: PatchBank,
+    sigma: f32,
     threads: usize,
+    /// The grid to the input, smoothed ([`Smooth`]: its matrices are computed once).
+    smooth: Smooth,
     feats: Vec<f32>,
     scratch: Vec<f32>,
     gemm: NearestScratch,
@@ -757,8 +781,17 @@ impl PatchScorer {
             )));
         }
         let p = layout.patches();
+        let r = layout.to_input;
+        let smooth = Smooth::new(
+            (layout.gw, layout.gh),
+            (layout.size, layout.size),
+            r,
+            r,
+            sigma,
+        );
         Ok(Self {
             threads: rayon::current_num_threads().max(1),
+            smooth,
             feats: vec![0f32; p * layout.dim],
             scratch: Vec::new(),
             gemm: NearestScratch::default(),
@@ -818,13 +851,21 @@ impl PatchScorer {
                 *g = g.min(*v);
             }
         }
-        let r = self.layout.to_input;
-        self.grid.resample_into(&mut self.map, r, r);
-        if self.sigma > 0.0 {
-            self.map
-                .gaussian_blur_in_place(self.sigma, &mut self.scratch);
-        }
+        self.smooth.apply(&self.grid, &mut self.map);
         self.map.max().0
+    }
+
+    pub fn layout(&self) -> &PatchLayout {
+        &self.layout
+    }
+
+    pub fn bank(&self) -> &PatchBank {
+        &self.bank
+    }
+
+    /// The smoothing of the map (its Gaussian's sigma, in input pixels).
+    pub fn sigma(&self) -> f32 {
+        self.sigma
     }
 
     /// Per-cell distances of the last image (`gh x gw`).
@@ -968,9 +1009,18 @@ mod tests {
     fn gemm_nearest_is_the_exact_scan() {
         let dim = 37;
         let bank = PatchBank::new(random(301 * dim, 1), dim).unwrap();
-        let q = random(29 * dim, 2);
-        let mut out = vec![0f32; 29];
-        bank.nearest_into(&q, 29, 2, &mut NearestScratch::default(), &mut out);
+        // Queries over several chunks, the last one short.
+        let m = 2 * CHUNK + 17;
+        let q = random(m * dim, 2);
+        let mut out = vec![0f32; m];
+        let mut scratch = NearestScratch::default();
+        bank.nearest_into(&q, m, 2, &mut scratch, &mut out);
+        // Whatever the threads (parts of whole chunks, more threads than chunks), the same bits.
+        for threads in [1, 3, 4, 64] {
+            let mut again = vec![0f32; m];
+            bank.nearest_into(&q, m, threads, &mut scratch, &mut again);
+            assert_eq!(again, out, "{threads} threads");
+        }
         for (i, &d) in out.iter().enumerate() {
             let want = bank.nearest_exact(&q[i * dim..][..dim]);
             assert!(
@@ -1040,8 +1090,9 @@ mod tests {
             );
         }
         assert!(b[..4].iter().all(|&d| d < 0.01), "{:?}", &b[..4]);
-        // The distance scratch is one block wide, not the bank's width.
-        assert_eq!(scratch.dist.len(), 40 * BLOCK);
+        // The distance scratch is one block wide, not the bank's width, and a chunk of queries
+        // deep per thread.
+        assert_eq!(scratch.dist.len(), 2 * CHUNK * BLOCK);
         // A one-block bank is packed once and scores the same whether stored in f16 or f32.
         let small = PatchBank::new(f32_rows[..100 * dim].to_vec(), dim).unwrap();
         let mut c = vec![0f32; 40];
