@@ -6,18 +6,20 @@
 //!   over a `neighbourhood` x `neighbourhood` window (stride 1, the mean of the cells inside the
 //!   map), brought to the first tap's grid by bilinear interpolation, and the taps are
 //!   concatenated: one `dim`-vector per grid cell. Where a cell is on the input follows
-//!   [`MapPlacement`]: by default the graph's receptive-field centres.
+//!   [`MapPlacement`]: by default the graph's receptive-field centres. The means of a tap finer
+//!   than the grid are taken only at the cells the grid reads.
 //! - **Bank** ([`coreset`], [`PatchBank`]): the features of every grid cell of the good training
 //!   images, reduced by greedy k-center selection (on a seeded Gaussian projection to
 //!   [`PROJECTION_DIM`] dimensions, as PatchCore does) to a size budget.
 //! - **Map** ([`PatchScorer`]): per cell the Euclidean distance to its nearest bank row; the grid
 //!   upsampled bilinearly to the model input (by the same placement) and smoothed with a
-//!   Gaussian (`sigma` input pixels);
-//!   the image score is the map's maximum (higher = more anomalous).
+//!   Gaussian (`sigma` input pixels), both as one precomputed linear map per axis
+//!   ([`super::map::Smooth`]); the image score is the map's maximum (higher = more anomalous).
 //!
-//! The nearest row is found with the executor's f32 GEMM (`-2 q.b + |b|^2`, bank packed once) and
-//! its distance then recomputed directly, so the distance does not suffer the expansion's
-//! cancellation. [`PatchBank::nearest_exact`] is the f64 scan the tests and the self-test
+//! The nearest row is exact but found cheaply ([`PatchBank::nearest_into`]): the executor's
+//! int8 GEMM gives approximate distances with a proven error bound, and only the rows that
+//! bound cannot rule out get their distance computed directly in f32 (no expansion, so no
+//! cancellation). [`PatchBank::nearest_exact`] is the f64 scan the tests and the self-test
 //! reference use.
 
 use rand::SeedableRng;
@@ -27,8 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use super::map::{Map, Resample, Smooth};
 use crate::error::{Error, Result};
-use crate::exec::kernels::gemm_f32::{PackedF32, gemm_f32};
-use crate::exec::kernels::{Clamp, Epilogue, Isa};
+use crate::exec::kernels::gemm_i8::{MAX_K, PackedI8, gemm_u8i8};
+use crate::exec::kernels::{Clamp, Epilogue, Isa, quantize_u8_rows};
 use crate::model::graph::{Graph, Placement, Shape, TensorId};
 
 /// Dimensions of the random projection the coreset selection measures distances in.
@@ -179,6 +181,58 @@ pub struct PatchLayout {
     pub size: usize,
     /// Where input pixel `u` reads the grid (both axes) when the map is upsampled.
     pub to_input: Resample,
+    /// Per tap, where the grid reads its map ([`Sampling`]).
+    sampling: Vec<Sampling>,
+}
+
+/// A bilinear source along one axis: the index, the next one and the weight of the next.
+type Source = (usize, usize, f32);
+
+/// Where the grid reads one tap's map: per grid row and column the two source indices and the
+/// weight of the second (the second is the first where that weight is 0, so that only cells
+/// that count are read), and the source rows and columns read at all. A tap finer than the grid
+/// gets its neighbourhood means at those cells only: for EfficientNet-Lite0's stride-2 `stage1`
+/// under a stride-8 grid, 28 x 28 of its 112 x 112 cells.
+#[derive(Debug, Clone, PartialEq)]
+struct Sampling {
+    ys: Vec<Source>,
+    xs: Vec<Source>,
+    /// Sorted, without repeats.
+    rows: Vec<usize>,
+    cols: Vec<usize>,
+}
+
+impl Sampling {
+    fn new(s: Shape, (gh, gw): (usize, usize), from: Resample) -> Self {
+        let axis = |n: usize, len: usize| -> (Vec<Source>, Vec<usize>) {
+            let table: Vec<Source> = (0..len)
+                .map(|i| {
+                    let (i0, i1, l) = match from {
+                        Resample::HalfPixel => source(i, n, len),
+                        r => r.source(i, n, len),
+                    };
+                    if l == 0.0 { (i0, i0, l) } else { (i0, i1, l) }
+                })
+                .collect();
+            let mut read: Vec<usize> = table.iter().flat_map(|&(a, b, _)| [a, b]).collect();
+            read.sort_unstable();
+            read.dedup();
+            (table, read)
+        };
+        let (ys, rows) = axis(s.h, gh);
+        let (xs, cols) = axis(s.w, gw);
+        Self { ys, xs, rows, cols }
+    }
+
+    /// Every cell of a map the size of the grid, in place.
+    fn whole(s: Shape) -> Self {
+        Self {
+            ys: (0..s.h).map(|i| (i, i, 0.0)).collect(),
+            xs: (0..s.w).map(|i| (i, i, 0.0)).collect(),
+            rows: (0..s.h).collect(),
+            cols: (0..s.w).collect(),
+        }
+    }
 }
 
 impl PatchLayout {
@@ -213,7 +267,18 @@ impl PatchLayout {
             }
             to_input = affine(Placement::INPUT, grid);
         }
+        let sampling = taps
+            .iter()
+            .map(|t| {
+                if (t.shape.h, t.shape.w) == (first.h, first.w) {
+                    Sampling::whole(t.shape)
+                } else {
+                    Sampling::new(t.shape, (first.h, first.w), t.from_grid)
+                }
+            })
+            .collect();
         Ok(Self {
+            sampling,
             gh: first.h,
             gw: first.w,
             dim,
@@ -239,25 +304,18 @@ impl PatchLayout {
         assert_eq!(maps.len(), self.taps.len(), "one map per tap");
         assert_eq!(out.len(), self.patches() * self.dim, "patch feature buffer");
         let r = self.neighbourhood / 2;
-        for (tap, map) in self.taps.iter().zip(maps) {
+        for ((tap, map), at) in self.taps.iter().zip(maps).zip(&self.sampling) {
             let s = tap.shape;
             assert_eq!(map.len(), s.len(), "tap map of {:?}", s);
             scratch.resize(2 * s.len(), 0.0);
             let (rows, avg) = scratch.split_at_mut(s.len());
-            box_mean_hwc(map, s, r, rows, avg);
+            box_mean_hwc(map, s, r, (&at.rows, &at.cols), rows, avg);
             if (s.h, s.w) == (self.gh, self.gw) {
                 for p in 0..self.patches() {
                     out[p * self.dim + tap.offset..][..s.c].copy_from_slice(&avg[p * s.c..][..s.c]);
                 }
             } else {
-                bilinear_hwc(
-                    avg,
-                    s,
-                    (self.gh, self.gw),
-                    tap.from_grid,
-                    (self.dim, tap.offset),
-                    out,
-                );
+                bilinear_hwc(avg, s, (&at.ys, &at.xs), (self.dim, tap.offset), out);
             }
         }
     }
@@ -270,25 +328,37 @@ impl PatchLayout {
     }
 }
 
-/// Mean over the `(2r+1)^2` window clipped to the map, per channel; `rows` is scratch.
-fn box_mean_hwc(x: &[f32], s: Shape, r: usize, rows: &mut [f32], out: &mut [f32]) {
+/// Mean over the `(2r+1)^2` window clipped to the map, per channel, at the cells of rows `ys`
+/// and columns `xs` (`out`'s other cells are left as they were); `rows` is scratch.
+fn box_mean_hwc(
+    x: &[f32],
+    s: Shape,
+    r: usize,
+    (ys, xs): (&[usize], &[usize]),
+    rows: &mut [f32],
+    out: &mut [f32],
+) {
     let (h, w, c) = (s.h, s.w, s.c);
-    // Horizontal sums.
-    for y in 0..h {
-        for xo in 0..w {
-            let o = &mut rows[(y * w + xo) * c..][..c];
-            o.fill(0.0);
-            for xi in xo.saturating_sub(r)..(xo + r + 1).min(w) {
-                for (a, b) in o.iter_mut().zip(&x[(y * w + xi) * c..][..c]) {
-                    *a += b;
+    // Horizontal sums at the columns `xs`, on the rows the vertical windows of `ys` cover.
+    let mut y_end = 0;
+    for &yo in ys {
+        for y in yo.saturating_sub(r).max(y_end)..(yo + r + 1).min(h) {
+            for &xo in xs {
+                let o = &mut rows[(y * w + xo) * c..][..c];
+                o.fill(0.0);
+                for xi in xo.saturating_sub(r)..(xo + r + 1).min(w) {
+                    for (a, b) in o.iter_mut().zip(&x[(y * w + xi) * c..][..c]) {
+                        *a += b;
+                    }
                 }
             }
+            y_end = y + 1;
         }
     }
     // Vertical sums, then the mean.
-    for yo in 0..h {
+    for &yo in ys {
         let (y0, y1) = (yo.saturating_sub(r), (yo + r + 1).min(h));
-        for xo in 0..w {
+        for &xo in xs {
             let n = ((y1 - y0) * ((xo + r + 1).min(w) - xo.saturating_sub(r))) as f32;
             let o = &mut out[(yo * w + xo) * c..][..c];
             o.fill(0.0);
@@ -321,25 +391,18 @@ fn source(dst: usize, src_len: usize, dst_len: usize) -> (usize, usize, f32) {
     (i0, i1, s - i0 as f32)
 }
 
-/// Bilinear resize of an HWC map to a `gh x gw` grid, cells read where `from` says (PyTorch's
-/// half-pixel rule as `source` computes it), written at column `offset` of rows of `ld`.
+/// Bilinear resize of an HWC map to a grid: grid row `y` reads source rows `ys[y]` (`(index, next,
+/// weight of next)`), column `x` columns `xs[x]`; written at column `offset` of rows of `ld`.
 fn bilinear_hwc(
     x: &[f32],
     s: Shape,
-    (gh, gw): (usize, usize),
-    from: Resample,
+    (ys, xs): (&[Source], &[Source]),
     (ld, offset): (usize, usize),
     out: &mut [f32],
 ) {
-    let c = s.c;
-    let src = |i: usize, n: usize, len: usize| match from {
-        Resample::HalfPixel => source(i, n, len),
-        r => r.source(i, n, len),
-    };
-    for y in 0..gh {
-        let (y0, y1, ly) = src(y, s.h, gh);
-        for xx in 0..gw {
-            let (x0, x1, lx) = src(xx, s.w, gw);
+    let (c, gw) = (s.c, xs.len());
+    for (y, &(y0, y1, ly)) in ys.iter().enumerate() {
+        for (xx, &(x0, x1, lx)) in xs.iter().enumerate() {
             let w00 = (1.0 - ly) * (1.0 - lx);
             let w01 = (1.0 - ly) * lx;
             let w10 = ly * (1.0 - lx);
@@ -524,16 +587,97 @@ impl PatchRows {
     }
 }
 
-/// The bank of good patch features, packed for the GEMM that finds each query's nearest row.
+/// The bank of good patch features, packed for the int8 GEMM that finds each query's nearest
+/// row ([`PatchBank::nearest_into`]).
 #[derive(Clone)]
 pub struct PatchBank {
     dim: usize,
     isa: Isa,
     rows: PatchRows,
-    /// `-2 * rows`, packed as the right operand, when the bank is one block.
-    packed: Option<PackedF32>,
+    /// The rows packed with what their search needs, when the bank is one block.
+    packed: Option<Block>,
     /// `|row|^2`, the epilogue's bias.
     sq: Vec<f32>,
+    /// How queries are quantized: one scale and zero point that cover the bank's values.
+    quant: QueryQuant,
+}
+
+/// The u8 quantization of queries: `q8 = round(q / scale) + zp`, clamped to 0..=255.
+#[derive(Debug, Clone, Copy)]
+struct QueryQuant {
+    scale: f32,
+    zp: u8,
+}
+
+impl QueryQuant {
+    /// A scale and zero point whose range holds `lo..=hi` (and 0).
+    fn covering(lo: f32, hi: f32) -> Self {
+        let (lo, hi) = (lo.min(0.0), hi.max(0.0));
+        let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+        let zp = (-lo / scale).round().clamp(0.0, 255.0) as u8;
+        Self { scale, zp }
+    }
+}
+
+/// Rows `j0..j0 + n` of a bank as the int8 search reads them: i8 with one scale per row, packed
+/// as the GEMM's right operand, with the bounds of their quantization error, and in f32 for
+/// the exact distances of the candidates.
+#[derive(Clone)]
+struct Block {
+    j0: usize,
+    w: PackedI8,
+    /// `-2 * query scale * row scale`: the epilogue's scale, so that the GEMM gives
+    /// `|row|^2 - 2 q' . row'` (quantized query and row).
+    scale: Vec<f32>,
+    /// The largest `|row|` and `|row - row'|` of the block (rounded up).
+    max_norm: f32,
+    max_err: f32,
+    /// The largest `|row|^2`.
+    max_sq: f32,
+    rows: Vec<f32>,
+}
+
+impl Block {
+    fn new(isa: Isa, bank: &PatchRows, dim: usize, j0: usize, n: usize, quant: QueryQuant) -> Self {
+        let mut rows = vec![0f32; n * dim];
+        bank.read(j0 * dim, &mut rows);
+        let mut w = vec![0i8; n * dim];
+        let mut scale = Vec::with_capacity(n);
+        let (mut max_norm, mut max_err, mut max_sq) = (0f64, 0f64, 0f64);
+        for (r, w) in rows.chunks_exact(dim).zip(w.chunks_exact_mut(dim)) {
+            let top = r.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let s = if top > 0.0 { top / 127.0 } else { 1.0 };
+            let (mut sq, mut err) = (0f64, 0f64);
+            for (w, &v) in w.iter_mut().zip(r) {
+                *w = (v / s).round().clamp(-127.0, 127.0) as i8;
+                let e = f64::from(v) - f64::from(s) * f64::from(*w);
+                err += e * e;
+                sq += f64::from(v) * f64::from(v);
+            }
+            scale.push(-2.0 * quant.scale * s);
+            max_norm = max_norm.max(sq.sqrt());
+            max_err = max_err.max(err.sqrt());
+            max_sq = max_sq.max(sq);
+        }
+        let up = |x: f64| (x * (1.0 + 1e-6)) as f32;
+        Self {
+            j0,
+            w: PackedI8::with_zero_point(isa, &w, n, dim, quant.zp),
+            scale,
+            max_norm: up(max_norm),
+            max_err: up(max_err),
+            max_sq: up(max_sq),
+            rows,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.scale.len()
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.len() * self.w.k_padded() + self.scale.len() * 4 + self.rows.len() * 4
+    }
 }
 
 impl std::fmt::Debug for PatchBank {
@@ -545,26 +689,20 @@ impl std::fmt::Debug for PatchBank {
     }
 }
 
-/// A query's smallest expanded distance so far and its row.
+/// A query's smallest exact squared distance so far and its row.
 type Best = (f32, usize);
 
 /// Buffers of [`PatchBank::nearest_into`], kept between calls.
 #[derive(Debug, Clone, Default)]
 pub struct NearestScratch {
-    /// Expanded distances of the queries to one block of rows.
+    /// The queries in u8, rows padded to the GEMM's K.
+    q8: Vec<u8>,
+    /// Per query: `|q|^2`, `|q - q'|` and `|q'|` (`q'` the quantized query).
+    bound: Vec<[f32; 3]>,
+    /// Approximate distances of one chunk of queries to one block of rows, per thread.
     dist: Vec<f32>,
-    /// Per query, the smallest expanded distance so far and its row.
+    /// Per query, the smallest exact squared distance so far and its row.
     best: Vec<Best>,
-    /// One row in f32.
-    row: Vec<f32>,
-}
-
-/// `-2 *` rows `j0..j0 + n` of `rows`, packed.
-fn pack_block(isa: Isa, rows: &PatchRows, dim: usize, j0: usize, n: usize) -> PackedF32 {
-    let mut neg2 = vec![0f32; n * dim];
-    rows.read(j0 * dim, &mut neg2);
-    neg2.iter_mut().for_each(|v| *v *= -2.0);
-    PackedF32::new(isa, &neg2, n, dim)
 }
 
 impl PatchBank {
@@ -584,21 +722,33 @@ impl PatchBank {
         if !rows.all_finite() {
             return Err(bad("the patch bank holds NaN or infinity"));
         }
+        if dim > MAX_K {
+            return Err(bad(format!(
+                "patch features of {dim} values (at most {MAX_K})"
+            )));
+        }
         let n = len / dim;
         let mut row = vec![0f32; dim];
+        let (mut lo, mut hi) = (0f32, 0f32);
         let sq = (0..n)
             .map(|j| {
                 rows.read(j * dim, &mut row);
+                for &v in &row {
+                    lo = lo.min(v);
+                    hi = hi.max(v);
+                }
                 row.iter().map(|v| v * v).sum()
             })
             .collect();
-        let packed = (n <= BLOCK).then(|| pack_block(isa, &rows, dim, 0, n));
+        let quant = QueryQuant::covering(lo, hi);
+        let packed = (n <= BLOCK).then(|| Block::new(isa, &rows, dim, 0, n, quant));
         Ok(Self {
             dim,
             isa,
             rows,
             packed,
             sq,
+            quant,
         })
     }
 
@@ -622,27 +772,34 @@ impl PatchBank {
     }
 
     /// Bytes the bank holds: its rows as stored (f16 rows may be shared with their bundle),
-    /// the packed copy of a one-block bank and the norms.
+    /// the packed copy of a one-block bank (i8 rows, their scales and the f32 rows) and the
+    /// norms.
     pub fn heap_bytes(&self) -> usize {
         let rows = match &self.rows {
             PatchRows::F32(v) => v.len() * 4,
             PatchRows::F16(v) => v.len() * 2,
         };
-        rows + self
-            .packed
-            .as_ref()
-            .map_or(0, |_| self.len() * self.dim * 4)
-            + self.sq.len() * 4
+        rows + self.packed.as_ref().map_or(0, Block::heap_bytes) + self.sq.len() * 4
     }
 
     /// Distance from each of the `m` queries (`q`, `m x dim`) to its nearest row, into `out`.
-    /// `scratch` grows to `min(threads, chunks) x CHUNK x min(len, BLOCK)` distances once.
+    /// `scratch` grows to `m x dim` bytes and `min(threads, chunks) x CHUNK x min(len, BLOCK)`
+    /// distances once.
     ///
-    /// The queries are split into one contiguous part per thread, and each part goes through
-    /// the bank [`CHUNK`] queries at a time: a GEMM of the chunk against the block, then the
-    /// scan, while the chunk's distances are still in cache (one GEMM over all queries wrote
-    /// 784 x 1,024 distances, 3 MiB, and read them back from memory). Each distance is the same
-    /// sum in the same order whatever the chunking, so the result does not depend on `threads`.
+    /// The nearest row is exact, found in two steps:
+    /// 1. An int8 GEMM (u8 queries on one scale, i8 rows on one scale each: [`gemm_u8i8`], VNNI
+    ///    or SDOT where the CPU has them) gives every row's approximate `|row|^2 - 2 q . row`.
+    ///    Its error is bounded by Cauchy-Schwarz: `|q.r - q'.r'| <= |q - q'| |r| + |q'| |r - r'|`,
+    ///    where `'` is the quantized value and every norm is known (the query's per call, the
+    ///    rows' when packed). With `e` twice the largest such bound over the block (plus f32
+    ///    rounding), the nearest row has an approximate distance within `2 e` of the smallest.
+    /// 2. Only those candidates get their exact distance (f32, `sum (q - r)^2`, no cancellation),
+    ///    and the smallest wins (the first row on ties).
+    ///
+    /// On bottle (EfficientNet-Lite0 taps, 1,024 rows) a cell has a handful of candidates, so the
+    /// search costs a quarter of the f32 GEMM it replaced. The queries are split into one
+    /// contiguous part per thread, each going through the bank [`CHUNK`] queries at a time, so
+    /// that a chunk's distances are scanned from cache; the result does not depend on `threads`.
     pub fn nearest_into(
         &self,
         q: &[f32],
@@ -654,38 +811,67 @@ impl PatchBank {
         let (n, d) = (self.len(), self.dim);
         assert_eq!(q.len(), m * d, "queries of {d} values");
         assert_eq!(out.len(), m, "one distance per query");
+        let kp = d.next_multiple_of(4);
         let bn = n.min(BLOCK);
         let parts = threads.clamp(1, m.div_ceil(CHUNK).max(1));
         // Queries per part: whole chunks, so that only the last part has a short one.
         let per = m.div_ceil(parts).div_ceil(CHUNK).max(1) * CHUNK;
-        let NearestScratch { dist, best, row } = scratch;
+        let NearestScratch {
+            q8,
+            bound,
+            dist,
+            best,
+        } = scratch;
+        let QueryQuant { scale, zp } = self.quant;
+        q8.resize(m * kp, 0);
+        quantize_u8_rows(self.isa, q, d, 1.0 / scale, zp, q8, kp);
+        // Per query: |q|^2, and |q - q'| and |q'| for the margin.
+        bound.clear();
+        bound.extend(q.chunks_exact(d).zip(q8.chunks_exact(kp)).map(|(q, q8)| {
+            let (mut qq, mut err, mut norm) = (0f32, 0f32, 0f32);
+            for (&v, &b) in q.iter().zip(q8) {
+                let r = scale * (f32::from(b) - f32::from(zp));
+                qq += v * v;
+                err += (v - r) * (v - r);
+                norm += r * r;
+            }
+            [qq, err.sqrt(), norm.sqrt()]
+        }));
         dist.resize(parts * CHUNK * bn, 0.0);
         best.clear();
         best.resize(m, (f32::INFINITY, 0));
-        let mut packed_block;
+        let mut block_here;
         for j0 in (0..n).step_by(BLOCK) {
             let nb = (n - j0).min(BLOCK);
-            let packed = match &self.packed {
-                Some(p) => p,
+            let block = match &self.packed {
+                Some(b) => b,
                 None => {
-                    packed_block = pack_block(self.isa, &self.rows, d, j0, nb);
-                    &packed_block
+                    block_here = Block::new(self.isa, &self.rows, d, j0, nb, self.quant);
+                    &block_here
                 }
             };
-            let ep = Epilogue::new(&self.sq[j0..j0 + nb], Clamp::NONE);
+            debug_assert_eq!((block.j0, block.len()), (j0, nb));
+            let ep = Epilogue {
+                scale: Some(&block.scale),
+                ..Epilogue::new(&self.sq[j0..j0 + nb], Clamp::NONE)
+            };
             let part = |(p, (best, dist)): (usize, (&mut [Best], &mut [f32]))| {
                 for (c, best) in best.chunks_mut(CHUNK).enumerate() {
                     let i0 = p * per + c * CHUNK;
                     let mc = best.len();
-                    gemm_f32(&q[i0 * d..(i0 + mc) * d], d, mc, packed, &ep, dist, nb, 1);
-                    // Each query's first nearest row of this block, kept when strictly nearer
-                    // than the earlier blocks' (the same row as a plain scan with `<`).
-                    for (b, row) in best.iter_mut().zip(dist.chunks_exact(nb)) {
-                        let v = min_f32(row);
-                        if v < b.0 {
-                            let jj = row.iter().position(|&x| x == v).unwrap_or(0);
-                            *b = (v, j0 + jj);
-                        }
+                    gemm_u8i8(
+                        &q8[i0 * kp..(i0 + mc) * kp],
+                        kp,
+                        mc,
+                        &block.w,
+                        &ep,
+                        dist,
+                        nb,
+                        1,
+                    );
+                    for (i, (b, row)) in best.iter_mut().zip(dist.chunks_exact(nb)).enumerate() {
+                        let i = i0 + i;
+                        self.refine(block, &q[i * d..(i + 1) * d], bound[i], row, b);
                     }
                 }
             };
@@ -698,16 +884,48 @@ impl PatchBank {
                 part((0, (&mut best[..], &mut dist[..])));
             }
         }
-        // The nearest row's distance, computed directly (no cancellation).
-        row.resize(d, 0.0);
-        for ((o, &(_, j)), qi) in out.iter_mut().zip(best.iter()).zip(q.chunks_exact(d)) {
-            self.rows.read(j * d, row);
-            let mut s = 0f32;
-            for (a, c) in qi.iter().zip(row.iter()) {
-                let t = a - c;
-                s += t * t;
+        for (o, &(d2, _)) in out.iter_mut().zip(best.iter()) {
+            *o = d2.sqrt();
+        }
+    }
+
+    /// Step 2 of [`Self::nearest_into`] for query `q` against one block: `approx` holds the
+    /// block's approximate `|row|^2 - 2 q . row`; `best` (exact squared distance, row) is
+    /// replaced by a nearer row of the block.
+    fn refine(
+        &self,
+        block: &Block,
+        q: &[f32],
+        [qq, dq, nq]: [f32; 3],
+        approx: &[f32],
+        best: &mut Best,
+    ) {
+        // |approx - (|q - r|^2 - |q|^2)| <= e for every row of the block: twice the dot
+        // product's bound, widened for f32 rounding (the epilogue's, the norms', the exact
+        // distances').
+        let e = 2.0 * (dq * block.max_norm + nq * block.max_err) * (1.0 + 1e-4)
+            + 1e-4 * (block.max_sq + 2.0 * nq * (block.max_norm + block.max_err) + qq);
+        // The nearest row's approximation is at most the smallest one + 2 e, and at most the
+        // nearest so far (earlier blocks) + e.
+        let limit = (min_f32(approx) + 2.0 * e).min(best.0 - qq + e);
+        let d = self.dim;
+        // Sixteen values at a time: a vector compare for the whole group, then a look inside
+        // the rare group that holds a candidate.
+        let mut groups = approx.chunks(16);
+        let mut jj0 = 0;
+        for g in &mut groups {
+            if g.iter().fold(false, |any, &a| any | (a <= limit)) {
+                for (k, &a) in g.iter().enumerate() {
+                    if a <= limit {
+                        let jj = jj0 + k;
+                        let d2 = squared_distance(q, &block.rows[jj * d..(jj + 1) * d]);
+                        if d2 < best.0 {
+                            *best = (d2, block.j0 + jj);
+                        }
+                    }
+                }
             }
-            *o = s.sqrt();
+            jj0 += g.len();
         }
     }
 
@@ -727,6 +945,24 @@ impl PatchBank {
             .fold(f64::INFINITY, f64::min)
             .sqrt()
     }
+}
+
+/// `|a - b|^2` in f32, summed in eight lanes (so that it vectorises) and then across them.
+fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *l += (x - y) * (x - y);
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// The smallest value of `x` (NaNs skipped; infinity when empty or all NaN), in eight
@@ -899,7 +1135,22 @@ mod tests {
         let x: Vec<f32> = (0..s.len()).map(|i| (i * 7 % 11) as f32).collect();
         let mut rows = vec![0f32; s.len()];
         let mut out = vec![0f32; s.len()];
-        box_mean_hwc(&x, s, 1, &mut rows, &mut out);
+        let all = ([0, 1, 2], [0, 1, 2, 3]);
+        box_mean_hwc(&x, s, 1, (&all.0, &all.1), &mut rows, &mut out);
+        // At some cells only: the same bits there, the others untouched.
+        let mut some = vec![-1f32; s.len()];
+        box_mean_hwc(&x, s, 1, (&[0, 2], &[1, 3]), &mut rows, &mut some);
+        for y in 0..3usize {
+            for xx in 0..4usize {
+                let at = (y * 4 + xx) * 2;
+                let want = if y != 1 && xx % 2 == 1 {
+                    &out[at..at + 2]
+                } else {
+                    &[-1.0, -1.0]
+                };
+                assert_eq!(&some[at..at + 2], want, "({y},{xx})");
+            }
+        }
         for y in 0..3usize {
             for xx in 0..4usize {
                 for c in 0..2 {
@@ -927,15 +1178,22 @@ mod tests {
         ];
         let x = [0.0, 1.0, 2.0, 3.0];
         let mut out = vec![0f32; 16];
-        bilinear_hwc(
-            &x,
-            shape(1, 2, 2),
-            (4, 4),
-            Resample::HalfPixel,
-            (1, 0),
-            &mut out,
-        );
+        let at = Sampling::new(shape(1, 2, 2), (4, 4), Resample::HalfPixel);
+        bilinear_hwc(&x, shape(1, 2, 2), (&at.ys, &at.xs), (1, 0), &mut out);
         assert_eq!(out, want);
+        assert_eq!((at.rows, at.cols), (vec![0, 1], vec![0, 1]));
+        // A stride-4 map under a stride-8 grid, both centred on their strides' multiples: grid
+        // cell j reads cell 2 j exactly, and only those cells.
+        let at = Sampling::new(
+            shape(1, 8, 8),
+            (4, 4),
+            Resample::Affine {
+                scale: 2.0,
+                shift: 0.0,
+            },
+        );
+        assert_eq!(at.cols, [0, 2, 4, 6]);
+        assert_eq!(at.xs[1], (2, 2, 0.0));
     }
 
     fn toy_graph() -> Graph {
@@ -1000,6 +1258,45 @@ mod tests {
         assert!(e.contains("`nope`") && e.contains("layer2"), "{e}");
     }
 
+    #[test]
+    fn means_at_the_sampled_cells_are_the_whole_maps_samples() {
+        // The stride-2 tap under the stride-4 grid: its means are taken only where the grid
+        // reads them, and must be the bits of means over the whole map, then sampled.
+        let g = toy_graph();
+        let (a, b) = (random(8 * 8 * 2, 11), random(4 * 4 * 3, 12));
+        for placement in [MapPlacement::ReceptiveField, MapPlacement::HalfPixel] {
+            let spec = PatchSpec {
+                taps: vec!["layer3".into(), "layer2".into()],
+                neighbourhood: 3,
+                placement,
+                ..PatchSpec::for_graph(&g).unwrap()
+            };
+            let l = PatchLayout::new(&g, &spec, 16).unwrap();
+            assert_eq!((l.gh, l.gw, l.dim), (4, 4, 5));
+            let got = l.features(&[&b, &a]);
+            let mut want = vec![0f32; 16 * 5];
+            for (t, map) in l.taps.iter().zip([&b, &a]) {
+                let s = t.shape;
+                let (all_y, all_x): (Vec<usize>, Vec<usize>) =
+                    ((0..s.h).collect(), (0..s.w).collect());
+                let (mut rows, mut avg) = (vec![0f32; s.len()], vec![0f32; s.len()]);
+                box_mean_hwc(map, s, 1, (&all_y, &all_x), &mut rows, &mut avg);
+                let table = |n: usize, len: usize| -> Vec<Source> {
+                    (0..len)
+                        .map(|i| match t.from_grid {
+                            Resample::HalfPixel if n != len => source(i, n, len),
+                            Resample::HalfPixel => (i, i, 0.0),
+                            r => r.source(i, n, len),
+                        })
+                        .collect()
+                };
+                let (ys, xs) = (table(s.h, 4), table(s.w, 4));
+                bilinear_hwc(&avg, s, (&ys, &xs), (5, t.offset), &mut want);
+            }
+            assert_eq!(got, want, "{placement:?}");
+        }
+    }
+
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         (0..n).map(|_| StandardNormal.sample(&mut rng)).collect()
@@ -1033,6 +1330,50 @@ mod tests {
         let mut z = [1f32];
         bank.nearest_into(&row, 1, 1, &mut NearestScratch::default(), &mut z);
         assert!(z[0] < 1e-5, "{}", z[0]);
+    }
+
+    #[test]
+    fn int8_search_is_exact_where_quantization_cannot_tell_rows_apart() {
+        let dim = 16;
+        // Rows 0..100 random; rows 100..110 copies of row 7 moved by less than a quantization
+        // step (1/127 of the row's largest value) in one coordinate each, an all-zero row, and
+        // queries next to each near-copy, far outside the bank's range, and zero.
+        let mut rows = random(100 * dim, 21);
+        for t in 0..10 {
+            let mut r = rows[7 * dim..8 * dim].to_vec();
+            r[t] += 1e-4 * (t as f32 + 1.0);
+            rows.extend(r);
+        }
+        rows.extend(vec![0f32; dim]);
+        let mut q = Vec::new();
+        for t in 0..10 {
+            let mut r = rows[(100 + t) * dim..(101 + t) * dim].to_vec();
+            r[t] += 2e-5;
+            q.extend(r);
+        }
+        q.extend((0..dim).map(|k| 50.0 * (k as f32 - 7.5)));
+        q.extend(vec![0f32; dim]);
+        q.extend(random(40 * dim, 22));
+        let m = q.len() / dim;
+        for isa in [Isa::Portable, Isa::best()] {
+            let bank = PatchBank::with_isa(rows.clone(), dim, isa).unwrap();
+            let mut out = vec![0f32; m];
+            bank.nearest_into(&q, m, 2, &mut NearestScratch::default(), &mut out);
+            for (i, &d) in out.iter().enumerate() {
+                let want = bank.nearest_exact(&q[i * dim..][..dim]);
+                assert!(
+                    (d as f64 - want).abs() <= 1e-5 * want.max(1e-3),
+                    "{isa:?} query {i}: {d} vs {want}"
+                );
+            }
+            // The near-copies are told apart: each query's own row, at 2e-5.
+            assert!(
+                out[..10].iter().all(|&d| (d - 2e-5).abs() < 1e-6),
+                "{:?}",
+                &out[..10]
+            );
+            assert_eq!(out[11], 0.0, "the zero query meets the zero row");
+        }
     }
 
     #[test]
