@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use super::map::{Map, Resample, Smooth};
 use crate::error::{Error, Result};
 use crate::exec::kernels::gemm_i8::{MAX_K, PackedI8, gemm_u8i8};
+use crate::exec::kernels::nearest::Candidates;
 use crate::exec::kernels::{Clamp, Epilogue, Isa, quantize_u8_rows};
 use crate::model::graph::{Graph, Placement, Shape, TensorId};
 
@@ -629,7 +630,9 @@ struct Block {
     /// `-2 * query scale * row scale`: the epilogue's scale, so that the GEMM gives
     /// `|row|^2 - 2 q' . row'` (quantized query and row).
     scale: Vec<f32>,
-    /// The largest `|row|` and `|row - row'|` of the block (rounded up).
+    /// Per row `|row|` and `|row - row'|` (rounded up), and their largest.
+    norm: Vec<f32>,
+    err: Vec<f32>,
     max_norm: f32,
     max_err: f32,
     /// The largest `|row|^2`.
@@ -644,6 +647,8 @@ impl Block {
         let mut w = vec![0i8; n * dim];
         let mut scale = Vec::with_capacity(n);
         let (mut max_norm, mut max_err, mut max_sq) = (0f64, 0f64, 0f64);
+        let up = |x: f64| (x * (1.0 + 1e-6)) as f32;
+        let (mut norm, mut error) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for (r, w) in rows.chunks_exact(dim).zip(w.chunks_exact_mut(dim)) {
             let top = r.iter().fold(0f32, |a, v| a.max(v.abs()));
             let s = if top > 0.0 { top / 127.0 } else { 1.0 };
@@ -655,13 +660,16 @@ impl Block {
                 sq += f64::from(v) * f64::from(v);
             }
             scale.push(-2.0 * quant.scale * s);
+            norm.push(up(sq.sqrt()));
+            error.push(up(err.sqrt()));
             max_norm = max_norm.max(sq.sqrt());
             max_err = max_err.max(err.sqrt());
             max_sq = max_sq.max(sq);
         }
-        let up = |x: f64| (x * (1.0 + 1e-6)) as f32;
         Self {
             j0,
+            norm,
+            err: error,
             w: PackedI8::with_zero_point(isa, &w, n, dim, quant.zp),
             scale,
             max_norm: up(max_norm),
@@ -676,7 +684,7 @@ impl Block {
     }
 
     fn heap_bytes(&self) -> usize {
-        self.len() * self.w.k_padded() + self.scale.len() * 4 + self.rows.len() * 4
+        self.len() * (self.w.k_padded() + 3 * 4) + self.rows.len() * 4
     }
 }
 
@@ -903,30 +911,22 @@ impl PatchBank {
         // |approx - (|q - r|^2 - |q|^2)| <= e for every row of the block: twice the dot
         // product's bound, widened for f32 rounding (the epilogue's, the norms', the exact
         // distances').
-        let e = 2.0 * (dq * block.max_norm + nq * block.max_err) * (1.0 + 1e-4)
-            + 1e-4 * (block.max_sq + 2.0 * nq * (block.max_norm + block.max_err) + qq);
-        // The nearest row's approximation is at most the smallest one + 2 e, and at most the
-        // nearest so far (earlier blocks) + e.
-        let limit = (min_f32(approx) + 2.0 * e).min(best.0 - qq + e);
-        let d = self.dim;
-        // Sixteen values at a time: a vector compare for the whole group, then a look inside
-        // the rare group that holds a candidate.
-        let mut groups = approx.chunks(16);
-        let mut jj0 = 0;
-        for g in &mut groups {
-            if g.iter().fold(false, |any, &a| any | (a <= limit)) {
-                for (k, &a) in g.iter().enumerate() {
-                    if a <= limit {
-                        let jj = jj0 + k;
-                        let d2 = squared_distance(q, &block.rows[jj * d..(jj + 1) * d]);
-                        if d2 < best.0 {
-                            *best = (d2, block.j0 + jj);
-                        }
-                    }
-                }
-            }
-            jj0 += g.len();
-        }
+        // |approx_j - (|q - r_j|^2 - |q|^2)| <= a |r_j| + b |r_j - r_j'| + c for row j: twice
+        // the dot product's bound, widened for f32 rounding (the epilogue's, the norms', the
+        // exact distances').
+        let (a, b) = (2.0 * dq * (1.0 + 1e-4), 2.0 * nq * (1.0 + 1e-4));
+        let c = 1e-4 * (block.max_sq + 2.0 * nq * (block.max_norm + block.max_err) + qq);
+        let candidates = Candidates {
+            approx,
+            bound: [a, b, c],
+            norm: &block.norm,
+            err: &block.err,
+            qq,
+            q,
+            rows: &block.rows,
+            j0: block.j0,
+        };
+        candidates.nearest(self.isa, best);
     }
 
     /// The distance from `q` to its nearest row, by a plain scan in f64 (the reference).
@@ -945,45 +945,6 @@ impl PatchBank {
             .fold(f64::INFINITY, f64::min)
             .sqrt()
     }
-}
-
-/// `|a - b|^2` in f32, summed in eight lanes (so that it vectorises) and then across them.
-fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| (x - y) * (x - y))
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for ((l, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *l += (x - y) * (x - y);
-        }
-    }
-    lanes.iter().sum::<f32>() + tail
-}
-
-/// The smallest value of `x` (NaNs skipped; infinity when empty or all NaN), in eight
-/// independent lanes so that it vectorises: the distance scan of [`PatchBank::nearest_into`]
-/// reads queries x bank values per image, and a compare-and-branch per value made it a tenth of
-/// a patch-scoring frame on the device CPU (`perf record` of `device-runtime bench`).
-fn min_f32(x: &[f32]) -> f32 {
-    let mut lanes = [f32::INFINITY; 8];
-    let mut chunks = x.chunks_exact(8);
-    for c in &mut chunks {
-        for (l, &v) in lanes.iter_mut().zip(c) {
-            // A compare and select (`minps` on x86, NaN `v` skipped); `f32::min`'s NaN rules
-            // cost a compare and a blend more per vector.
-            *l = if v < *l { v } else { *l };
-        }
-    }
-    let tail = chunks
-        .remainder()
-        .iter()
-        .fold(f32::INFINITY, |a, &v| a.min(v));
-    lanes.iter().fold(tail, |a, &v| a.min(v))
 }
 
 /// A bank and its layout, with the buffers one image needs: features, per-cell distances, the
@@ -1373,26 +1334,6 @@ mod tests {
                 &out[..10]
             );
             assert_eq!(out[11], 0.0, "the zero query meets the zero row");
-        }
-    }
-
-    #[test]
-    fn lane_minimum_is_the_plain_scans() {
-        // Lengths around the 8 lanes, repeated values (ties) and NaNs, which a `<` scan skips.
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
-        for n in [0, 1, 7, 8, 9, 16, 31, 100] {
-            for _ in 0..20 {
-                let x: Vec<f32> = (0..n)
-                    .map(|_| match rand::Rng::random_range(&mut rng, 0..6) {
-                        0 => f32::NAN,
-                        k => k as f32,
-                    })
-                    .collect();
-                let plain = x
-                    .iter()
-                    .fold(f32::INFINITY, |a, &v| if v < a { v } else { a });
-                assert_eq!(min_f32(&x), plain, "{x:?}");
-            }
         }
     }
 

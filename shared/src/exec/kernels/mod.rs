@@ -11,6 +11,7 @@ pub mod gemm_i8;
 pub mod im2col;
 pub mod isa;
 mod lanes;
+pub mod nearest;
 pub mod parallel;
 pub mod pool;
 pub mod quantize;
