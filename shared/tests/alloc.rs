@@ -1,6 +1,7 @@
 //! The whole per-frame path allocates nothing after warm-up: `Detector::score_image` on a
 //! decoded 640x480 camera frame (test transform, rotation + normalisation of each view, the CPU
-//! executor with its int8 kernels on both threads, the kNN scan, the verdict's score), counted by
+//! executor with its int8 kernels on both threads, the kNN scan, the verdict's score; and the
+//! patch score's features, nearest rows and map), counted by
 //! a global allocator over every thread. Run as the device runs it: inside a rayon pool (joins
 //! from a pool's own thread need no allocation; from outside, rayon's global queue allocates a
 //! block now and then).
@@ -10,9 +11,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use firm_shared::detect::Detector;
-use firm_shared::detect::synthetic::{SyntheticSpec, pattern, random_bundle};
+use firm_shared::detect::synthetic::{
+    SyntheticSpec, pattern, random_bundle, random_bundle_with_patch,
+};
 use firm_shared::model::efficientnet::Features;
 use firm_shared::model::{EncoderConfig, Stem};
+use firm_shared::score::patch::PatchSpec;
 use rand::SeedableRng;
 
 struct Counting;
@@ -54,20 +58,41 @@ fn scoring_a_frame_allocates_nothing_after_warm_up() {
         .unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
     let frames: Vec<_> = (0..3).map(|_| pattern(640, 480, &mut rng)).collect();
-    for (encoder, score) in [
-        (EncoderConfig::new(Stem::Imagenet, 0.25), "cos_1+rot"),
-        (EncoderConfig::efficientnet(Features::Stage5), "cos_5"),
-    ] {
-        let what = encoder.describe();
-        let bundle = random_bundle(&SyntheticSpec {
-            encoder,
-            size: 64,
-            score: score.parse().unwrap(),
-            int8_activations: true,
-            bank: 40,
-            seed: 2,
-        })
-        .unwrap();
+    let spec = |encoder, score: &str| SyntheticSpec {
+        encoder,
+        size: 64,
+        score: score.parse().unwrap(),
+        int8_activations: true,
+        bank: 40,
+        seed: 2,
+    };
+    // Patch scoring too: EfficientNet-Lite0 with a tap finer than the grid (its means taken at
+    // the sampled cells), the int8 nearest-row search and the map.
+    let lite = spec(EncoderConfig::efficientnet(Features::Stage5), "cos_1");
+    let patch = PatchSpec {
+        taps: vec!["stage3".into(), "stage2".into(), "stage1".into()],
+        bank: 64,
+        ..PatchSpec::for_graph(&lite.encoder.graph()).unwrap()
+    };
+    let bundles = [
+        (
+            "ResNet-18, cos_1+rot".to_string(),
+            random_bundle(&spec(EncoderConfig::new(Stem::Imagenet, 0.25), "cos_1+rot")).unwrap(),
+        ),
+        (
+            "EfficientNet-Lite0, cos_5".to_string(),
+            random_bundle(&spec(
+                EncoderConfig::efficientnet(Features::Stage5),
+                "cos_5",
+            ))
+            .unwrap(),
+        ),
+        (
+            "EfficientNet-Lite0, patch score".to_string(),
+            random_bundle_with_patch(&lite, &patch, true).unwrap(),
+        ),
+    ];
+    for (what, bundle) in bundles {
         let (allocs, int8) = pool.install(|| {
             let mut det = Detector::cpu(&bundle).unwrap();
             let int8 = det.embedder().executor().int8_convs();
@@ -79,6 +104,7 @@ fn scoring_a_frame_allocates_nothing_after_warm_up() {
             for f in frames.iter().cycle().take(12) {
                 sum += det.score_image(f).unwrap().distance;
             }
+            assert_eq!(det.map().is_some(), what.contains("patch"), "{what}: a map");
             let allocs = ALLOCATIONS.load(Ordering::SeqCst) - before;
             assert!(sum.is_finite());
             (allocs, int8)
