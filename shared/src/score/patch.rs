@@ -190,8 +190,8 @@ pub struct PatchLayout {
     pub size: usize,
     /// Where input pixel `u` reads the grid (both axes) when the map is upsampled.
     pub to_input: Resample,
-    /// Per tap, where the grid reads its map ([`Sampling`]).
-    sampling: Vec<Sampling>,
+    /// Per tap, where the grid reads its map ([`Sampling`]) and which rows that needs.
+    sampling: Vec<(Sampling, RowMasks)>,
 }
 
 /// A bilinear source along one axis: the index, the next one and the weight of the next.
@@ -209,6 +209,26 @@ struct Sampling {
     /// Sorted, without repeats.
     rows: Vec<usize>,
     cols: Vec<usize>,
+}
+
+/// Which rows of a tap's map [`box_mean_hwc`] fills: per row, whether its horizontal sums are
+/// needed (`sums`: within the window of a read row) and whether its means are (`means`).
+#[derive(Debug, Clone, PartialEq)]
+struct RowMasks {
+    sums: Vec<bool>,
+    means: Vec<bool>,
+}
+
+impl RowMasks {
+    fn new(h: usize, rows: &[usize], r: usize) -> Self {
+        let mut sums = vec![false; h];
+        let mut means = vec![false; h];
+        for &y in rows {
+            means[y] = true;
+            sums[y.saturating_sub(r)..(y + r + 1).min(h)].fill(true);
+        }
+        Self { sums, means }
+    }
 }
 
 impl Sampling {
@@ -279,11 +299,13 @@ impl PatchLayout {
         let sampling = taps
             .iter()
             .map(|t| {
-                if (t.shape.h, t.shape.w) == (first.h, first.w) {
+                let at = if (t.shape.h, t.shape.w) == (first.h, first.w) {
                     Sampling::whole(t.shape)
                 } else {
                     Sampling::new(t.shape, (first.h, first.w), t.from_grid)
-                }
+                };
+                let masks = RowMasks::new(t.shape.h, &at.rows, spec.neighbourhood / 2);
+                (at, masks)
             })
             .collect();
         Ok(Self {
@@ -310,21 +332,34 @@ impl PatchLayout {
     /// Patch features of one image: `maps[i]` is tap `i`'s map (HWC); `out` gets
     /// `patches() x dim` values. `scratch` is reused between calls.
     pub fn features_into(&self, maps: &[&[f32]], scratch: &mut Vec<f32>, out: &mut [f32]) {
+        self.features_with(maps, 1, scratch, out)
+    }
+
+    /// [`Self::features_into`] with the rows of each map split over `threads` (rayon's pool);
+    /// the same values whatever the threads.
+    pub fn features_with(
+        &self,
+        maps: &[&[f32]],
+        threads: usize,
+        scratch: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
         assert_eq!(maps.len(), self.taps.len(), "one map per tap");
         assert_eq!(out.len(), self.patches() * self.dim, "patch feature buffer");
         let r = self.neighbourhood / 2;
-        for ((tap, map), at) in self.taps.iter().zip(maps).zip(&self.sampling) {
+        let par = threads > 1;
+        for ((tap, map), (at, masks)) in self.taps.iter().zip(maps).zip(&self.sampling) {
             let s = tap.shape;
             assert_eq!(map.len(), s.len(), "tap map of {:?}", s);
             scratch.resize(2 * s.len(), 0.0);
             let (rows, avg) = scratch.split_at_mut(s.len());
-            box_mean_hwc(map, s, r, (&at.rows, &at.cols), rows, avg);
+            box_mean_hwc(map, s, r, (masks, &at.cols), par, rows, avg);
             if (s.h, s.w) == (self.gh, self.gw) {
                 for p in 0..self.patches() {
                     out[p * self.dim + tap.offset..][..s.c].copy_from_slice(&avg[p * s.c..][..s.c]);
                 }
             } else {
-                bilinear_hwc(avg, s, (&at.ys, &at.xs), (self.dim, tap.offset), out);
+                bilinear_hwc(avg, s, (&at.ys, &at.xs), (self.dim, tap.offset), par, out);
             }
         }
     }
@@ -337,39 +372,57 @@ impl PatchLayout {
     }
 }
 
-/// Mean over the `(2r+1)^2` window clipped to the map, per channel, at the cells of rows `ys`
-/// and columns `xs` (`out`'s other cells are left as they were); `rows` is scratch.
+/// Runs `f` on each `(index, chunk)` of `x` in `len`-value chunks, on rayon's pool when `par`.
+fn each_row(x: &mut [f32], len: usize, par: bool, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if par {
+        x.par_chunks_mut(len)
+            .enumerate()
+            .with_min_len(4)
+            .for_each(|(i, c)| f(i, c));
+    } else {
+        x.chunks_mut(len).enumerate().for_each(|(i, c)| f(i, c));
+    }
+}
+
+/// Mean over the `(2r+1)^2` window clipped to the map, per channel, at the cells of the rows
+/// `masks.means` marks and of columns `xs` (`out`'s other cells are left as they were); `rows`
+/// is scratch (horizontal sums, on the rows `masks.sums` marks). `par`: rows on rayon's pool.
 fn box_mean_hwc(
     x: &[f32],
     s: Shape,
     r: usize,
-    (ys, xs): (&[usize], &[usize]),
+    (masks, xs): (&RowMasks, &[usize]),
+    par: bool,
     rows: &mut [f32],
     out: &mut [f32],
 ) {
     let (h, w, c) = (s.h, s.w, s.c);
-    // Horizontal sums at the columns `xs`, on the rows the vertical windows of `ys` cover.
-    let mut y_end = 0;
-    for &yo in ys {
-        for y in yo.saturating_sub(r).max(y_end)..(yo + r + 1).min(h) {
-            for &xo in xs {
-                let o = &mut rows[(y * w + xo) * c..][..c];
-                o.fill(0.0);
-                for xi in xo.saturating_sub(r)..(xo + r + 1).min(w) {
-                    for (a, b) in o.iter_mut().zip(&x[(y * w + xi) * c..][..c]) {
-                        *a += b;
-                    }
+    // Horizontal sums at the columns `xs`.
+    each_row(&mut rows[..h * w * c], w * c, par, |y, row| {
+        if !masks.sums[y] {
+            return;
+        }
+        let src = &x[y * w * c..(y + 1) * w * c];
+        for &xo in xs {
+            let o = &mut row[xo * c..][..c];
+            o.fill(0.0);
+            for xi in xo.saturating_sub(r)..(xo + r + 1).min(w) {
+                for (a, b) in o.iter_mut().zip(&src[xi * c..][..c]) {
+                    *a += b;
                 }
             }
-            y_end = y + 1;
         }
-    }
+    });
     // Vertical sums, then the mean.
-    for &yo in ys {
+    let rows = &rows[..h * w * c];
+    each_row(&mut out[..h * w * c], w * c, par, |yo, orow| {
+        if !masks.means[yo] {
+            return;
+        }
         let (y0, y1) = (yo.saturating_sub(r), (yo + r + 1).min(h));
         for &xo in xs {
             let n = ((y1 - y0) * ((xo + r + 1).min(w) - xo.saturating_sub(r))) as f32;
-            let o = &mut out[(yo * w + xo) * c..][..c];
+            let o = &mut orow[xo * c..][..c];
             o.fill(0.0);
             for yi in y0..y1 {
                 for (a, b) in o.iter_mut().zip(&rows[(yi * w + xo) * c..][..c]) {
@@ -379,7 +432,7 @@ fn box_mean_hwc(
             let inv = 1.0 / n;
             o.iter_mut().for_each(|v| *v *= inv);
         }
-    }
+    });
 }
 
 /// Where cell `j` of a grid placed `dst` reads a map placed `src`: `src.cell_of(dst.stride * j +
@@ -402,15 +455,18 @@ fn source(dst: usize, src_len: usize, dst_len: usize) -> (usize, usize, f32) {
 
 /// Bilinear resize of an HWC map to a grid: grid row `y` reads source rows `ys[y]` (`(index, next,
 /// weight of next)`), column `x` columns `xs[x]`; written at column `offset` of rows of `ld`.
+/// `par`: grid rows on rayon's pool.
 fn bilinear_hwc(
     x: &[f32],
     s: Shape,
     (ys, xs): (&[Source], &[Source]),
     (ld, offset): (usize, usize),
+    par: bool,
     out: &mut [f32],
 ) {
     let (c, gw) = (s.c, xs.len());
-    for (y, &(y0, y1, ly)) in ys.iter().enumerate() {
+    each_row(&mut out[..ys.len() * gw * ld], gw * ld, par, |y, orow| {
+        let (y0, y1, ly) = ys[y];
         for (xx, &(x0, x1, lx)) in xs.iter().enumerate() {
             let w00 = (1.0 - ly) * (1.0 - lx);
             let w01 = (1.0 - ly) * lx;
@@ -420,12 +476,12 @@ fn bilinear_hwc(
             let b = &x[(y0 * s.w + x1) * c..][..c];
             let d = &x[(y1 * s.w + x0) * c..][..c];
             let e = &x[(y1 * s.w + x1) * c..][..c];
-            let o = &mut out[(y * gw + xx) * ld + offset..][..c];
+            let o = &mut orow[xx * ld + offset..][..c];
             for ch in 0..c {
                 o[ch] = w00 * a[ch] + w01 * b[ch] + w10 * d[ch] + w11 * e[ch];
             }
         }
-    }
+    });
 }
 
 /// Greedy k-center selection of at most `budget` rows of `feats` (`dim` per row), measured on a
@@ -1035,7 +1091,7 @@ impl PatchScorer {
     /// map's maximum (the image's patch score).
     pub fn score(&mut self, maps: &[&[f32]]) -> f32 {
         self.layout
-            .features_into(maps, &mut self.scratch, &mut self.feats);
+            .features_with(maps, self.threads, &mut self.scratch, &mut self.feats);
         let p = self.layout.patches();
         self.bank.nearest_into(
             &self.feats,
@@ -1105,19 +1161,24 @@ mod tests {
         let mut rows = vec![0f32; s.len()];
         let mut out = vec![0f32; s.len()];
         let all = ([0, 1, 2], [0, 1, 2, 3]);
-        box_mean_hwc(&x, s, 1, (&all.0, &all.1), &mut rows, &mut out);
+        let all_masks = RowMasks::new(3, &all.0, 1);
+        box_mean_hwc(&x, s, 1, (&all_masks, &all.1), false, &mut rows, &mut out);
         // At some cells only: the same bits there, the others untouched.
-        let mut some = vec![-1f32; s.len()];
-        box_mean_hwc(&x, s, 1, (&[0, 2], &[1, 3]), &mut rows, &mut some);
-        for y in 0..3usize {
-            for xx in 0..4usize {
-                let at = (y * 4 + xx) * 2;
-                let want = if y != 1 && xx % 2 == 1 {
-                    &out[at..at + 2]
-                } else {
-                    &[-1.0, -1.0]
-                };
-                assert_eq!(&some[at..at + 2], want, "({y},{xx})");
+        // Split over threads or not: the same bits.
+        for par in [false, true] {
+            let mut some = vec![-1f32; s.len()];
+            let masks = RowMasks::new(3, &[0, 2], 1);
+            box_mean_hwc(&x, s, 1, (&masks, &[1, 3]), par, &mut rows, &mut some);
+            for y in 0..3usize {
+                for xx in 0..4usize {
+                    let at = (y * 4 + xx) * 2;
+                    let want = if y != 1 && xx % 2 == 1 {
+                        &out[at..at + 2]
+                    } else {
+                        &[-1.0, -1.0]
+                    };
+                    assert_eq!(&some[at..at + 2], want, "({y},{xx}), par {par}");
+                }
             }
         }
         for y in 0..3usize {
@@ -1148,7 +1209,14 @@ mod tests {
         let x = [0.0, 1.0, 2.0, 3.0];
         let mut out = vec![0f32; 16];
         let at = Sampling::new(shape(1, 2, 2), (4, 4), Resample::HalfPixel);
-        bilinear_hwc(&x, shape(1, 2, 2), (&at.ys, &at.xs), (1, 0), &mut out);
+        bilinear_hwc(
+            &x,
+            shape(1, 2, 2),
+            (&at.ys, &at.xs),
+            (1, 0),
+            false,
+            &mut out,
+        );
         assert_eq!(out, want);
         assert_eq!((at.rows, at.cols), (vec![0, 1], vec![0, 1]));
         // A stride-4 map under a stride-8 grid, both centred on their strides' multiples: grid
@@ -1243,13 +1311,18 @@ mod tests {
             let l = PatchLayout::new(&g, &spec, 16).unwrap();
             assert_eq!((l.gh, l.gw, l.dim), (4, 4, 5));
             let got = l.features(&[&b, &a]);
+            // Split over threads: the same bits.
+            let mut par = vec![0f32; got.len()];
+            l.features_with(&[&b, &a], 3, &mut Vec::new(), &mut par);
+            assert_eq!(par, got, "{placement:?}: threads");
             let mut want = vec![0f32; 16 * 5];
             for (t, map) in l.taps.iter().zip([&b, &a]) {
                 let s = t.shape;
                 let (all_y, all_x): (Vec<usize>, Vec<usize>) =
                     ((0..s.h).collect(), (0..s.w).collect());
                 let (mut rows, mut avg) = (vec![0f32; s.len()], vec![0f32; s.len()]);
-                box_mean_hwc(map, s, 1, (&all_y, &all_x), &mut rows, &mut avg);
+                let masks = RowMasks::new(s.h, &all_y, 1);
+                box_mean_hwc(map, s, 1, (&masks, &all_x), false, &mut rows, &mut avg);
                 let table = |n: usize, len: usize| -> Vec<Source> {
                     (0..len)
                         .map(|i| match t.from_grid {
@@ -1260,7 +1333,7 @@ mod tests {
                         .collect()
                 };
                 let (ys, xs) = (table(s.h, 4), table(s.w, 4));
-                bilinear_hwc(&avg, s, (&ys, &xs), (5, t.offset), &mut want);
+                bilinear_hwc(&avg, s, (&ys, &xs), (5, t.offset), false, &mut want);
             }
             assert_eq!(got, want, "{placement:?}");
         }
