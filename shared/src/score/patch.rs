@@ -118,8 +118,8 @@ impl PatchSpec {
     /// 0.9849 / 0.937 (the finest stage holds the edges of small breaks); half-pixel placement,
     /// earlier: stage3+stage5 3x3 0.957 / 0.834; stage2+stage3 3x3 0.971 / 0.918, 5x5 0.980 /
     /// 0.926 (a 56x56 grid: four times the kNN work); image AUROC 0.999-1.000 for each. On the
-    /// device CPU the three taps' patch scoring takes 26-27 % of the encoder's time, two taps'
-    /// 21-22 % (`device-runtime bench`, README).
+    /// device CPU the three taps' patch scoring takes 20-26 % of the encoder's time, two taps'
+    /// 20-21 % (`device-runtime bench`, README).
     pub fn for_graph(graph: &Graph) -> Result<Self> {
         let has = |n: &str| graph.taps.iter().any(|t| t.name == n);
         let defaults: [(&[&str], usize); 2] = [
