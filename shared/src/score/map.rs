@@ -683,13 +683,9 @@ mod tests {
 
     #[test]
     fn smooth_is_resample_then_blur() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut next = move || rng.random_range(0.0f32..1.0);
         let affine = Resample::Affine {
             scale: 0.125,
             shift: 0.0,

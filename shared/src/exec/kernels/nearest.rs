@@ -135,13 +135,9 @@ mod tests {
 
     #[test]
     fn every_isa_finds_the_portable_scans_row() {
-        let mut state = 0x1234_5678_9abc_def1u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut next = move || rng.random_range(0.0f32..1.0);
         let (n, d) = (203, 13);
         let rows: Vec<f32> = (0..n * d).map(|_| next()).collect();
         for trial in 0..20 {
