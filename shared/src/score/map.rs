@@ -429,11 +429,9 @@ impl Smooth {
         let kernel = if sigma.is_nan() || sigma <= 0.0 {
             vec![1.0]
         } else {
-            let r = gaussian_radius(sigma);
-            let s2 = f64::from(sigma) * f64::from(sigma);
-            let phi = |x: usize| (-0.5 / s2 * (x * x) as f64).exp();
-            let sum = 1.0 + 2.0 * (1..=r).map(phi).sum::<f64>();
-            (0..=r).map(|x| phi(x) / sum).collect()
+            let mut k = vec![0f64; gaussian_radius(sigma) + 1];
+            gaussian_half_kernel(sigma, &mut k, |w| w);
+            k
         };
         Self {
             in_w,
@@ -509,16 +507,21 @@ fn blur_buffers(
     }
     let (kernel, rest) = scratch.split_at_mut(r + 1);
     let (pad, rest) = rest.split_at_mut(w + 2 * r);
-    // scipy's _gaussian_kernel1d: exp(-x^2 / (2 sigma^2)) over -r..=r, normalised, in f64
-    // (two passes rather than a temporary, so that a warm scratch means no allocation).
+    gaussian_half_kernel(sigma, kernel, |w| w as f32);
+    (kernel, pad, &mut rest[..w * h])
+}
+
+/// scipy's _gaussian_kernel1d: `exp(-x^2 / (2 sigma^2))` over `-r..=r` (`r = out.len() - 1`),
+/// normalised in f64; `out[x]` gets weight `x` (centre first) through `cast`. Two passes rather
+/// than a temporary, so that a warm scratch means no allocation.
+fn gaussian_half_kernel<T>(sigma: f32, out: &mut [T], cast: impl Fn(f64) -> T) {
+    let r = out.len() - 1;
     let s2 = f64::from(sigma) * f64::from(sigma);
     let phi = |x: usize| (-0.5 / s2 * (x * x) as f64).exp();
     let sum = 1.0 + 2.0 * (1..=r).map(phi).sum::<f64>();
-    kernel
-        .iter_mut()
+    out.iter_mut()
         .enumerate()
-        .for_each(|(x, k)| *k = (phi(x) / sum) as f32);
-    (kernel, pad, &mut rest[..w * h])
+        .for_each(|(x, k)| *k = cast(phi(x) / sum));
 }
 
 /// Index `i` (may be outside `0..n`) reflected into `0..n` as scipy's mode "reflect"

@@ -863,13 +863,15 @@ impl PatchBank {
     ///    or SDOT where the CPU has them) gives every row's approximate `|row|^2 - 2 q . row`.
     ///    Its error is bounded by Cauchy-Schwarz: `|q.r - q'.r'| <= |q - q'| |r| + |q'| |r - r'|`,
     ///    where `'` is the quantized value and every norm is known (the query's per call, the
-    ///    rows' when packed). With `e` twice the largest such bound over the block (plus f32
-    ///    rounding), the nearest row has an approximate distance within `2 e` of the smallest.
+    ///    rows' when packed). With `e_j` twice row `j`'s bound (plus f32 rounding), every row's
+    ///    true value lies in `approx_j +- e_j`, so the nearest row's lower end is at most the
+    ///    smallest upper end: only rows whose lower end is are candidates.
     /// 2. Only those candidates get their exact distance (f32, `sum (q - r)^2`, no cancellation),
     ///    and the smallest wins (the first row on ties).
     ///
-    /// On bottle (EfficientNet-Lite0 taps, 1,024 rows) a cell has a handful of candidates, so the
-    /// search costs a quarter of the f32 GEMM it replaced. The queries are split into one
+    /// On bottle (EfficientNet-Lite0 taps, 1,024 rows) a cell had 13 candidates with one bound
+    /// per block, fewer with the per-row bounds (`cargo bench -p firm-shared --bench heatmap`
+    /// has the timings, on random rows, the hard case). The queries are split into one
     /// contiguous part per thread, each going through the bank [`CHUNK`] queries at a time, so
     /// that a chunk's distances are scanned from cache; the result does not depend on `threads`.
     pub fn nearest_into(
@@ -972,9 +974,6 @@ impl PatchBank {
         approx: &[f32],
         best: &mut Best,
     ) {
-        // |approx - (|q - r|^2 - |q|^2)| <= e for every row of the block: twice the dot
-        // product's bound, widened for f32 rounding (the epilogue's, the norms', the exact
-        // distances').
         // |approx_j - (|q - r_j|^2 - |q|^2)| <= a |r_j| + b |r_j - r_j'| + c for row j: twice
         // the dot product's bound, widened for f32 rounding (the epilogue's, the norms', the
         // exact distances').
