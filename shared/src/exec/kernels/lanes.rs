@@ -33,7 +33,10 @@ pub(crate) unsafe trait F32Lanes: Copy {
     /// Lanes `0..n` to `p` (`n < N`); writes nothing else.
     unsafe fn store_part(p: *mut f32, n: usize, v: Self::V);
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Bit `l` set where `a[l] <= b[l]` (clear where either is NaN), for lanes `0..N`.
+    unsafe fn le_mask(a: Self::V, b: Self::V) -> u32;
     /// Rust's `y.max(lo)` per lane for a `lo` that is not NaN (NaN `y` gives `lo`).
     unsafe fn max_num(y: Self::V, lo: Self::V) -> Self::V;
     /// Rust's `y.min(hi)` per lane for a `hi` that is not NaN (NaN `y` gives `hi`).
@@ -85,8 +88,16 @@ unsafe impl F32Lanes for Portable {
         std::array::from_fn(|l| a[l] + b[l])
     }
     #[inline(always)]
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V {
+        std::array::from_fn(|l| a[l] - b[l])
+    }
+    #[inline(always)]
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V {
         std::array::from_fn(|l| a[l] * b[l])
+    }
+    #[inline(always)]
+    unsafe fn le_mask(a: Self::V, b: Self::V) -> u32 {
+        (0..PN).fold(0, |m, l| m | (u32::from(a[l] <= b[l]) << l))
     }
     #[inline(always)]
     unsafe fn max_num(y: Self::V, lo: Self::V) -> Self::V {
@@ -170,9 +181,19 @@ mod x86 {
             unsafe { _mm256_add_ps(a, b) }
         }
         #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            // SAFETY: trait contract (AVX).
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
         unsafe fn mul(a: __m256, b: __m256) -> __m256 {
             // SAFETY: trait contract (AVX).
             unsafe { _mm256_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn le_mask(a: __m256, b: __m256) -> u32 {
+            // SAFETY: trait contract (AVX). `_CMP_LE_OQ` is false on NaN.
+            unsafe { _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(a, b)) as u32 }
         }
         #[inline(always)]
         unsafe fn max_num(y: __m256, lo: __m256) -> __m256 {
@@ -243,9 +264,19 @@ mod x86 {
             unsafe { _mm512_add_ps(a, b) }
         }
         #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            // SAFETY: trait contract.
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
         unsafe fn mul(a: __m512, b: __m512) -> __m512 {
             // SAFETY: trait contract.
             unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn le_mask(a: __m512, b: __m512) -> u32 {
+            // SAFETY: trait contract. `_CMP_LE_OQ` is false on NaN.
+            unsafe { u32::from(_mm512_cmp_ps_mask::<_CMP_LE_OQ>(a, b)) }
         }
         #[inline(always)]
         unsafe fn max_num(y: __m512, lo: __m512) -> __m512 {
@@ -326,9 +357,22 @@ mod arm {
             unsafe { vaddq_f32(a, b) }
         }
         #[inline(always)]
+        unsafe fn sub(a: float32x4_t, b: float32x4_t) -> float32x4_t {
+            // SAFETY: trait contract.
+            unsafe { vsubq_f32(a, b) }
+        }
+        #[inline(always)]
         unsafe fn mul(a: float32x4_t, b: float32x4_t) -> float32x4_t {
             // SAFETY: trait contract.
             unsafe { vmulq_f32(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn le_mask(a: float32x4_t, b: float32x4_t) -> u32 {
+            // SAFETY: trait contract. `fcmge` is false on NaN; each lane keeps its own bit.
+            unsafe {
+                let bits = vld1q_u32([1u32, 2, 4, 8].as_ptr());
+                vaddvq_u32(vandq_u32(vcleq_f32(a, b), bits))
+            }
         }
         #[inline(always)]
         unsafe fn max_num(y: float32x4_t, lo: float32x4_t) -> float32x4_t {

@@ -16,6 +16,7 @@ pub mod parallel;
 pub mod pool;
 pub mod quantize;
 pub mod testing;
+pub mod window;
 
 pub use depthwise::{depthwise_f32, reorder_depthwise_weights};
 pub use epilogue::{Clamp, Epilogue, Residual};

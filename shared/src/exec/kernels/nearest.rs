@@ -7,6 +7,7 @@
 //! a time, and each candidate's squared distance. Every copy computes the same bits.
 
 use super::Isa;
+use super::lanes::{self, F32Lanes};
 
 /// One query against one block of rows.
 #[derive(Debug, Clone, Copy)]
@@ -18,6 +19,8 @@ pub struct Candidates<'a> {
     pub bound: [f32; 3],
     pub norm: &'a [f32],
     pub err: &'a [f32],
+    /// At least every row's `norm` and `err`: the widest bound.
+    pub top: [f32; 2],
     /// `|q|^2`.
     pub qq: f32,
     pub q: &'a [f32],
@@ -31,66 +34,88 @@ impl Candidates<'_> {
     /// Replaces `best` (exact squared distance, bank row) with a strictly nearer row of the
     /// block, if any: the first such row in bank order among the nearest.
     pub fn nearest(&self, isa: Isa, best: &mut (f32, usize)) {
-        #[cfg(target_arch = "x86_64")]
         match isa {
             // SAFETY: the caller's ISA runs on this CPU (checked here).
-            Isa::Avx512 | Isa::Avx512Vnni if isa.runs_here() => {
-                return unsafe { nearest_avx512(self, best) };
-            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 | Isa::Avx512Vnni if isa.runs_here() => unsafe {
+                nearest_avx512(self, best)
+            },
             // SAFETY: as above.
-            Isa::Avx2 if isa.runs_here() => return unsafe { nearest_avx2(self, best) },
-            _ => {}
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if isa.runs_here() => unsafe { nearest_avx2(self, best) },
+            // SAFETY: as above.
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon | Isa::NeonDot if isa.runs_here() => unsafe { nearest_neon(self, best) },
+            // SAFETY: plain Rust.
+            _ => unsafe { nearest::<lanes::Portable>(self, best) },
         }
-        let _ = isa;
-        nearest(self, best)
     }
 }
 
+/// # Safety
+/// `L`'s features are available.
 #[inline(always)]
-fn nearest(c: &Candidates<'_>, best: &mut (f32, usize)) {
+unsafe fn nearest<L: F32Lanes>(c: &Candidates<'_>, best: &mut (f32, usize)) {
     let d = c.q.len();
     let [a, b, e] = c.bound;
     let n = c.approx.len();
     let (approx, norm, err) = (c.approx, &c.norm[..n], &c.err[..n]);
+    // No row's bound exceeds `wide`: f32 rounding is monotone, and the norms and errors are
+    // at most `top`'s.
+    let wide = a * c.top[0] + b * c.top[1] + e;
     // Every row's true value is at least its approximation - its bound, and at most its
     // approximation + its bound; the nearest row's lower end is at most the smallest upper end
-    // (and at most the nearest so far, from earlier blocks).
-    let mut upper = [f32::INFINITY; 16];
-    let mut chunks = approx
-        .chunks_exact(16)
-        .zip(norm.chunks_exact(16))
-        .zip(err.chunks_exact(16));
-    for ((x, u), v) in &mut chunks {
-        for (l, ((&x, &u), &v)) in upper.iter_mut().zip(x.iter().zip(u).zip(v)) {
-            let t = x + (a * u + b * v + e);
-            *l = if t < *l { t } else { *l };
+    // (and at most the nearest so far, from earlier blocks). Three vector scans of the
+    // approximations alone find that limit and the candidates below it; a row's own bound is
+    // computed only where the widest bound cannot rule it out (a few per block).
+    let p = approx.as_ptr();
+    let full = n - n % L::N;
+    // SAFETY: every load is within `approx` (`i + L::N <= full <= n`, or the part `n - i`).
+    unsafe {
+        let part = |i: usize| {
+            if i + L::N <= n {
+                (L::load(p.add(i)), u32::MAX)
+            } else {
+                (L::load_part(p.add(i), n - i), (1u32 << (n - i)) - 1)
+            }
+        };
+        // 1. The smallest approximation, `low`.
+        let mut m = L::splat(f32::INFINITY);
+        for i in (0..full).step_by(L::N) {
+            m = L::min_num(L::load(p.add(i)), m);
         }
-    }
-    let tail = (n / 16) * 16;
-    let mut limit = best.0 - c.qq;
-    for j in tail..n {
-        limit = limit.min(approx[j] + (a * norm[j] + b * err[j] + e));
-    }
-    limit = upper.iter().fold(limit, |m, &v| m.min(v));
-    // Sixteen values at a time: a vector compare for the whole group, then a look inside the
-    // rare group that holds a candidate.
-    for (gi, ((x, u), v)) in approx
-        .chunks(16)
-        .zip(norm.chunks(16))
-        .zip(err.chunks(16))
-        .enumerate()
-    {
-        let lower = |(&x, (&u, &v)): (&f32, (&f32, &f32))| x - (a * u + b * v + e);
-        if x.iter()
-            .zip(u.iter().zip(v))
-            .fold(false, |any, t| any | (lower(t) <= limit))
-        {
-            for (k, t) in x.iter().zip(u.iter().zip(v)).enumerate() {
-                if lower(t) <= limit {
-                    let jj = gi * 16 + k;
-                    let d2 = squared_distance(c.q, &c.rows[jj * d..(jj + 1) * d]);
+        let mut lanes = [f32::INFINITY; 16];
+        L::store(lanes.as_mut_ptr(), m);
+        let low = lanes[..L::N]
+            .iter()
+            .chain(&approx[full..])
+            .fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+        // 2. The smallest upper end. Its row's approximation is at most its upper end, which
+        //    is at most `low`'s row's, at most `low + wide`.
+        let reach = L::splat(low + wide);
+        let mut limit = best.0 - c.qq;
+        for i in (0..n).step_by(L::N) {
+            let (x, valid) = part(i);
+            let mut mask = L::le_mask(x, reach) & valid;
+            while mask != 0 {
+                let j = i + mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                limit = limit.min(approx[j] + (a * norm[j] + b * err[j] + e));
+            }
+        }
+        // 3. The candidates, in bank order: a row whose approximation minus the widest bound
+        //    is above the limit has its own lower end above it too.
+        let (wide, above) = (L::splat(wide), L::splat(limit));
+        for i in (0..n).step_by(L::N) {
+            let (x, valid) = part(i);
+            let mut mask = L::le_mask(L::sub(x, wide), above) & valid;
+            while mask != 0 {
+                let j = i + mask.trailing_zeros() as usize;
+                mask &= mask - 1;
+                if approx[j] - (a * norm[j] + b * err[j] + e) <= limit {
+                    let d2 = squared_distance(c.q, &c.rows[j * d..(j + 1) * d]);
                     if d2 < best.0 {
-                        *best = (d2, c.j0 + jj);
+                        *best = (d2, c.j0 + j);
                     }
                 }
             }
@@ -101,13 +126,22 @@ fn nearest(c: &Candidates<'_>, best: &mut (f32, usize)) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn nearest_avx2(c: &Candidates<'_>, best: &mut (f32, usize)) {
-    nearest(c, best)
+    // SAFETY: AVX2 is enabled here.
+    unsafe { nearest::<lanes::Avx2>(c, best) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
 unsafe fn nearest_avx512(c: &Candidates<'_>, best: &mut (f32, usize)) {
-    nearest(c, best)
+    // SAFETY: AVX-512 F is enabled here.
+    unsafe { nearest::<lanes::Avx512>(c, best) }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn nearest_neon(c: &Candidates<'_>, best: &mut (f32, usize)) {
+    // SAFETY: NEON is enabled here.
+    unsafe { nearest::<lanes::Neon>(c, best) }
 }
 
 /// `|a - b|^2` in f32, summed in eight lanes (so that it vectorises) and then across them.
@@ -161,13 +195,16 @@ mod tests {
                 bound,
                 norm: &norm,
                 err: &err,
+                // The tightest valid widest bound: the largest norm and error themselves.
+                top: [&norm, &err].map(|v| v.iter().fold(0f32, |m, &x| m.max(x))),
                 qq,
                 q: &q,
                 rows: &rows,
                 j0: 1000,
             };
             let mut want = (f32::INFINITY, 0);
-            nearest(&c, &mut want);
+            // SAFETY: plain Rust.
+            unsafe { nearest::<lanes::Portable>(&c, &mut want) };
             let exact = rows
                 .chunks_exact(d)
                 .map(|r| squared_distance(&q, r))
