@@ -125,8 +125,10 @@ impl PatchSpec {
     /// 0.9849 / 0.937 (the finest stage holds the edges of small breaks); half-pixel placement,
     /// earlier: stage3+stage5 3x3 0.957 / 0.834; stage2+stage3 3x3 0.971 / 0.918, 5x5 0.980 /
     /// 0.926 (a 56x56 grid: four times the kNN work); image AUROC 0.999-1.000 for each. On the
-    /// device CPU the three taps' patch scoring takes 20-26 % of the encoder's time, two taps'
-    /// 20-21 % (`device-runtime bench`, README).
+    /// device CPU the three taps' patch scoring takes 25 % of the encoder's time with
+    /// EfficientNet's default bank ([`DEFAULT_BANK_EFFICIENTNET`]), 20-21 % with 1,024 rows
+    /// (`device-runtime bench`, README). The bank budget is the default's too: ResNet's 384
+    /// values per patch cost the GEMM almost five times Lite0's 80.
     pub fn for_graph(graph: &Graph) -> Result<Self> {
         let has = |n: &str| graph.taps.iter().any(|t| t.name == n);
         let defaults: [(&[&str], usize, usize); 2] = [
