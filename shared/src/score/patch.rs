@@ -44,7 +44,7 @@ pub const DEFAULT_BANK: usize = 1024;
 /// 1,536 entries, about 1 % of MVTec bottle's 163,856 training patches at 224 px. Bottle with the
 /// ImageNet EfficientNet-Lite0 (`eval --score patch --quick`), pixel AUROC / AUPRO: bank 1024
 /// 0.9849 / 0.9365, 1536 0.9853 / 0.9381, 2048 0.9857 / 0.9335. Patch scoring's share of the
-/// encoder's time on the device CPU: 23 %, 27-28 % and 35 % (README).
+/// encoder's time on the device CPU: 20-21 %, 25 % and 30-31 % (README).
 pub const DEFAULT_BANK_EFFICIENTNET: usize = 1536;
 /// Default smoothing of the map, in input pixels (PatchCore: 4 at 224 px).
 pub const DEFAULT_SIGMA: f32 = 4.0;
