@@ -27,7 +27,14 @@ pub struct Window {
 /// # Panics
 /// When a window reads past `src` or writes past `out`, or on an `isa` this CPU cannot run.
 pub fn window_sums(isa: Isa, src: &[f32], c: usize, step: usize, wins: &[Window], out: &mut [f32]) {
-    run(isa, src, c, step, None, wins, out);
+    Job {
+        src,
+        c,
+        step,
+        mean: None,
+        wins,
+    }
+    .run(isa, out);
 }
 
 /// Means over `n` cells `step` values apart from each window's `at`, divided by `n * w.n`
@@ -44,109 +51,96 @@ pub fn window_means(
     wins: &[Window],
     out: &mut [f32],
 ) {
-    run(isa, src, c, step, Some(n), wins, out);
+    Job {
+        src,
+        c,
+        step,
+        mean: Some(n),
+        wins,
+    }
+    .run(isa, out);
 }
 
-fn run(
-    isa: Isa,
-    src: &[f32],
+/// One call of either kernel: `mean` is the cell count of [`window_means`], `None` for sums.
+struct Job<'a> {
+    src: &'a [f32],
     c: usize,
     step: usize,
     mean: Option<usize>,
-    wins: &[Window],
-    out: &mut [f32],
-) {
-    assert!(isa.runs_here(), "{isa} does not run on this CPU");
-    for w in wins {
-        let (first, n) = match mean {
+    wins: &'a [Window],
+}
+
+impl Job<'_> {
+    /// Where window `w` starts in `src`, and its cells.
+    fn cells(&self, w: &Window) -> (usize, usize) {
+        match self.mean {
             Some(n) => (w.at, n),
             None => (w.first, w.n),
-        };
-        assert!(
-            n == 0 || first + (n - 1) * step + c <= src.len(),
-            "window {w:?} of {n} cells reads past {} values",
-            src.len()
-        );
-        assert!(
-            w.at + c <= out.len(),
-            "window {w:?} writes past {}",
-            out.len()
-        );
+        }
     }
-    // SAFETY: `isa` runs here; every window's reads and writes are in bounds (asserted above).
-    unsafe {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 | Isa::Avx512Vnni => sums_avx512(src, c, step, mean, wins, out),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => sums_avx2(src, c, step, mean, wins, out),
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon | Isa::NeonDot => sums_neon(src, c, step, mean, wins, out),
-            _ => sums::<lanes::Portable>(src, c, step, mean, wins, out),
+
+    fn run(&self, isa: Isa, out: &mut [f32]) {
+        assert!(isa.runs_here(), "{isa} does not run on this CPU");
+        for w in self.wins {
+            let (first, n) = self.cells(w);
+            assert!(
+                n == 0 || first + (n - 1) * self.step + self.c <= self.src.len(),
+                "window {w:?} of {n} cells reads past {} values",
+                self.src.len()
+            );
+            assert!(
+                w.at + self.c <= out.len(),
+                "window {w:?} writes past {}",
+                out.len()
+            );
+        }
+        // SAFETY: `isa` runs here; every window's reads and writes are in bounds (asserted
+        // above).
+        unsafe {
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 | Isa::Avx512Vnni => sums_avx512(self, out),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => sums_avx2(self, out),
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon | Isa::NeonDot => sums_neon(self, out),
+                _ => sums::<lanes::Portable>(self, out),
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-unsafe fn sums_avx512(
-    src: &[f32],
-    c: usize,
-    step: usize,
-    mean: Option<usize>,
-    wins: &[Window],
-    out: &mut [f32],
-) {
+unsafe fn sums_avx512(job: &Job<'_>, out: &mut [f32]) {
     // SAFETY: AVX-512 is enabled here; the rest is `sums`' contract.
-    unsafe { sums::<lanes::Avx512>(src, c, step, mean, wins, out) }
+    unsafe { sums::<lanes::Avx512>(job, out) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn sums_avx2(
-    src: &[f32],
-    c: usize,
-    step: usize,
-    mean: Option<usize>,
-    wins: &[Window],
-    out: &mut [f32],
-) {
+unsafe fn sums_avx2(job: &Job<'_>, out: &mut [f32]) {
     // SAFETY: AVX2 is enabled here; the rest is `sums`' contract.
-    unsafe { sums::<lanes::Avx2>(src, c, step, mean, wins, out) }
+    unsafe { sums::<lanes::Avx2>(job, out) }
 }
 
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "neon")]
-unsafe fn sums_neon(
-    src: &[f32],
-    c: usize,
-    step: usize,
-    mean: Option<usize>,
-    wins: &[Window],
-    out: &mut [f32],
-) {
+unsafe fn sums_neon(job: &Job<'_>, out: &mut [f32]) {
     // SAFETY: NEON is enabled here; the rest is `sums`' contract.
-    unsafe { sums::<lanes::Neon>(src, c, step, mean, wins, out) }
+    unsafe { sums::<lanes::Neon>(job, out) }
 }
 
 /// # Safety
-/// `L`'s features are available; every window's cells are within `src` and its output within
-/// `out` (as [`run`] asserts).
+/// `L`'s features are available; every window's cells are within `job.src` and its output
+/// within `out` (as [`Job::run`] asserts).
 #[inline(always)]
-unsafe fn sums<L: F32Lanes>(
-    src: &[f32],
-    c: usize,
-    step: usize,
-    mean: Option<usize>,
-    wins: &[Window],
-    out: &mut [f32],
-) {
-    let (sp, op) = (src.as_ptr(), out.as_mut_ptr());
-    for w in wins {
-        let (first, n, scale) = match mean {
-            Some(n) => (w.at, n, Some(1.0 / (n * w.n) as f32)),
-            None => (w.first, w.n, None),
-        };
+unsafe fn sums<L: F32Lanes>(job: &Job<'_>, out: &mut [f32]) {
+    let (c, step) = (job.c, job.step);
+    let (sp, op) = (job.src.as_ptr(), out.as_mut_ptr());
+    for w in job.wins {
+        let (first, n) = job.cells(w);
+        let scale = job.mean.map(|n| 1.0 / (n * w.n) as f32);
         let mut j = 0;
         // SAFETY: cell `t < n` channel `j + l < c` is `src[first + t * step + j + l]`, in
         // bounds by the contract; outputs `out[w.at + j + l]` likewise.
