@@ -325,9 +325,28 @@ fn upload_over_http_installs_and_switches_the_running_pipeline() {
         .into();
     let url = format!("http://127.0.0.1:{port}");
     let bytes = std::fs::read(&f.v2).unwrap();
+    // Without the token the device answers 401 before it reads the body. A client that sends
+    // the whole bundle first may see that answer, or (the server closed the connection while
+    // it was still writing) a broken pipe; curl avoids both with `Expect: 100-continue`, and so
+    // does this check: the 401 must come back with no body byte sent.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST /api/bundle HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\nexpect: 100-continue\r\n\r\n",
+            bytes.len()
+        )
+        .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 401", "{}", String::from_utf8_lossy(&head));
+    }
+    // A small body is read whole by the socket buffers: the plain client sees the 401 too.
     let r = agent
         .post(format!("{url}/api/bundle"))
-        .send(&bytes[..])
+        .send(&bytes[..1024])
         .unwrap();
     assert_eq!(r.status().as_u16(), 401);
     let mut r = agent
