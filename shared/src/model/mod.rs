@@ -8,6 +8,7 @@ pub mod graph;
 pub mod head;
 pub mod norm;
 pub mod params;
+mod planes;
 pub mod pool;
 pub mod profile;
 pub mod residual;

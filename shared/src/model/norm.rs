@@ -24,6 +24,7 @@ use candle_nn::{BatchNormConfig, Init, VarBuilder};
 use rayon::prelude::*;
 
 use super::conv::f32_slice;
+use super::planes;
 
 /// A BatchNorm layer over axis 1 of a `[B, C, ...]` tensor (BatchNorm1d and BatchNorm2d).
 #[derive(Debug, Clone)]
@@ -248,13 +249,11 @@ impl candle_core::CustomOp1 for Stats {
         let _span = super::profile::span("bn stats");
         let x = f32_slice(st, l, "batch-norm", "input")?;
         let n = (x.len() / self.c) as f64;
-        let sums = per_channel(x, self.c, self.s, |_, _, p| {
-            p.iter().map(|&v| v as f64).sum()
-        });
+        let isa = planes::isa();
+        let sums = per_channel(x, self.c, self.s, |_, _, p| planes::sum_f64(isa, p));
         let means: Vec<f64> = sums.iter().map(|s| s / n).collect();
         let sq = per_channel(x, self.c, self.s, |ch, _, p| {
-            let m = means[ch];
-            p.iter().map(|&v| (v as f64 - m).powi(2)).sum()
+            planes::sum_sq_dev_f64(isa, p, means[ch])
         });
         let mut out: Vec<f32> = means.iter().map(|&m| m as f32).collect();
         out.extend(sq.iter().map(|&q| (q / n) as f32));
@@ -297,6 +296,7 @@ impl CustomOp3 for NormOp {
             )
         }
         let (c, s) = (self.c, self.s);
+        let isa = planes::isa();
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(s)
             .zip(x.par_chunks(s))
@@ -305,15 +305,7 @@ impl CustomOp3 for NormOp {
                 let ch = plane % c;
                 let a = self.inv_std[ch] * g[ch];
                 let d = be[ch] - self.mean[ch] * a;
-                if self.relu {
-                    for (o, &v) in yo.iter_mut().zip(xi) {
-                        *o = (v * a + d).max(0.0);
-                    }
-                } else {
-                    for (o, &v) in yo.iter_mut().zip(xi) {
-                        *o = v * a + d;
-                    }
-                }
+                planes::normalise(isa, xi, a, d, self.relu, yo);
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -394,10 +386,12 @@ impl CustomOp3 for NormBackward {
         }
         let (c, s) = (self.c, self.s);
         let n = (x.len() / c) as f64;
-        let relu = self.relu;
+        let (relu, isa) = (self.relu, planes::isa());
         // The gradient arriving at the normalisation: through the fused ReLU's mask if any.
         let grad = |d: f32, out: f32| if relu && out <= 0.0 { 0.0 } else { d };
-        // dbeta = sum dy, dgamma = sum dy * xh, in one pass per channel.
+        // dbeta = sum dy, dgamma = sum dy * xh, in one pass per channel: f32 over runs of at
+        // most 512 values, in order, f64 across runs. (A lane-parallel sum would run faster but
+        // round differently, and every seed-measured training figure would move with it.)
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
@@ -406,7 +400,6 @@ impl CustomOp3 for NormBackward {
                 let (mut db, mut dg) = (0f64, 0f64);
                 for bi in 0..b {
                     let off = (bi * c + ch) * s;
-                    // f32 over runs of at most 512 values (vectorised), f64 across runs.
                     for k in (off..off + s).step_by(512) {
                         let e = (k + 512).min(off + s);
                         let (mut pb, mut pg) = (0f32, 0f32);
@@ -435,12 +428,15 @@ impl CustomOp3 for NormBackward {
                 .enumerate()
                 .for_each(|(plane, (o, (xi, (di, yi))))| {
                     let ch = plane % c;
-                    let (m, is) = (self.mean[ch], self.inv_std[ch]);
-                    let a = self.gamma[ch] * is;
-                    for (((o, &v), &d), &out) in o.iter_mut().zip(xi).zip(di).zip(yi) {
-                        let xh = (v - m) * is;
-                        *o = a * (grad(d, out) - mb[ch] - xh * mg[ch]);
-                    }
+                    let k = planes::GradPlane {
+                        mean: self.mean[ch],
+                        inv_std: self.inv_std[ch],
+                        a: self.gamma[ch] * self.inv_std[ch],
+                        mb: mb[ch],
+                        mg: mg[ch],
+                        relu,
+                    };
+                    planes::grad_input(isa, xi, di, yi, k, o);
                 });
         }
         for ch in 0..c {
