@@ -387,8 +387,6 @@ impl CustomOp3 for NormBackward {
         let (c, s) = (self.c, self.s);
         let n = (x.len() / c) as f64;
         let (relu, isa) = (self.relu, planes::isa());
-        // The gradient arriving at the normalisation: through the fused ReLU's mask if any.
-        let grad = |d: f32, out: f32| if relu && out <= 0.0 { 0.0 } else { d };
         // dbeta = sum dy, dgamma = sum dy * xh, in one pass per channel: f32 over runs of at
         // most 512 values, in order, f64 across runs. (A lane-parallel sum would run faster but
         // round differently, and every seed-measured training figure would move with it.)
@@ -404,7 +402,7 @@ impl CustomOp3 for NormBackward {
                         let e = (k + 512).min(off + s);
                         let (mut pb, mut pg) = (0f32, 0f32);
                         for ((&d, &o), &v) in dy[k..e].iter().zip(&y[k..e]).zip(&x[k..e]) {
-                            let d = grad(d, o);
+                            let d = planes::through_relu(relu, d, o);
                             pb += d;
                             pg += d * ((v - m) * is);
                         }

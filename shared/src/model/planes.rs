@@ -126,7 +126,7 @@ fn normalise(x: &[f32], a: f32, d: f32, relu: bool, y: &mut [f32]) -> () {
 /// The gradient reaching the normalisation: `d`, or 0 where the fused ReLU's output `out` is
 /// not positive (PyTorch's rule).
 #[inline(always)]
-fn through_relu(relu: bool, d: f32, out: f32) -> f32 {
+pub(crate) fn through_relu(relu: bool, d: f32, out: f32) -> f32 {
     if relu && out <= 0.0 { 0.0 } else { d }
 }
 
