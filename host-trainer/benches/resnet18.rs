@@ -10,7 +10,10 @@
 //! Inference: eval mode (BatchNorm with running statistics, randomised so no layer is a no-op),
 //! median over `--iters` runs after warm-up. Training step: forward in train mode, loss =
 //! mean(features^2) (as the peer script), backward, PyTorch-style SGD (momentum 0.9, weight decay
-//! 3e-4), batch 32. Weights are random; no data is read.
+//! 3e-4), batch 32. Weights are random; no data is read. The step runs as `fit` runs it: the
+//! encoder's own backward pass ([`firm_shared::model::resnet::ResNetTape`]) after autograd's
+//! through the loss. `--autograd` also times the same step with candle's autograd throughout,
+//! the two alternating step by step.
 
 // The same allocator as the host-trainer binary, so the figures match what `fit` sees.
 #[global_allocator]
@@ -32,6 +35,8 @@ struct Opts {
     iters: usize,
     /// Also print where a training step's time goes, op by op.
     ops: bool,
+    /// Also time the step with candle's autograd through the encoder.
+    autograd: bool,
 }
 
 fn parse() -> Opts {
@@ -43,6 +48,7 @@ fn parse() -> Opts {
         train_batch: 32,
         iters: 10,
         ops: false,
+        autograd: false,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -69,6 +75,7 @@ fn parse() -> Opts {
             "--train-batch" => o.train_batch = list(&args, &mut i)[0],
             "--iters" => o.iters = list(&args, &mut i)[0],
             "--ops" => o.ops = true,
+            "--autograd" => o.autograd = true,
             _ => {} // cargo passes --bench
         }
         i += 1;
@@ -144,60 +151,72 @@ fn main() {
     let mut opt = Sgd::new(params::trainable_vars(&vm), 0.01, 0.9, 3e-4);
     for &r in &o.train_res {
         let x = Tensor::randn(0f32, 1.0, (o.train_batch, 3, r, r), &dev).unwrap();
-        // Each phase timed on its own (wall clock): forward + loss, backward, optimizer.
-        let mut phases: [Vec<f64>; 3] = Default::default();
-        let mut warm = false;
-        let (med, _) = median_ms(
-            || {
-                // The op table counts the timed steps only (after the warm-up step).
-                profile::enable(o.ops && warm);
-                warm = true;
+        // Each phase timed on its own (wall clock): forward + loss, backward, optimizer. With
+        // `--autograd` the two ways alternate step by step, so both see the same machine.
+        let ways: &[bool] = if o.autograd { &[true, false] } else { &[true] };
+        let steps = (o.iters / 3).max(3);
+        let mut phases: Vec<[Vec<f64>; 3]> = vec![Default::default(); ways.len()];
+        for it in 0..=steps {
+            for (phases, &taped) in phases.iter_mut().zip(ways) {
+                // The op table counts the taped way's timed steps only (after a warm-up step).
+                profile::enable(o.ops && it > 0 && taped);
                 let t0 = Instant::now();
-                let loss = enc
-                    .forward_t(&x, true)
-                    .unwrap()
-                    .sqr()
-                    .unwrap()
-                    .mean_all()
-                    .unwrap();
+                let (features, tape) = if taped {
+                    let (f, t) = enc.forward_taped(&x).unwrap();
+                    (f, Some(t))
+                } else {
+                    (enc.forward_t(&x, true).unwrap(), None)
+                };
+                let loss = features.sqr().unwrap().mean_all().unwrap();
                 let t1 = Instant::now();
-                let grads = loss.backward().unwrap();
+                let mut grads = loss.backward().unwrap();
+                if let Some(tape) = tape {
+                    tape.backward(&mut grads).unwrap();
+                }
                 let t2 = Instant::now();
                 opt.step(&grads).unwrap();
                 drop(grads);
                 let t3 = Instant::now();
-                for (p, (a, b)) in phases.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
-                    p.push((b - a).as_secs_f64() * 1e3);
+                profile::enable(false);
+                if it > 0 {
+                    for (p, (a, b)) in phases.iter_mut().zip([(t0, t1), (t1, t2), (t2, t3)]) {
+                        p.push((b - a).as_secs_f64() * 1e3);
+                    }
                 }
-            },
-            1,
-            (o.iters / 3).max(3),
-        );
-        let b = o.train_batch;
-        println!(
-            "{:<26} {:<9} {:>5} {:>6} {:>16.1} {:>16.2} {:>12.1}",
-            "train step (fwd+bwd+sgd)",
-            stem,
-            r,
-            b,
-            med,
-            med / b as f64,
-            b as f64 * 1e3 / med
-        );
-        let median = |v: &mut Vec<f64>| {
+            }
+        }
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let [f, bw, s] = &mut phases;
-        println!(
-            "  phases (median ms): forward + loss {:.1}, backward {:.1}, sgd {:.1}",
-            median(f),
-            median(bw),
-            median(s)
-        );
-        profile::enable(false);
+        let b = o.train_batch;
+        for (p, &taped) in phases.iter().zip(ways) {
+            let totals: Vec<f64> = (0..steps).map(|i| p[0][i] + p[1][i] + p[2][i]).collect();
+            let med = median(&totals);
+            println!(
+                "{:<26} {:<9} {:>5} {:>6} {:>16.1} {:>16.2} {:>12.1}",
+                if taped {
+                    "train step (fwd+bwd+sgd)"
+                } else {
+                    "  same, candle autograd"
+                },
+                stem,
+                r,
+                b,
+                med,
+                med / b as f64,
+                b as f64 * 1e3 / med
+            );
+            println!(
+                "  phases (median ms): forward + loss {:.1}, backward {:.1}, sgd {:.1}",
+                median(&p[0]),
+                median(&p[1]),
+                median(&p[2])
+            );
+        }
         if o.ops {
-            print_ops(&phases, (o.iters / 3).max(3));
+            print_ops(&phases[0], steps);
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::{VarBuilder, VarMap};
-use firm_shared::model::{FirmModel, params};
+use firm_shared::model::{EncoderTape, FirmModel, params};
 use firm_shared::preprocess::Normalization;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -134,11 +134,26 @@ pub fn embed_views(model: &FirmModel, batch: &crate::batch::Batch) -> Result<can
     let z = model
         .forward_t(&batch.model_input(model.device())?, true)?
         .z;
+    both_views(z, batch)
+}
+
+/// The embeddings of both views from the encoder's output (see [`embed_views`]).
+fn both_views(z: candle_core::Tensor, batch: &crate::batch::Batch) -> Result<candle_core::Tensor> {
     Ok(if batch.identical_views {
         candle_core::Tensor::cat(&[&z, &z], 0)?
     } else {
         z
     })
+}
+
+/// [`embed_views`] for an optimisation step: the encoder's tape, when it returns one, must
+/// complete the loss's gradients ([`firm_shared::model::Encoder::forward_train`]).
+fn embed_views_for_step(
+    model: &FirmModel,
+    batch: &crate::batch::Batch,
+) -> Result<(candle_core::Tensor, Option<EncoderTape>)> {
+    let (out, tape) = model.forward_train(&batch.model_input(model.device())?)?;
+    Ok((both_views(out.z, batch)?, tape))
 }
 
 /// One optimisation step; returns the loss.
@@ -148,7 +163,7 @@ fn step(
     cfg: &FitConfig,
     batch: &crate::batch::Batch,
 ) -> Result<f64> {
-    let z = embed_views(model, batch)?;
+    let (z, tape) = embed_views_for_step(model, batch)?;
     let loss = cfg.loss.loss(&z, &batch.labels, cfg.tau)?;
     let value = loss.to_scalar::<f32>()? as f64;
     if !value.is_finite() {
@@ -157,7 +172,11 @@ fn step(
             format!("the loss became {value}; lower --lr or raise --tau"),
         ));
     }
-    opt.step(&loss.backward()?)?;
+    let mut grads = loss.backward()?;
+    if let Some(tape) = tape {
+        tape.backward(&mut grads)?;
+    }
+    opt.step(&grads)?;
     Ok(value)
 }
 

@@ -50,6 +50,9 @@ use std::ops::{Deref, DerefMut};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
+/// A parallel GEMM is split into row blocks of at least this many rows.
+const SPLIT_MIN_ROWS: usize = 64;
+
 /// Upper bound, in f32 elements, of one im2col buffer (32 MiB); the batch is chunked to fit.
 const COL_BUDGET: usize = 1 << 23;
 
@@ -417,6 +420,28 @@ fn gemm_f32(
         "gemm_f32: rhs too short"
     );
     let threads = rayon::current_num_threads();
+    if parallel && threads > 1 && dst.cs == 1 && m >= 2 * SPLIT_MIN_ROWS {
+        // Row blocks of the destination, one single-threaded GEMM each: gemm's own threading
+        // kept 2 threads only about 80 % busy on the stacked layers' shapes (`--ops`).
+        let parts = threads.min(m / SPLIT_MIN_ROWS);
+        let rows = m.div_ceil(parts);
+        let (rs, lhs_rs) = (dst.rs, lhs.rs);
+        // Chunk i holds rows i * rows.. (the last one fewer, and only up to its last element).
+        dst.data[..span(m, n, rs, 1)]
+            .par_chunks_mut(rows * rs)
+            .enumerate()
+            .for_each(|(i, d)| {
+                let m_i = rows.min(m - i * rows);
+                let lhs_i = Mat {
+                    data: &lhs.data[i * rows * lhs_rs..],
+                    rs: lhs_rs,
+                    cs: lhs.cs,
+                };
+                let dst_i = MatMut { data: d, rs, cs: 1 };
+                gemm_f32(m_i, n, k, dst_i, accumulate, lhs_i, rhs, false);
+            });
+        return;
+    }
     let parallelism = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
@@ -647,7 +672,7 @@ fn conv_fwd(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
             .with_min_len(items_per_task(g.b))
             .enumerate()
             .for_each_init(
-                || vec![0f32; col_len],
+                || Scratch::new(col_len),
                 |col, (b, ob)| {
                     let rhs = if g.pointwise() {
                         row_major(&x[b * kdim * p..][..kdim * p], p)
@@ -742,8 +767,9 @@ fn conv_bwd_per_item(
         .enumerate()
         .fold(
             || {
+                // dW^T accumulates from zero; col and dcol are overwritten before every read.
                 let dwt = vec![0f32; if need_dw { cout * kdim } else { 0 }];
-                (dwt, vec![0f32; col_len], vec![0f32; dcol_len])
+                (dwt, Scratch::new(col_len), Scratch::new(dcol_len))
             },
             |(mut dwt, mut col, mut dcol), (b, dx_b)| {
                 let dy_b = row_major(&dy[b * cout * p..][..cout * p], p);
@@ -891,18 +917,56 @@ impl CustomOp2 for Conv2dOp {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (need_dx, need_dw) = (x.track_op(), w.track_op());
-        if !need_dx && !need_dw {
-            return Ok((None, None));
-        }
-        let op = Conv2dBackward {
-            stride: self.stride,
-            padding: self.padding,
-            need_dx,
-            need_dw,
-        };
-        let packed = x.apply_op3_no_bwd(w, &grad.contiguous()?, &op)?;
-        unpack_grads(packed, x, w, need_dx, need_dw)
+        conv2d_backward(x, w, grad, (self.stride, self.padding), need_dx, need_dw)
     }
+}
+
+/// [`conv2d`]'s forward outside autograd, for a caller that runs the backward pass itself
+/// ([`conv2d_backward`]; the taped ResNet-18 step). Only for what the custom op handles:
+/// f32 on the CPU, "same"-style square kernels; anything else is an error.
+pub(crate) fn conv2d_untracked(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let fits = fast_path_ok(x, w)
+        && w.dims()[1] == x.dims()[1]
+        && Geom::new(x.dims(), w.dims(), stride, padding).is_some();
+    if !fits {
+        bail!(
+            "conv: input {:?} and weight {:?} ({:?} on {:?}) are outside the CPU f32 custom op",
+            x.dims(),
+            w.dims(),
+            x.dtype(),
+            x.device().location()
+        )
+    }
+    x.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &Conv2dOp { stride, padding })
+}
+
+/// The gradients of [`conv2d`] for the output gradient `dy`: `(dx, dw)`, each computed only
+/// when asked (`need_dx`, `need_dw`). `(stride, padding)` as the forward.
+pub(crate) fn conv2d_backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    (stride, padding): (usize, usize),
+    need_dx: bool,
+    need_dw: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    if !need_dx && !need_dw {
+        return Ok((None, None));
+    }
+    let op = Conv2dBackward {
+        stride,
+        padding,
+        need_dx,
+        need_dw,
+    };
+    let packed = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
+    unpack_grads(packed, x, w, need_dx, need_dw)
 }
 
 /// Backward custom op of [`conv2d`]: arguments `(x, w, dy)`, result `[dx, dw]` flattened and
@@ -1439,6 +1503,49 @@ mod tests {
         let g = Geom::new(&[80, 256, 7, 7], &[8, 256, 3, 3], 1, 1).unwrap();
         assert!(!per_item(&g) && g.chunk() < g.b, "chunk {}", g.chunk());
         check_against_candle(80, 256, 7, 8, 3, 1);
+    }
+
+    #[test]
+    fn parallel_gemm_in_row_blocks() {
+        // Stacked GEMMs with enough output channels to be split into row blocks, an odd count
+        // (the last block shorter), and a destination buffer longer than the product.
+        let g = Geom::new(&[4, 32, 6, 6], &[161, 32, 3, 3], 1, 1).unwrap();
+        assert!(!per_item(&g) && g.cout >= 2 * SPLIT_MIN_ROWS);
+        check_against_candle(4, 32, 6, 161, 3, 1);
+        check_against_candle(3, 16, 7, 130, 3, 2);
+        // The split's result is the single-threaded GEMM's, bit for bit.
+        let (m, n, k) = (200, 37, 300);
+        let a: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|i| ((i * 104_729) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        let run = |parallel: bool| {
+            let mut d = vec![0f32; m * n + 5];
+            let dst = MatMut {
+                data: &mut d,
+                rs: n,
+                cs: 1,
+            };
+            gemm_f32(
+                m,
+                n,
+                k,
+                dst,
+                false,
+                row_major(&a, k),
+                row_major(&b, n),
+                parallel,
+            );
+            d
+        };
+        let (one, split) = (run(false), run(true));
+        assert!(
+            one.iter()
+                .zip(&split)
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+        );
     }
 
     #[test]

@@ -14,7 +14,8 @@ pub mod profile;
 pub mod residual;
 pub mod resnet;
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 pub use config::{
@@ -60,6 +61,32 @@ impl Encoder {
             Encoder::ResNet18(m) => m.forward_t(x, train),
             Encoder::EfficientNetLite0(m) => m.forward_t(x, train),
         }
+    }
+
+    /// The training forward of one optimisation step: `forward_t(x, true)`, except that
+    /// ResNet-18 on the CPU in f32 runs its own backward pass ([`resnet::ResNetTape`], faster
+    /// than candle's autograd) and returns its tape. Then the gradients of `loss.backward()`
+    /// hold only what follows the encoder, and `tape.backward(&mut grads)` adds the encoder's.
+    /// Without a tape, autograd covers everything.
+    pub fn forward_train(&self, x: &Tensor) -> Result<(Tensor, Option<EncoderTape>)> {
+        match self {
+            Encoder::ResNet18(m) if x.device().is_cpu() && x.dtype() == DType::F32 => {
+                let (f, tape) = m.forward_taped(x)?;
+                Ok((f, Some(EncoderTape(tape))))
+            }
+            _ => Ok((self.forward_t(x, true)?, None)),
+        }
+    }
+}
+
+/// The recorded encoder forward of [`Encoder::forward_train`].
+#[derive(Debug)]
+pub struct EncoderTape(resnet::ResNetTape);
+
+impl EncoderTape {
+    /// Add the encoder parameters' gradients to `grads` (from the loss's `backward()`).
+    pub fn backward(self, grads: &mut GradStore) -> Result<()> {
+        self.0.backward(grads)
     }
 }
 
@@ -107,5 +134,13 @@ impl FirmModel {
         let features = self.encoder.forward_t(x, train)?;
         let z = self.head.forward_t(&features, train)?;
         Ok(FirmOutput { features, z })
+    }
+
+    /// The training forward of one optimisation step ([`Encoder::forward_train`]): when it
+    /// returns a tape, `tape.backward(&mut grads)` completes `loss.backward()`'s gradients.
+    pub fn forward_train(&self, x: &Tensor) -> Result<(FirmOutput, Option<EncoderTape>)> {
+        let (features, tape) = self.encoder.forward_train(x)?;
+        let z = self.head.forward_t(&features, true)?;
+        Ok((FirmOutput { features, z }, tape))
     }
 }

@@ -19,6 +19,7 @@
 //! `dbeta = sum dy`, `dgamma = sum dy * xh`, `dx = a * (dy - dbeta / n - xh * dgamma / n)`.
 //! Statistics are accumulated in f64 (the backward pass: f32 over runs of 512 values, then f64).
 
+use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, Var, bail};
 use candle_nn::{BatchNormConfig, Init, VarBuilder};
 use rayon::prelude::*;
@@ -150,6 +151,43 @@ impl BatchNorm {
     }
 
     fn forward_train_fused(&self, x: &Tensor, relu: bool) -> Result<Tensor> {
+        let (x, w, bias, op) = self.train_op(x, relu)?;
+        x.apply_op3(&w, &bias, op)
+    }
+
+    /// The training forward outside autograd (CPU f32 only; it updates the running statistics
+    /// as [`Self::forward_t`] does), with what [`BnTape::backward`] needs: for a caller that runs
+    /// the backward pass itself (the taped ResNet-18 step).
+    pub(crate) fn forward_taped(&self, x: &Tensor, relu: bool) -> Result<(Tensor, BnTape)> {
+        if !(x.dtype() == DType::F32 && x.device().is_cpu() && x.elem_count() > 0) {
+            bail!(
+                "batch-norm: the taped forward takes non-empty f32 CPU input, got {:?} {:?}",
+                x.dtype(),
+                x.shape()
+            )
+        }
+        let channels = self.running_mean.as_tensor().dim(0)?;
+        if x.rank() < 2 || x.dim(1)? != channels {
+            bail!(
+                "batch-norm input {:?} does not have {channels} channels on axis 1",
+                x.shape()
+            )
+        }
+        let (x, w, bias, op) = self.train_op(x, relu)?;
+        let y = x.apply_op3_no_bwd(&w, &bias, &op)?;
+        let tape = BnTape {
+            x,
+            y: y.clone(),
+            params: self.weight_and_bias.clone(),
+            gamma: w,
+            op,
+        };
+        Ok((y, tape))
+    }
+
+    /// Batch statistics (updating the running ones) and the normalising op for `x`, with the
+    /// affine parameters it takes (ones and zeros when the layer has none).
+    fn train_op(&self, x: &Tensor, relu: bool) -> Result<(Tensor, Tensor, Tensor, NormOp)> {
         let x = x.contiguous()?;
         let (c, s) = (x.dim(1)?, x.dims()[2..].iter().product::<usize>());
         let b = x.dim(0)?;
@@ -179,7 +217,7 @@ impl BatchNorm {
                 Tensor::zeros(c, DType::F32, x.device())?,
             ),
         };
-        x.apply_op3(&w, &bias, op)
+        Ok((x, w, bias, op))
     }
 
     /// The same computation from candle tensor operations (any dtype or device).
@@ -263,6 +301,7 @@ impl candle_core::CustomOp1 for Stats {
 
 /// `y = (x - mean) * inv_std * gamma + beta` with given statistics, then `max(y, 0)` when `relu`;
 /// arguments `(x, gamma, beta)`.
+#[derive(Debug)]
 struct NormOp {
     c: usize,
     s: usize,
@@ -322,6 +361,21 @@ impl CustomOp3 for NormOp {
         if !(need_dx || need_dg || need_db) {
             return Ok((None, None, None));
         }
+        let (dx, dg, db) = self.backward(x, g, res, dy, need_dx)?;
+        Ok((dx, need_dg.then_some(dg), need_db.then_some(db)))
+    }
+}
+
+impl NormOp {
+    /// `(dx if need_dx, dgamma, dbeta)` for the output gradient `dy`; `res` is the op's output.
+    fn backward(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        res: &Tensor,
+        dy: &Tensor,
+        need_dx: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
         let op = NormBackward {
             c: self.c,
             s: self.s,
@@ -338,12 +392,49 @@ impl CustomOp3 for NormOp {
         let dx = need_dx
             .then(|| packed.narrow(0, 0, nx)?.reshape(x.shape()))
             .transpose()?;
-        let dg = need_dg.then(|| packed.narrow(0, nx, self.c)).transpose()?;
-        let db = need_db
-            .then(|| packed.narrow(0, nx + self.c, self.c))
-            .transpose()?;
+        let dg = packed.narrow(0, nx, self.c)?;
+        let db = packed.narrow(0, nx + self.c, self.c)?;
         Ok((dx, dg, db))
     }
+}
+
+/// What the backward pass of one taped BatchNorm needs ([`BatchNorm::forward_taped`]).
+#[derive(Debug)]
+pub(crate) struct BnTape {
+    x: Tensor,
+    y: Tensor,
+    /// The layer's own parameters (to key their gradients), if affine.
+    params: Option<(Tensor, Tensor)>,
+    gamma: Tensor,
+    op: NormOp,
+}
+
+impl BnTape {
+    /// The input gradient (when `need_dx`) for the output gradient `dy`; the weight and bias
+    /// gradients go into `grads`, keyed by the layer's parameters.
+    pub(crate) fn backward(
+        self,
+        dy: &Tensor,
+        need_dx: bool,
+        grads: &mut GradStore,
+    ) -> Result<Option<Tensor>> {
+        let (dx, dg, db) = self
+            .op
+            .backward(&self.x, &self.gamma, &self.y, dy, need_dx)?;
+        if let Some((w, b)) = &self.params {
+            grads.insert(w, dg);
+            grads.insert(b, db);
+        }
+        Ok(dx)
+    }
+}
+
+/// The runs `grp` (indices into `runs`, ranges of `v`) of one side-by-side sum.
+fn pick<'a>(v: &'a [f32], runs: &[(usize, usize)], grp: &[usize]) -> [&'a [f32]; planes::RUNS] {
+    std::array::from_fn(|j| {
+        let (k, e) = runs[grp[j]];
+        &v[k..e]
+    })
 }
 
 /// Backward of [`NormOp`]: arguments `(x, dy, y)` (`y` the op's output, read for the ReLU's
@@ -387,30 +478,52 @@ impl CustomOp3 for NormBackward {
         let (c, s) = (self.c, self.s);
         let n = (x.len() / c) as f64;
         let (relu, isa) = (self.relu, planes::isa());
-        // dbeta = sum dy, dgamma = sum dy * xh, in one pass per channel: f32 over runs of at
-        // most 512 values, in order, f64 across runs. (A lane-parallel sum would run faster but
-        // round differently, and every seed-measured training figure would move with it.)
+        // dbeta = sum dy, dgamma = sum dy * xh, per channel: f32 over runs of at most 512
+        // values, each in order, f64 across runs, in order. (A lane-parallel sum would run
+        // faster but round differently, and every seed-measured training figure would move.)
+        // Runs of one length are summed side by side, each still its own chain.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
                 let (m, is) = (self.mean[ch], self.inv_std[ch]);
                 let b = x.len() / (c * s);
-                let (mut db, mut dg) = (0f64, 0f64);
-                for bi in 0..b {
-                    let off = (bi * c + ch) * s;
-                    for k in (off..off + s).step_by(512) {
-                        let e = (k + 512).min(off + s);
-                        let (mut pb, mut pg) = (0f32, 0f32);
-                        for ((&d, &o), &v) in dy[k..e].iter().zip(&y[k..e]).zip(&x[k..e]) {
-                            let d = planes::through_relu(relu, d, o);
-                            pb += d;
-                            pg += d * ((v - m) * is);
+                let runs: Vec<(usize, usize)> = (0..b)
+                    .flat_map(|bi| {
+                        let off = (bi * c + ch) * s;
+                        (off..off + s)
+                            .step_by(512)
+                            .map(move |k| (k, (k + 512).min(off + s)))
+                    })
+                    .collect();
+                let mut part = vec![(0f32, 0f32); runs.len()];
+                // Run indices grouped by length (stable: in order within a length).
+                let mut order: Vec<usize> = (0..runs.len()).collect();
+                order.sort_by_key(|&i| runs[i].1 - runs[i].0);
+                for same in order.chunk_by(|&i, &j| runs[i].1 - runs[i].0 == runs[j].1 - runs[j].0)
+                {
+                    let mut groups = same.chunks_exact(planes::RUNS);
+                    for grp in groups.by_ref() {
+                        let (pb, pg) = planes::grad_sums_runs(
+                            isa,
+                            pick(x, &runs, grp),
+                            pick(dy, &runs, grp),
+                            pick(y, &runs, grp),
+                            m,
+                            is,
+                            relu,
+                        );
+                        for (j, &i) in grp.iter().enumerate() {
+                            part[i] = (pb[j], pg[j]);
                         }
-                        db += pb as f64;
-                        dg += pg as f64;
+                    }
+                    for &i in groups.remainder() {
+                        let (k, e) = runs[i];
+                        part[i] = planes::grad_sums(&x[k..e], &dy[k..e], &y[k..e], m, is, relu);
                     }
                 }
-                (db, dg)
+                part.iter().fold((0f64, 0f64), |(db, dg), &(pb, pg)| {
+                    (db + pb as f64, dg + pg as f64)
+                })
             })
             .collect();
         let dbeta: Vec<f64> = sums.iter().map(|p| p.0).collect();

@@ -11,8 +11,9 @@
 //! in f64 rounding, far below the f32 the statistics are stored in. The element-wise loops
 //! compute exactly the scalar formula, value by value (Rust never fuses a multiply and an add on
 //! its own), so they equal the scalar code bit for bit. The backward pass's f32 gradient sums
-//! stay in order (`norm.rs`): reordered, they round differently and every seed-measured
-//! training figure would move.
+//! stay in order within each run of 512 values (`norm.rs`): reordered, they round differently
+//! and every seed-measured training figure would move. What runs in parallel is [`RUNS`] runs
+//! side by side, each its own chain ([`grad_sums_runs`]).
 //!
 //! The one `unsafe` is the call into a `#[target_feature]` copy, after checking that this CPU
 //! runs its ISA.
@@ -156,6 +157,59 @@ fn grad_input(x: &[f32], dy: &[f32], y: &[f32], k: GradPlane, dx: &mut [f32]) ->
 }
 }
 
+/// Runs summed side by side by [`grad_sums_runs`].
+pub(crate) const RUNS: usize = 8;
+
+/// BatchNorm's backward sums of one run, in order, in f32: `(sum g, sum g * xh)` with `g` the
+/// gradient through the fused ReLU and `xh = (x - mean) * inv_std`.
+#[inline(always)]
+pub(crate) fn grad_sums(
+    x: &[f32],
+    dy: &[f32],
+    y: &[f32],
+    mean: f32,
+    inv_std: f32,
+    relu: bool,
+) -> (f32, f32) {
+    let (mut pb, mut pg) = (0f32, 0f32);
+    for ((&d, &o), &v) in dy.iter().zip(y).zip(x) {
+        let d = through_relu(relu, d, o);
+        pb += d;
+        pg += d * ((v - mean) * inv_std);
+    }
+    (pb, pg)
+}
+
+per_isa! {
+fn grad_sums_runs(
+    x: [&[f32]; RUNS],
+    dy: [&[f32]; RUNS],
+    y: [&[f32]; RUNS],
+    mean: f32,
+    inv_std: f32,
+    relu: bool
+) -> ([f32; RUNS], [f32; RUNS]) {
+    // [`grad_sums`] of RUNS runs of one length at once: each run is still one chain, summed in
+    // its own order (the same bits), but the chains no longer wait on each other.
+    let n = x[0].len();
+    for j in 0..RUNS {
+        assert!(
+            x[j].len() == n && dy[j].len() == n && y[j].len() == n,
+            "grad_sums_runs: run lengths differ"
+        );
+    }
+    let (mut pb, mut pg) = ([0f32; RUNS], [0f32; RUNS]);
+    for t in 0..n {
+        for j in 0..RUNS {
+            let d = through_relu(relu, dy[j][t], y[j][t]);
+            pb[j] += d;
+            pg[j] += d * ((x[j][t] - mean) * inv_std);
+        }
+    }
+    (pb, pg)
+}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +252,34 @@ mod tests {
                 let q = sum_sq_dev_f64(isa, &x, m);
                 let want = lanes_ref(n, |i| (x[i] as f64 - m) * (x[i] as f64 - m));
                 assert_eq!(q, want, "{isa} n {n}");
+            }
+        }
+    }
+
+    /// Side by side, each run's sums are [`grad_sums`]'s bits, on every ISA.
+    #[test]
+    fn side_by_side_runs_equal_one_run_at_a_time() {
+        for isa in Isa::supported() {
+            for n in [1, 16, 333, 512] {
+                let d: Vec<[Vec<f32>; 3]> = (0..RUNS as u32)
+                    .map(|j| [data(n, 3 * j), data(n, 3 * j + 1), data(n, 3 * j + 2)])
+                    .collect();
+                for relu in [false, true] {
+                    let (pb, pg) = grad_sums_runs(
+                        isa,
+                        std::array::from_fn(|j| &d[j][0][..]),
+                        std::array::from_fn(|j| &d[j][1][..]),
+                        std::array::from_fn(|j| &d[j][2][..]),
+                        0.05,
+                        1.7,
+                        relu,
+                    );
+                    for j in 0..RUNS {
+                        let (b, g) = grad_sums(&d[j][0], &d[j][1], &d[j][2], 0.05, 1.7, relu);
+                        assert_eq!(pb[j].to_bits(), b.to_bits(), "{isa} n {n} run {j}");
+                        assert_eq!(pg[j].to_bits(), g.to_bits(), "{isa} n {n} run {j}");
+                    }
+                }
             }
         }
     }

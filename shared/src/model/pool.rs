@@ -23,6 +23,24 @@ pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// [`max_pool_3x3_s2`] outside autograd (f32 CPU NCHW only), for a caller that runs the
+/// backward pass itself with [`max_pool_3x3_s2_backward`].
+pub(crate) fn max_pool_3x3_s2_untracked(x: &Tensor) -> Result<Tensor> {
+    if !(x.dtype() == DType::F32 && x.device().is_cpu() && x.rank() == 4 && x.elem_count() > 0) {
+        bail!(
+            "max-pool: the taped forward takes non-empty f32 CPU NCHW input, got {:?} {:?}",
+            x.dtype(),
+            x.shape()
+        )
+    }
+    x.contiguous()?.apply_op1_no_bwd(&MaxPool)
+}
+
+/// The input gradient of the pool for the output gradient `dy` (`y` the pooled output).
+pub(crate) fn max_pool_3x3_s2_backward(x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    x.apply_op3_no_bwd(y, &dy.contiguous()?, &MaxPoolBackward)
+}
+
 fn out_side(n: usize) -> usize {
     (n - 1) / 2 + 1
 }
@@ -89,6 +107,23 @@ fn first_equal(
     r0 * w + c0 // unreachable for a window's own maximum
 }
 
+/// [`first_equal`] for a whole 3x3 window starting at plane index `base` whose maximum `v` is
+/// not NaN, without branches: every position is compared, the last match in reverse order (the
+/// first in row-major order) wins. The stem's windows are almost all whole ones, and the early
+/// exit's unpredictable branch was most of the backward pass's time.
+#[inline(always)]
+fn first_equal_3x3(plane: &[f32], w: usize, base: usize, v: f32) -> usize {
+    let window = &plane[base..=base + 2 * w + 2];
+    let mut at = 2 * w + 2;
+    for r in (0..3).rev() {
+        for c in (0..3).rev() {
+            let off = r * w + c;
+            at = if window[off] == v { off } else { at };
+        }
+    }
+    base + at
+}
+
 struct MaxPool;
 
 impl CustomOp1 for MaxPool {
@@ -114,11 +149,7 @@ impl CustomOp1 for MaxPool {
         if !x.track_op() {
             return Ok(None);
         }
-        Ok(Some(x.apply_op3_no_bwd(
-            res,
-            &dy.contiguous()?,
-            &MaxPoolBackward,
-        )?))
+        Ok(Some(max_pool_3x3_s2_backward(x, res, dy)?))
     }
 }
 
@@ -164,7 +195,12 @@ impl CustomOp3 for MaxPoolBackward {
                     let (r0, r1) = ((2 * oh).saturating_sub(1), (2 * oh + 1).min(h - 1));
                     for ow in 0..wo {
                         let (c0, c1) = ((2 * ow).saturating_sub(1), (2 * ow + 1).min(w - 1));
-                        let i = first_equal(plane, w, (r0, r1), (c0, c1), yp[oh * wo + ow]);
+                        let v = yp[oh * wo + ow];
+                        let i = if r1 - r0 == 2 && c1 - c0 == 2 && !v.is_nan() {
+                            first_equal_3x3(plane, w, r0 * w + c0, v)
+                        } else {
+                            first_equal(plane, w, (r0, r1), (c0, c1), v)
+                        };
                         d[i] += g[oh * wo + ow];
                     }
                 }

@@ -30,6 +30,30 @@ pub fn add_relu(y: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
     }
 }
 
+/// [`add_relu`] outside autograd (f32 CPU, equal shapes), for a caller that runs the backward
+/// pass itself: the gradient of both arguments is [`relu_mask`]`(output, dy)`.
+pub(crate) fn add_relu_untracked(y: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
+    let fits = y.dtype() == DType::F32
+        && shortcut.dtype() == DType::F32
+        && y.device().is_cpu()
+        && y.shape() == shortcut.shape()
+        && y.elem_count() > 0;
+    if !fits {
+        bail!(
+            "add-relu: the taped forward takes equal non-empty f32 CPU shapes, got {:?} and {:?}",
+            y.shape(),
+            shortcut.shape()
+        )
+    }
+    y.contiguous()?
+        .apply_op2_no_bwd(&shortcut.contiguous()?, &AddRelu)
+}
+
+/// `dy * (out > 0)`: the gradient through a ReLU whose output was `out`.
+pub(crate) fn relu_mask(out: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    out.apply_op2_no_bwd(&dy.contiguous()?, &ReluMask)
+}
+
 struct AddRelu;
 
 impl CustomOp2 for AddRelu {
@@ -61,7 +85,7 @@ impl CustomOp2 for AddRelu {
         if !y.track_op() && !shortcut.track_op() {
             return Ok((None, None));
         }
-        let g = res.apply_op2_no_bwd(&dy.contiguous()?, &ReluMask)?;
+        let g = relu_mask(res, dy)?;
         Ok((
             y.track_op().then(|| g.clone()),
             shortcut.track_op().then_some(g),

@@ -20,6 +20,9 @@ use super::conv::{self, conv_no_bias as conv};
 use super::graph::{Activation, ConvSpec, Graph, GraphBuilder, Residual};
 use super::norm::{self, BatchNorm};
 
+mod tape;
+pub use tape::ResNetTape;
+
 /// An affine BatchNorm with the run's eps and momentum.
 pub(crate) fn bn(channels: usize, eps: f64, momentum: f64, vb: VarBuilder) -> Result<BatchNorm> {
     let bn_cfg = BatchNormConfig {
