@@ -95,13 +95,7 @@ impl BatchNorm {
     }
 
     fn forward_impl(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
-        let channels = self.running_mean.as_tensor().dim(0)?;
-        if x.rank() < 2 || x.dim(1)? != channels {
-            bail!(
-                "batch-norm input {:?} does not have {channels} channels on axis 1",
-                x.shape()
-            )
-        }
+        self.check_channels(x)?;
         if x.dtype() == DType::F32 && x.device().is_cpu() && x.elem_count() > 0 && train {
             return self.forward_train_fused(x, relu);
         }
@@ -111,6 +105,17 @@ impl BatchNorm {
             self.forward_eval(x)?
         };
         if relu { y.relu() } else { Ok(y) }
+    }
+
+    fn check_channels(&self, x: &Tensor) -> Result<()> {
+        let channels = self.running_mean.as_tensor().dim(0)?;
+        if x.rank() < 2 || x.dim(1)? != channels {
+            bail!(
+                "batch-norm input {:?} does not have {channels} channels on axis 1",
+                x.shape()
+            )
+        }
+        Ok(())
     }
 
     fn stat_shape(x: &Tensor) -> Vec<usize> {
@@ -166,13 +171,7 @@ impl BatchNorm {
                 x.shape()
             )
         }
-        let channels = self.running_mean.as_tensor().dim(0)?;
-        if x.rank() < 2 || x.dim(1)? != channels {
-            bail!(
-                "batch-norm input {:?} does not have {channels} channels on axis 1",
-                x.shape()
-            )
-        }
+        self.check_channels(x)?;
         let (x, w, bias, op) = self.train_op(x, relu)?;
         let y = x.apply_op3_no_bwd(&w, &bias, &op)?;
         let tape = BnTape {
@@ -410,22 +409,18 @@ pub(crate) struct BnTape {
 }
 
 impl BnTape {
-    /// The input gradient (when `need_dx`) for the output gradient `dy`; the weight and bias
-    /// gradients go into `grads`, keyed by the layer's parameters.
-    pub(crate) fn backward(
-        self,
-        dy: &Tensor,
-        need_dx: bool,
-        grads: &mut GradStore,
-    ) -> Result<Option<Tensor>> {
-        let (dx, dg, db) = self
-            .op
-            .backward(&self.x, &self.gamma, &self.y, dy, need_dx)?;
+    /// The input gradient for the output gradient `dy`; the weight and bias gradients go into
+    /// `grads`, keyed by the layer's parameters.
+    pub(crate) fn backward(self, dy: &Tensor, grads: &mut GradStore) -> Result<Tensor> {
+        let (dx, dg, db) = self.op.backward(&self.x, &self.gamma, &self.y, dy, true)?;
         if let Some((w, b)) = &self.params {
             grads.insert(w, dg);
             grads.insert(b, db);
         }
-        Ok(dx)
+        match dx {
+            Some(dx) => Ok(dx),
+            None => bail!("batch-norm: the input gradient was not computed"),
+        }
     }
 }
 

@@ -100,7 +100,7 @@ impl BasicBlock {
     }
 }
 
-/// Both branches of a block need their input gradient; a missing one is a bug here.
+/// Every convolution but the stem's needs its input gradient; a missing one is a bug here.
 fn expect_dx(d: Option<Tensor>) -> Result<Tensor> {
     match d {
         Some(d) => Ok(d),
@@ -112,13 +112,13 @@ impl BlockTape {
     /// The block input's gradient for the output gradient `dout`.
     fn backward(self, dout: &Tensor, grads: &mut GradStore) -> Result<Tensor> {
         let g = residual::relu_mask(&self.out, dout)?;
-        let d = expect_dx(self.bn2.backward(&g, true, grads)?)?;
+        let d = self.bn2.backward(&g, grads)?;
         let d = expect_dx(self.conv2.backward(&d, grads)?)?;
-        let d = expect_dx(self.bn1.backward(&d, true, grads)?)?;
+        let d = self.bn1.backward(&d, grads)?;
         let main = expect_dx(self.conv1.backward(&d, grads)?)?;
         let shortcut = match self.down {
             Some((c, b)) => {
-                let d = expect_dx(b.backward(&g, true, grads)?)?;
+                let d = b.backward(&g, grads)?;
                 expect_dx(c.backward(&d, grads)?)?
             }
             None => g,
@@ -188,7 +188,7 @@ impl ResNetTape {
         if let Some((x, y)) = &self.pool {
             d = pool::max_pool_3x3_s2_backward(x, y, &d)?;
         }
-        let d = expect_dx(self.stem_bn.backward(&d, true, grads)?)?;
+        let d = self.stem_bn.backward(&d, grads)?;
         self.stem.backward(&d, grads)?;
         Ok(())
     }
