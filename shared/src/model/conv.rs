@@ -98,14 +98,18 @@ pub fn forward(conv: &candle_nn::Conv2d, x: &Tensor) -> Result<Tensor> {
 /// `Tensor::conv2d(w, padding, stride, 1, 1)`; f32 on CPU uses the custom op (fast forward +
 /// backward), any other dtype/device falls back to candle's conv2d.
 pub fn conv2d(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
-    if fast_path_ok(x, w) {
-        let (x_dims, w_dims) = (x.dims(), w.dims());
-        if w_dims[1] == x_dims[1] && Geom::new(x_dims, w_dims, stride, padding).is_some() {
-            let op = Conv2dOp { stride, padding };
-            return x.contiguous()?.apply_op2(&w.contiguous()?, op);
-        }
+    if conv_op_fits(x, w, stride, padding) {
+        let op = Conv2dOp { stride, padding };
+        return x.contiguous()?.apply_op2(&w.contiguous()?, op);
     }
     x.conv2d(w, padding, stride, 1, 1)
+}
+
+/// Whether [`Conv2dOp`] computes this convolution (else candle's conv2d does).
+fn conv_op_fits(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> bool {
+    fast_path_ok(x, w)
+        && w.dims()[1] == x.dims()[1]
+        && Geom::new(x.dims(), w.dims(), stride, padding).is_some()
 }
 
 /// Depthwise convolution: weight `[C, 1, k, k]`, groups = C (EfficientNet's MBConv). Same
@@ -930,10 +934,7 @@ pub(crate) fn conv2d_untracked(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
-    let fits = fast_path_ok(x, w)
-        && w.dims()[1] == x.dims()[1]
-        && Geom::new(x.dims(), w.dims(), stride, padding).is_some();
-    if !fits {
+    if !conv_op_fits(x, w, stride, padding) {
         bail!(
             "conv: input {:?} and weight {:?} ({:?} on {:?}) are outside the CPU f32 custom op",
             x.dims(),

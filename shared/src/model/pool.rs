@@ -16,7 +16,7 @@ use super::conv::f32_slice;
 /// 3x3 / stride 2 / padding 1 max-pool of an NCHW tensor; f32 on the CPU uses the custom op,
 /// anything else the differentiable composition.
 pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
-    if x.dtype() == DType::F32 && x.device().is_cpu() && x.rank() == 4 && x.elem_count() > 0 {
+    if op_fits(x) {
         x.contiguous()?.apply_op1(MaxPool)
     } else {
         super::resnet::max_pool_3x3_s2(x)
@@ -26,7 +26,7 @@ pub fn max_pool_3x3_s2(x: &Tensor) -> Result<Tensor> {
 /// [`max_pool_3x3_s2`] outside autograd (f32 CPU NCHW only), for a caller that runs the
 /// backward pass itself with [`max_pool_3x3_s2_backward`].
 pub(crate) fn max_pool_3x3_s2_untracked(x: &Tensor) -> Result<Tensor> {
-    if !(x.dtype() == DType::F32 && x.device().is_cpu() && x.rank() == 4 && x.elem_count() > 0) {
+    if !op_fits(x) {
         bail!(
             "max-pool: the taped forward takes non-empty f32 CPU NCHW input, got {:?} {:?}",
             x.dtype(),
@@ -39,6 +39,11 @@ pub(crate) fn max_pool_3x3_s2_untracked(x: &Tensor) -> Result<Tensor> {
 /// The input gradient of the pool for the output gradient `dy` (`y` the pooled output).
 pub(crate) fn max_pool_3x3_s2_backward(x: &Tensor, y: &Tensor, dy: &Tensor) -> Result<Tensor> {
     x.apply_op3_no_bwd(y, &dy.contiguous()?, &MaxPoolBackward)
+}
+
+/// Whether the custom op pools `x`: non-empty f32 NCHW on the CPU.
+fn op_fits(x: &Tensor) -> bool {
+    x.dtype() == DType::F32 && x.device().is_cpu() && x.rank() == 4 && x.elem_count() > 0
 }
 
 fn out_side(n: usize) -> usize {

@@ -18,12 +18,7 @@ const CHUNK: usize = 1 << 15;
 
 /// `relu(y + shortcut)`, both of the same shape.
 pub fn add_relu(y: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
-    if y.dtype() == DType::F32
-        && shortcut.dtype() == DType::F32
-        && y.device().is_cpu()
-        && y.shape() == shortcut.shape()
-        && y.elem_count() > 0
-    {
+    if op_fits(y, shortcut) {
         y.contiguous()?.apply_op2(&shortcut.contiguous()?, AddRelu)
     } else {
         (y + shortcut)?.relu()
@@ -33,12 +28,7 @@ pub fn add_relu(y: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
 /// [`add_relu`] outside autograd (f32 CPU, equal shapes), for a caller that runs the backward
 /// pass itself: the gradient of both arguments is [`relu_mask`]`(output, dy)`.
 pub(crate) fn add_relu_untracked(y: &Tensor, shortcut: &Tensor) -> Result<Tensor> {
-    let fits = y.dtype() == DType::F32
-        && shortcut.dtype() == DType::F32
-        && y.device().is_cpu()
-        && y.shape() == shortcut.shape()
-        && y.elem_count() > 0;
-    if !fits {
+    if !op_fits(y, shortcut) {
         bail!(
             "add-relu: the taped forward takes equal non-empty f32 CPU shapes, got {:?} and {:?}",
             y.shape(),
@@ -47,6 +37,15 @@ pub(crate) fn add_relu_untracked(y: &Tensor, shortcut: &Tensor) -> Result<Tensor
     }
     y.contiguous()?
         .apply_op2_no_bwd(&shortcut.contiguous()?, &AddRelu)
+}
+
+/// Whether the custom op joins these: equal non-empty f32 shapes on the CPU.
+fn op_fits(y: &Tensor, shortcut: &Tensor) -> bool {
+    y.dtype() == DType::F32
+        && shortcut.dtype() == DType::F32
+        && y.device().is_cpu()
+        && y.shape() == shortcut.shape()
+        && y.elem_count() > 0
 }
 
 /// `dy * (out > 0)`: the gradient through a ReLU whose output was `out`.
